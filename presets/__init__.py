@@ -1,0 +1,1 @@
+"""Architecture presets shipped as YAML (installed as the package data `prunecli.presets`)."""

@@ -1,0 +1,6 @@
+"""prunecli: prune a trained PyTorch model to an explicit budget, verify and measure it.
+
+The package import stays light (no torch); the command line lives in :mod:`prunecli.cli`.
+"""
+
+__version__ = "0.1.0"

@@ -1,0 +1,162 @@
+"""The command line: parse flags, build configs, call stages, map errors to exit codes.
+
+Heavy libraries (torch, torch-pruning, onnxruntime) are imported inside commands so that
+``prunecli --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+import traceback
+from typing import List, Optional
+
+import typer
+
+from .errors import PruneCliError
+
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Prune a trained PyTorch model to an explicit FLOPs/params budget, export verified ONNX and measure it.\n\n"
+    "Exit codes: 0 ok, 1 budget or gate not met, 2 usage/input error, 3 verification failed, 4 runtime/export error.",
+)
+
+_state = {"debug": os.environ.get("PRUNECLI_DEBUG", "") not in ("", "0")}
+
+
+@app.callback()
+def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks and library warnings.")) -> None:
+    if debug:
+        _state["debug"] = True
+    if not _state["debug"]:
+        import warnings
+
+        warnings.filterwarnings("ignore")  # library chatter (Torch-Pruning, torchvision) hides our one-line errors
+
+
+def _fail(message: str, code: int) -> None:
+    # One plain line (no Rich wrapping), so scripts and people read the same thing.
+    sys.stderr.write(f"error: {message}\n")
+    raise typer.Exit(code)
+
+
+def handle_errors(fn):
+    """Map the PruneCliError family to its exit code; anything unexpected is exit 4 with a hint."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except (typer.Exit, typer.Abort):
+            raise
+        except PruneCliError as exc:
+            if _state["debug"]:
+                traceback.print_exc()
+            _fail(str(exc), exc.exit_code)
+        except KeyboardInterrupt:
+            sys.stderr.write("error: interrupted\n")
+            raise typer.Exit(130)
+        except Exception as exc:  # noqa: BLE001 - the last line of defence
+            if _state["debug"]:
+                traceback.print_exc()
+            first = str(exc).splitlines()[0] if str(exc) else ""
+            _fail(f"{type(exc).__name__}: {first} (rerun with --debug for the traceback)", 4)
+
+    return wrapper
+
+
+def _console():
+    from rich.console import Console
+
+    return Console()
+
+
+# ---------------------------------------------------------------- shared options
+ModelArg = typer.Argument(..., metavar="MODEL", help="torchvision:NAME[:k=v], file.py:factory, module:factory, "
+                          "a .pt/.pth/.safetensors file, or a prunecli bundle directory.")
+ArchOpt = typer.Option(None, "--arch", help="Architecture of a weights-only MODEL file, e.g. torchvision:resnet18.")
+WeightsOpt = typer.Option(None, "--weights", help="state_dict (.pt/.pth/.safetensors) to load into an architecture MODEL.")
+TrustOpt = typer.Option(False, "--trust-pickle", help="Allow a pickled nn.Module: this EXECUTES code from the file.")
+ShapeOpt = typer.Option(None, "--input-shape", help="Example input shape, e.g. 1,3,224,224 (default: preset's).")
+PresetOpt = typer.Option(None, "--preset", help="Preset name (see `prunecli presets`); matched automatically by default.")
+JsonOpt = typer.Option(False, "--json", help="Print one JSON document to stdout instead of tables.")
+
+
+def _load(model, arch, weights, trust_pickle, input_shape, preset):
+    from .load import load_model
+
+    return load_model(model, arch=arch, weights=weights, trust_pickle=trust_pickle,
+                      input_shape=input_shape, preset=preset)
+
+
+# ---------------------------------------------------------------- commands
+@app.command()
+@handle_errors
+def inspect(
+    model: str = ModelArg,
+    arch: Optional[str] = ArchOpt,
+    weights: Optional[str] = WeightsOpt,
+    trust_pickle: bool = TrustOpt,
+    input_shape: Optional[str] = ShapeOpt,
+    preset: Optional[str] = PresetOpt,
+    ignore: List[str] = typer.Option([], "--ignore", help="Module name glob to keep intact (repeatable)."),
+    round_to: Optional[int] = typer.Option(None, "--round-to", min=1, help="Kept channels are multiples of N (default: preset's)."),
+    min_channels: int = typer.Option(1, "--min-channels", min=1, help="Fewest channels any group keeps."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Show what in MODEL can be pruned: totals, channel groups, what is kept and why, and how far a budget can go.
+
+    Examples:
+
+        prunecli inspect torchvision:resnet18
+
+        prunecli inspect model.pt --json
+
+        prunecli inspect weights.safetensors --arch torchvision:mobilenet_v2 --input-shape 1,3,160,160
+    """
+    from .inspect import inspect_model
+
+    loaded = _load(model, arch, weights, trust_pickle, input_shape, preset)
+    doc = inspect_model(loaded, ignore=tuple(ignore), round_to=round_to, min_channels=min_channels)
+    if as_json:
+        typer.echo(json.dumps(doc, indent=2))
+    else:
+        from .report import render_inspect
+
+        render_inspect(_console(), doc)
+
+
+@app.command()
+@handle_errors
+def presets(as_json: bool = JsonOpt) -> None:
+    """List the architecture presets (input shape, round-to, layers kept intact).
+
+    Examples:
+
+        prunecli presets
+
+        prunecli presets --json
+    """
+    from dataclasses import asdict
+
+    from .preset import all_presets
+
+    items = list(all_presets().values())
+    if as_json:
+        typer.echo(json.dumps([asdict(p) for p in items], indent=2))
+    else:
+        from .report import render_presets
+
+        render_presets(_console(), items)
+
+
+def main() -> None:
+    app(prog_name="prunecli")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

@@ -1,0 +1,85 @@
+"""Counting what a model costs.
+
+- **FLOPs**: ``torch.utils.flop_counter.FlopCounterMode`` on one forward pass at the example input.
+  It counts 2 FLOPs per multiply-add of convolutions, linear layers, matmuls and attention;
+  elementwise ops, normalisation, activations and pooling are not counted.
+- **MACs**: Torch-Pruning's ``count_ops_and_params`` (multiply-accumulates of conv/linear layers plus
+  normalisation and pooling layers), an independent counter; it is close to FLOPs/2 but not equal.
+- **params**: the number of elements of ``model.parameters()`` (buffers excluded).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+FLOPS_LABEL = "FLOPs (FlopCounterMode: 2 per multiply-add in conv/linear/matmul; elementwise ops not counted)"
+MACS_LABEL = "MACs (Torch-Pruning count_ops_and_params: conv/linear/norm multiply-accumulates)"
+PARAMS_LABEL = "params (elements of model.parameters())"
+
+
+@dataclass(frozen=True)
+class Cost:
+    flops: int
+    macs: int
+    params: int
+
+    def ratio_to(self, base: "Cost") -> dict[str, float]:
+        return {
+            "flops_ratio": self.flops / base.flops if base.flops else 1.0,
+            "macs_ratio": self.macs / base.macs if base.macs else 1.0,
+            "params_ratio": self.params / base.params if base.params else 1.0,
+        }
+
+
+def count_flops(model, example_input) -> int:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(example_input)
+    return int(counter.get_total_flops())
+
+
+def module_flops(model, example_input) -> dict[str, int]:
+    """FLOPs per module name, exclusive of its submodules (so the values add up to the total)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        model(example_input)
+    root = type(model).__name__
+    inclusive: dict[str, int] = {}
+    for key, per_op in counter.get_flop_counts().items():
+        if key == "Global":
+            continue
+        name = "" if key == root else key[len(root) + 1 :] if key.startswith(root + ".") else key
+        inclusive[name] = int(sum(per_op.values()))
+    exclusive = {}
+    for name, value in inclusive.items():
+        prefix = f"{name}." if name else ""
+        children = [
+            n for n in inclusive if n.startswith(prefix) and n != name and "." not in n[len(prefix) :]
+        ]
+        exclusive[name] = value - sum(inclusive[c] for c in children)
+    return exclusive
+
+
+def count_params(model) -> int:
+    return int(sum(p.numel() for p in model.parameters()))
+
+
+def count_macs(model, example_input) -> int:
+    import torch
+    import torch_pruning as tp
+
+    with torch.no_grad():
+        macs, _ = tp.utils.count_ops_and_params(model, example_input)
+    return int(macs)
+
+
+def measure(model, example_input) -> Cost:
+    return Cost(
+        flops=count_flops(model, example_input),
+        macs=count_macs(model, example_input),
+        params=count_params(model),
+    )

@@ -1,0 +1,242 @@
+"""Channel dependency groups (Torch-Pruning's DepGraph), what cannot be pruned and why, and the reachable range.
+
+A *group* is a set of channels that must be removed together: a conv's output channels plus the
+BatchNorm after it, the inputs of every consumer, and - through residual adds and concatenations -
+the channels of other layers tied to them. Each group is named by its *root*: the first conv or
+linear layer whose output channels it covers.
+
+The reachable range is measured, not estimated: a copy of the model is physically pruned with
+every group at its minimum (``min_channels``, rounded up to ``round_to`` and to the channel
+groups of grouped convs) and counted with FlopCounterMode.
+"""
+
+from __future__ import annotations
+
+import copy
+import fnmatch
+import math
+from dataclasses import asdict, dataclass, field
+
+from .cost import count_flops, count_params, module_flops
+from .errors import RuntimeFailure
+from .shrink import build_graph, remove_channels_
+
+
+@dataclass(frozen=True)
+class GroupInfo:
+    """One prunable channel group."""
+
+    root: str  # name of the conv/linear whose output channels root the group
+    channels: int  # channels in the group (the root's output channels)
+    layers: tuple[str, ...]  # every module the group touches
+    flops_share: float  # share of model FLOPs in the layers it touches (a layer between two groups counts for both)
+    params_share: float  # share of model params in the layers it touches
+    step: int  # kept counts are multiples of this (round_to and grouped-conv channel groups)
+    min_keep: int  # fewest channels the group may keep under the current constraints
+
+    def to_json(self) -> dict:
+        data = asdict(self)
+        data["layers"] = list(self.layers)
+        return data
+
+
+@dataclass(frozen=True)
+class NotPrunable:
+    layer: str
+    reason: str
+
+
+@dataclass
+class GraphAnalysis:
+    groups: list[GroupInfo]
+    not_prunable: list[NotPrunable]
+    flops: int
+    params: int
+    min_flops: int
+    min_params: int
+    ignored: tuple[str, ...] = field(default_factory=tuple)
+
+    @property
+    def min_flops_ratio(self) -> float:
+        return self.min_flops / self.flops if self.flops else 1.0
+
+    @property
+    def min_params_ratio(self) -> float:
+        return self.min_params / self.params if self.params else 1.0
+
+    def group(self, root: str) -> GroupInfo:
+        return next(g for g in self.groups if g.root == root)
+
+
+def _prunable_types():
+    import torch
+
+    return (torch.nn.modules.conv._ConvNd, torch.nn.Linear)
+
+
+def output_layers(model, graph) -> set:
+    """Conv/linear layers whose outputs reach the model's outputs without passing another such layer."""
+    roots = _prunable_types()
+    found, seen = set(), set()
+    frontier = [node for node in graph.module2node.values() if not node.outputs]
+    while frontier:
+        node = frontier.pop()
+        if id(node) in seen:
+            continue
+        seen.add(id(node))
+        if isinstance(node.module, roots):
+            found.add(node.module)
+            continue
+        frontier.extend(node.inputs)
+    return found
+
+
+def _channel_step(graph, group, round_to: int) -> int:
+    import torch
+
+    ch_groups = 1
+    for dep, _ in group:
+        module = dep.target.module
+        if isinstance(module, torch.nn.modules.conv._ConvNd) and module.groups == module.out_channels:
+            continue  # depthwise: pruned with its input, no per-group constraint
+        pruner = graph.get_pruner_of_module(module)
+        if pruner is None:
+            continue
+        if graph.is_out_channel_pruning_fn(dep.handler):
+            ch_groups = max(ch_groups, int(pruner.get_out_channel_groups(module) or 1))
+        else:
+            ch_groups = max(ch_groups, int(pruner.get_in_channel_groups(module) or 1))
+    return math.lcm(max(1, round_to), ch_groups)
+
+
+def min_keep_for(channels: int, step: int, min_channels: int) -> int:
+    """Fewest channels a group may keep: at least ``min_channels``, a multiple of ``step``, at most all."""
+    if channels % step:
+        return channels  # the group cannot be cut into whole steps: it stays intact
+    keep = max(step, math.ceil(max(1, min_channels) / step) * step)
+    return min(channels, keep)
+
+
+def analyse(
+    model,
+    example_input,
+    *,
+    ignore: tuple[str, ...] = (),
+    round_to: int = 1,
+    min_channels: int = 1,
+    keep_head: bool = True,
+    measure_range: bool = True,
+) -> GraphAnalysis:
+    """Groups, unprunable layers and (with ``measure_range``) the smallest reachable FLOPs/params."""
+    import torch
+
+    names = {m: n for n, m in model.named_modules()}
+    graph = build_graph(model, example_input)
+    total_flops = count_flops(model, example_input)
+    total_params = count_params(model)
+    per_module_flops = module_flops(model, example_input)
+
+    reasons: dict[str, str] = {}
+    ignored_modules = []
+    if keep_head:
+        for module in output_layers(model, graph):
+            reasons[names[module]] = "classifier head: its outputs are the model's outputs"
+            ignored_modules.append(module)
+    for name, module in model.named_modules():
+        for pattern in ignore:
+            if name and fnmatch.fnmatchcase(name, pattern) and isinstance(module, _prunable_types()):
+                reasons.setdefault(name, f"kept intact by --ignore/preset pattern {pattern!r}")
+                ignored_modules.append(module)
+
+    groups: list[GroupInfo] = []
+    covered: set[str] = set()
+    raw_groups = list(graph.get_all_groups(ignored_layers=ignored_modules, root_module_types=_prunable_types()))
+    for group in raw_groups:
+        root_module = group[0].dep.target.module
+        channels = len(group[0].idxs)
+        touched = []
+        for dep, _ in group:
+            module = dep.target.module
+            if isinstance(module, torch.nn.Module) and module in names and names[module] not in touched:
+                touched.append(names[module])
+                if graph.is_out_channel_pruning_fn(dep.handler):
+                    covered.add(names[module])
+        flops_touched = sum(per_module_flops.get(n, 0) for n in touched)
+        params_touched = sum(
+            p.numel() for n in touched for p in dict(model.named_modules())[n].parameters(recurse=False)
+        )
+        step = _channel_step(graph, group, round_to)
+        groups.append(
+            GroupInfo(
+                root=names[root_module],
+                channels=channels,
+                layers=tuple(touched),
+                flops_share=flops_touched / total_flops if total_flops else 0.0,
+                params_share=params_touched / total_params if total_params else 0.0,
+                step=step,
+                min_keep=min_keep_for(channels, step, min_channels),
+            )
+        )
+
+    order = {n: i for i, n in enumerate(names.values())}
+    groups.sort(key=lambda g: order[g.root])
+    for name, module in model.named_modules():
+        if isinstance(module, _prunable_types()) and name not in covered and name not in reasons:
+            if module not in graph.module2node:
+                reasons[name] = "not used in the traced forward pass"
+            else:
+                reasons[name] = "its channels are tied to a layer kept intact (head or --ignore)"
+
+    analysis = GraphAnalysis(
+        groups=groups,
+        not_prunable=[NotPrunable(layer=n, reason=r) for n, r in sorted(reasons.items())],
+        flops=total_flops,
+        params=total_params,
+        min_flops=total_flops,
+        min_params=total_params,
+        ignored=tuple(sorted(names[m] for m in ignored_modules)),
+    )
+    if measure_range and groups:
+        _measure_min_(model, example_input, analysis)
+    return analysis
+
+
+def _keep_first(groups: list[GroupInfo]) -> dict[str, list[int]]:
+    return {g.root: list(range(g.min_keep, g.channels)) for g in groups if g.min_keep < g.channels}
+
+
+def _try_prune(model, example_input, remove) -> tuple[object | None, str | None]:
+    import torch
+
+    trial = copy.deepcopy(model)
+    try:
+        remove_channels_(trial, example_input, remove)
+        with torch.no_grad():
+            out_before = model(example_input)
+            out_after = trial(example_input)
+    except Exception as exc:
+        return None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
+    if getattr(out_before, "shape", None) != getattr(out_after, "shape", None):
+        return None, "pruning it changes the model's output shape"
+    return trial, None
+
+
+def _measure_min_(model, example_input, analysis: GraphAnalysis) -> None:
+    """Prune a copy with every group at its minimum; groups that break the forward pass become unprunable."""
+    remove = _keep_first(analysis.groups)
+    pruned, error = _try_prune(model, example_input, remove)
+    if error is not None:
+        broken = []
+        for group in analysis.groups:
+            single = _keep_first([group])
+            if single and _try_prune(model, example_input, single)[1] is not None:
+                broken.append(group)
+        for group in broken:
+            reason = _try_prune(model, example_input, _keep_first([group]))[1]
+            analysis.not_prunable.append(NotPrunable(group.root, f"pruning its group breaks the model ({reason})"))
+        analysis.groups = [g for g in analysis.groups if g not in broken]
+        pruned, error = _try_prune(model, example_input, _keep_first(analysis.groups))
+        if error is not None:
+            raise RuntimeFailure(f"pruning {type(model).__name__} breaks its forward pass: {error}")
+    analysis.min_flops = count_flops(pruned, example_input)
+    analysis.min_params = count_params(pruned)

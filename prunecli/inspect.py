@@ -1,0 +1,38 @@
+"""The `inspect` stage: one JSON-ready document describing a loaded model's prunability."""
+
+from __future__ import annotations
+
+from .cost import FLOPS_LABEL, MACS_LABEL, PARAMS_LABEL, count_macs
+from .graph import analyse
+from .load import LoadedModel
+
+SCHEMA_VERSION = 1
+
+
+def constraints_for(loaded: LoadedModel, ignore: tuple[str, ...], round_to: int | None) -> tuple[tuple[str, ...], int]:
+    """--ignore patterns plus the preset's, and --round-to or the preset's (else 1)."""
+    preset = loaded.preset
+    patterns = tuple(ignore) + (preset.ignore if preset else ())
+    step = round_to if round_to is not None else (preset.round_to if preset else 1)
+    return patterns, step
+
+
+def inspect_model(loaded: LoadedModel, *, ignore=(), round_to=None, min_channels: int = 1) -> dict:
+    patterns, step = constraints_for(loaded, tuple(ignore), round_to)
+    analysis = analyse(loaded.model, loaded.example_input, ignore=patterns, round_to=step, min_channels=min_channels)
+    return {
+        "schema_version": SCHEMA_VERSION,
+        "model": loaded.display_name,
+        "arch": loaded.arch,
+        "input_shape": list(loaded.input_shape),
+        "preset": loaded.preset.name if loaded.preset else None,
+        "params": analysis.params,
+        "flops": analysis.flops,
+        "macs": count_macs(loaded.model, loaded.example_input),
+        "units": {"params": PARAMS_LABEL, "flops": FLOPS_LABEL, "macs": MACS_LABEL},
+        "groups": [g.to_json() for g in analysis.groups],
+        "not_prunable": [{"layer": n.layer, "reason": n.reason} for n in analysis.not_prunable],
+        "min_flops_ratio": analysis.min_flops_ratio,
+        "min_params_ratio": analysis.min_params_ratio,
+        "constraints": {"round_to": step, "min_channels": min_channels, "ignore": list(patterns)},
+    }

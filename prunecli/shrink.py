@@ -1,0 +1,46 @@
+"""Physically remove channels with Torch-Pruning's dependency graph.
+
+A plan maps each group (named by its root layer) to the channel indices it keeps; every other
+channel of the group is removed from every layer the group couples (convs, norms, the inputs of
+the next layers, residual partners, concatenated consumers).
+"""
+
+from __future__ import annotations
+
+from typing import Mapping, Sequence
+
+from .errors import RuntimeFailure
+
+
+def build_graph(model, example_input):
+    """Torch-Pruning's DependencyGraph of ``model`` traced at ``example_input``."""
+    import torch_pruning as tp
+
+    try:
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+    except Exception as exc:  # tracing is the library's; report which model and why
+        detail = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
+        raise RuntimeFailure(
+            f"Torch-Pruning cannot build the channel dependency graph of {type(model).__name__} "
+            f"(an op it does not model, such as a channel shuffle; {detail}); this model cannot be pruned structurally yet"
+        ) from exc
+
+
+def remove_channels_(model, example_input, remove: Mapping[str, Sequence[int]], graph=None) -> None:
+    """Remove ``remove[root_name]`` output channels of each group's root, with all coupled layers.
+
+    Groups are pruned one after another on one graph, which Torch-Pruning keeps consistent
+    (concat offsets are remapped as earlier groups shrink).
+    """
+    graph = graph if graph is not None else build_graph(model, example_input)
+    modules = dict(model.named_modules())
+    for root_name, idxs in remove.items():
+        idxs = sorted(int(i) for i in idxs)
+        if not idxs:
+            continue
+        if root_name not in modules:
+            raise RuntimeFailure(f"plan names layer {root_name!r}, which the model does not have")
+        module = modules[root_name]
+        pruner = graph.get_pruner_of_module(module)
+        group = graph.get_pruning_group(module, pruner.prune_out_channels, idxs)
+        group.prune()

@@ -154,6 +154,125 @@ def presets(as_json: bool = JsonOpt) -> None:
         render_presets(_console(), items)
 
 
+def _config(**kwargs):
+    from .config import PruneConfig
+
+    try:
+        return PruneConfig(**kwargs)
+    except ValueError as exc:
+        from .errors import UsageError
+
+        raise UsageError(str(exc)) from exc
+
+
+def _budget(metric: str, text: Optional[str]):
+    if text is None:
+        return None
+    from .config import BudgetTarget
+    from .errors import UsageError
+
+    try:
+        return BudgetTarget.parse(metric, text)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+@app.command()
+@handle_errors
+def prune(
+    model: str = ModelArg,
+    flops: Optional[str] = typer.Option(None, "--flops", help="FLOPs budget: fraction of dense (0.5) or count (2.1G)."),
+    params: Optional[str] = typer.Option(None, "--params", help="Params budget: fraction of dense (0.3) or count (5M)."),
+    out: str = typer.Option(..., "--out", help="Output bundle directory (must be empty or absent unless --force)."),
+    force: bool = typer.Option(False, "--force", help="Replace a non-empty --out."),
+    criterion: str = typer.Option("l1", "--criterion", help="Channel ranking: l1, l2, fpgm, bn, lamp, random, taylor."),
+    allocation: str = typer.Option("uniform", "--allocation", help="How pruning spreads over groups: uniform, global."),
+    round_to: Optional[int] = typer.Option(None, "--round-to", help="Kept channels are multiples of N (default: preset's)."),
+    ignore: List[str] = typer.Option([], "--ignore", help="Module name glob kept intact (repeatable)."),
+    min_channels: int = typer.Option(1, "--min-channels", help="Fewest channels any group keeps."),
+    max_group_prune: float = typer.Option(0.9, "--max-group-prune", help="global: most of a group that may go."),
+    seed: int = typer.Option(0, "--seed", help="Seed for random criteria."),
+    opset: int = typer.Option(18, "--opset", help="ONNX opset."),
+    arch: Optional[str] = ArchOpt,
+    weights: Optional[str] = WeightsOpt,
+    trust_pickle: bool = TrustOpt,
+    input_shape: Optional[str] = ShapeOpt,
+    preset: Optional[str] = PresetOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Prune MODEL to a FLOPs and/or params budget and write a verified bundle to --out.
+
+    The achieved value is at most the target and within 1% of it; the bundle holds model.onnx
+    (checked and compared with PyTorch in onnxruntime), model.safetensors + recipe.json (reload with
+    prunecli.load_bundle, no pickles), report.json and report.md.
+
+    Examples:
+
+        prunecli prune torchvision:resnet18 --flops 0.5 --out pruned/
+
+        prunecli prune model.pt --params 0.3 --criterion fpgm --allocation global --out pruned/
+
+        prunecli prune pruned/ --flops 0.5 --out pruned-again/   # prune a bundle further
+    """
+    from .prune import run_prune
+
+    config = _config(flops=_budget("flops", flops), params=_budget("params", params), criterion=criterion,
+                     allocation=allocation, round_to=round_to, ignore=tuple(ignore), min_channels=min_channels,
+                     max_group_prune=max_group_prune, seed=seed, opset=opset)
+    from pathlib import Path
+
+    from .bundle import check_out_dir
+    from .criteria import CRITERIA
+    from .allocate import ALLOCATORS
+
+    check_out_dir(Path(out), force)
+    CRITERIA.get(criterion)
+    ALLOCATORS.get(allocation)
+    loaded = _load(model, arch, weights, trust_pickle, input_shape, preset)
+    report = run_prune(loaded, config, Path(out), force=force)
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+    else:
+        from .report import render_prune
+
+        render_prune(_console(), report, out)
+
+
+@app.command()
+@handle_errors
+def export(
+    model: str = ModelArg,
+    out: str = typer.Option(..., "--out", help="Output .onnx path."),
+    opset: int = typer.Option(18, "--opset", help="ONNX opset."),
+    force: bool = typer.Option(False, "--force", help="Replace an existing --out."),
+    arch: Optional[str] = ArchOpt,
+    weights: Optional[str] = WeightsOpt,
+    trust_pickle: bool = TrustOpt,
+    input_shape: Optional[str] = ShapeOpt,
+    preset: Optional[str] = PresetOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Export MODEL to ONNX (dynamic batch), run the full onnx checker and compare onnxruntime with PyTorch.
+
+    Examples:
+
+        prunecli export pruned/ --out pruned.onnx
+
+        prunecli export torchvision:resnet18 --out dense.onnx --opset 18
+    """
+    from pathlib import Path
+
+    from .prune import run_export
+
+    loaded = _load(model, arch, weights, trust_pickle, input_shape, preset)
+    info = run_export(loaded, Path(out), opset=opset, force=force)
+    if as_json:
+        typer.echo(json.dumps(info, indent=2))
+    else:
+        typer.echo(f"wrote {info['file']}: onnxruntime vs PyTorch max abs diff {info['max_abs_diff']:.2e} "
+                   f"(opset {opset}, batches {', '.join(map(str, info['per_batch']))})")
+
+
 def main() -> None:
     app(prog_name="prunecli")
 

@@ -33,6 +33,7 @@ class GroupInfo:
     params_share: float  # share of model params in the layers it touches
     step: int  # kept counts are multiples of this (round_to and grouped-conv channel groups)
     min_keep: int  # fewest channels the group may keep under the current constraints
+    channel_groups: int = 1  # grouped convs: every conv group keeps the same positions
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -91,7 +92,7 @@ def output_layers(model, graph) -> set:
     return found
 
 
-def _channel_step(graph, group, round_to: int) -> int:
+def _channel_step(graph, group, round_to: int) -> tuple[int, int]:
     import torch
 
     ch_groups = 1
@@ -106,7 +107,7 @@ def _channel_step(graph, group, round_to: int) -> int:
             ch_groups = max(ch_groups, int(pruner.get_out_channel_groups(module) or 1))
         else:
             ch_groups = max(ch_groups, int(pruner.get_in_channel_groups(module) or 1))
-    return math.lcm(max(1, round_to), ch_groups)
+    return math.lcm(max(1, round_to), ch_groups), ch_groups
 
 
 def min_keep_for(channels: int, step: int, min_channels: int) -> int:
@@ -165,7 +166,7 @@ def analyse(
         params_touched = sum(
             p.numel() for n in touched for p in dict(model.named_modules())[n].parameters(recurse=False)
         )
-        step = _channel_step(graph, group, round_to)
+        step, ch_groups = _channel_step(graph, group, round_to)
         groups.append(
             GroupInfo(
                 root=names[root_module],
@@ -175,6 +176,7 @@ def analyse(
                 params_share=params_touched / total_params if total_params else 0.0,
                 step=step,
                 min_keep=min_keep_for(channels, step, min_channels),
+                channel_groups=ch_groups,
             )
         )
 

@@ -348,7 +348,14 @@ def load_model(
     stored_shape: tuple[int, ...] | None = None
     recipe = None  # set for bundles
     if path.is_dir():
-        raise UsageError(f"MODEL {path} is a directory; pass a model file (.pt, .pth, .safetensors) or an architecture spec")
+        from .bundle import is_bundle, load_bundle_model
+
+        if not is_bundle(path):
+            raise UsageError(f"MODEL {path} is a directory but not a prunecli bundle (no recipe.json in it)")
+        if weights is not None or arch is not None:
+            raise UsageError("--weights/--arch cannot be used with a bundle MODEL: the bundle carries both")
+        model, recipe = load_bundle_model(path)
+        kind, arch_spec, stored_shape = "bundle", recipe["source"].get("arch"), tuple(recipe["input_shape"])
     elif path.exists() or (not is_arch_spec(spec) and path.suffix):
         _check_file(path, "MODEL")
         _refuse_unprunable_formats(path, "MODEL")
@@ -410,6 +417,9 @@ def load_model(
     if check_forward:
         check_accepts(model, example, shape)
     source = path if path.exists() else (Path(weights) if weights else None)
+    digest = None
+    if source is not None:
+        digest = sha256_of(source / "model.safetensors") if source.is_dir() else sha256_of(source)
     return LoadedModel(
         model=model,
         example_input=example,
@@ -417,7 +427,7 @@ def load_model(
         arch=arch_spec,
         kind=kind,
         source=source,
-        source_sha256=sha256_of(source) if source and source.is_file() else None,
+        source_sha256=digest,
         preset=chosen,
         recipe=recipe,
     )

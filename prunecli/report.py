@@ -61,3 +61,85 @@ def render_presets(console: Console, presets: list) -> None:
         table.add_row(p.name, ", ".join(p.match), "x".join(map(str, p.input_shape)), str(p.round_to),
                       ", ".join(p.ignore) or "-", p.description)
     console.print(table)
+
+
+def _budget_rows(report: dict):
+    for metric, b in report["budget"].items():
+        yield metric, b
+
+
+def prune_markdown(report: dict) -> str:
+    """report.md: the same facts as report.json, for people."""
+    lines = [
+        "# prunecli prune report",
+        "",
+        f"- source: `{report['source']['arch']}` ({report['source']['kind']}), sha256 `{report['source']['sha256']}`",
+        f"- input shape: {'x'.join(map(str, report['input_shape']))}",
+        f"- criterion: {report['config']['criterion']}, allocation: {report['config']['allocation']}, "
+        f"round_to: {report['config']['round_to']}, seed: {report['config']['seed']}",
+        f"- versions: {', '.join(f'{k} {v}' for k, v in report['versions'].items())}",
+        "",
+        "## Budget (target vs achieved)",
+        "",
+        "| metric | target | achieved | target ratio | achieved ratio | gap below target | met |",
+        "|---|---:|---:|---:|---:|---:|---|",
+    ]
+    for metric, b in _budget_rows(report):
+        lines.append(f"| {metric} | {b['target']:,} | {b['achieved']:,} | {b['target_ratio']:.4f} | "
+                     f"{b['achieved_ratio']:.4f} | {b['gap']:.2%} | {'yes' if b['met'] else 'NO'} |")
+    a, d = report["achieved"], report["dense"]
+    lines += [
+        "",
+        "## Totals",
+        "",
+        "| quantity | dense | pruned | ratio |",
+        "|---|---:|---:|---:|",
+        f"| FLOPs | {d['flops']:,} | {a['flops']:,} | {a['flops_ratio']:.4f} |",
+        f"| MACs | {d['macs']:,} | {a['macs']:,} | {a['macs_ratio']:.4f} |",
+        f"| params | {d['params']:,} | {a['params']:,} | {a['params_ratio']:.4f} |",
+        "",
+        f"FLOPs: {report['units']['flops']}. MACs: {report['units']['macs']}.",
+        "",
+        "## ONNX verification",
+        "",
+        f"- opset {report['onnx']['opset']} ({report['onnx']['exporter']} exporter), dynamic batch, onnx.checker full check",
+        f"- onnxruntime CPU vs PyTorch: max abs diff {report['onnx']['max_abs_diff']:.3g} "
+        f"(batches {', '.join(map(str, report['onnx']['per_batch']))}; allowed {report['onnx']['atol']:g} + "
+        f"{report['onnx']['rtol']:g}*|x|)",
+        "",
+        "## Channels per group",
+        "",
+        "| group root | before | after |",
+        "|---|---:|---:|",
+    ]
+    lines += [f"| {g['root']} | {g['before']} | {g['after']} |" for g in report["groups"]]
+    lines += ["", "## Timings (s)", ""] + [f"- {k}: {v:.2f}" for k, v in report["timings"].items()]
+    return "\n".join(lines) + "\n"
+
+
+def render_prune(console: Console, report: dict, out) -> None:
+    budget = Table(title="Budget: target vs achieved", header_style="bold")
+    for col in ("metric", "target", "achieved", "target ratio", "achieved ratio", "gap", "met"):
+        budget.add_column(col, justify="right" if col != "metric" else "left")
+    for metric, b in _budget_rows(report):
+        budget.add_row(metric, human(b["target"]), human(b["achieved"]), f"{b['target_ratio']:.4f}",
+                       f"{b['achieved_ratio']:.4f}", f"{b['gap']:.2%}", "yes" if b["met"] else "[red]NO[/red]")
+    console.print(budget)
+    a, d = report["achieved"], report["dense"]
+    totals = Table(title="Dense vs pruned", header_style="bold")
+    for col in ("quantity", "dense", "pruned", "ratio"):
+        totals.add_column(col, justify="right" if col != "quantity" else "left")
+    for label, key in (("FLOPs", "flops"), ("MACs", "macs"), ("params", "params")):
+        totals.add_row(label, human(d[key]), human(a[key]), f"{a[key + '_ratio']:.4f}")
+    console.print(totals)
+    groups = Table(title="Channels per group", header_style="bold")
+    groups.add_column("group root", overflow="fold", min_width=22)
+    groups.add_column("before", justify="right")
+    groups.add_column("after", justify="right")
+    for g in report["groups"]:
+        groups.add_row(g["root"], str(g["before"]), str(g["after"]))
+    console.print(groups)
+    o = report["onnx"]
+    console.print(f"ONNX verified: onnxruntime vs PyTorch max abs diff [bold]{o['max_abs_diff']:.2e}[/bold] "
+                  f"(opset {o['opset']}, batches {', '.join(map(str, o['per_batch']))}).")
+    console.print(f"Bundle written to [bold]{out}[/bold] (model.onnx, model.safetensors, recipe.json, report.json, report.md).")

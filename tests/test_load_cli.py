@@ -68,7 +68,7 @@ CASES = [
     (["tinynets:tiny_resnet"], 0, None),
     (["{d}/described.pt", "--input-shape", "1,5,32,32"], 2, "--input-shape 1,5,32,32 is rejected"),
     (["{d}/described.pt", "--input-shape", "abc"], 2, "--input-shape"),
-    (["{d}"], 2, "directory"),
+    (["{d}"], 2, "not a prunecli bundle"),
 ]
 
 

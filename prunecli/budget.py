@@ -1,0 +1,124 @@
+"""Fit a removal order to a budget exactly.
+
+Costs are measured, not modelled: a copy of the model on PyTorch's ``meta`` device (shapes, no data)
+is physically pruned to the candidate channel counts and counted with FlopCounterMode, which gives
+the same FLOPs and params as the real pruned model at a fraction of the time.
+
+The search:
+1. feasibility: every step of the order applied; if a budget still does not hold, the budget is
+   unreachable (exit 2, before any work, naming the smallest reachable value);
+2. bisection over the number ``t`` of steps applied: the smallest ``t`` whose plan meets every budget;
+3. adjustment: while the binding budget has slack beyond the tolerance, give one step back to the
+   group whose step costs the most that still fits (candidates ranked by an estimate, each one measured).
+The result is at most the target and, for the binding budget, within ``tolerance`` below it.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+
+from .cost import count_flops, count_params
+from .errors import BudgetNotMet, UsageError
+from .shrink import remove_channels_
+
+
+class CostOracle:
+    """FLOPs and params of the model pruned to given per-group channel counts (cached, meta device)."""
+
+    def __init__(self, model, example_input, groups) -> None:
+        self._meta = copy.deepcopy(model).to("meta")
+        self._x = example_input.to("meta")
+        self._channels = {g.root: g.channels for g in groups}
+        self._cache: dict[tuple, dict[str, int]] = {}
+        self.evaluations = 0
+
+    def __call__(self, counts: dict[str, int]) -> dict[str, int]:
+        key = tuple(sorted(counts.items()))
+        if key not in self._cache:
+            model = copy.deepcopy(self._meta)
+            remove = {r: list(range(k, self._channels[r])) for r, k in counts.items() if k < self._channels[r]}
+            remove_channels_(model, self._x, remove)
+            self._cache[key] = {"flops": count_flops(model, self._x), "params": count_params(model)}
+            self.evaluations += 1
+        return self._cache[key]
+
+
+@dataclass
+class Fit:
+    counts: dict[str, int]
+    cost: dict[str, int]
+    evaluations: int
+
+
+def _counts_after(groups, order: list[str], t: int) -> dict[str, int]:
+    counts = {g.root: g.channels for g in groups}
+    step = {g.root: g.step for g in groups}
+    for root in order[:t]:
+        counts[root] -= step[root]
+    return counts
+
+
+def _meets(cost: dict[str, int], targets: dict[str, int]) -> bool:
+    return all(cost[m] <= t for m, t in targets.items())
+
+
+def _binding_gap(cost: dict[str, int], targets: dict[str, int]) -> float:
+    """Relative slack of the tightest budget (0 = exactly on target)."""
+    return min((t - cost[m]) / t for m, t in targets.items())
+
+
+def fit_budget(groups, order: list[str], targets: dict[str, int], oracle: CostOracle, dense: dict[str, int],
+               *, tolerance: float = 0.01, hint: str = "") -> Fit:
+    """Per-group channel counts meeting every target, the binding one within ``tolerance`` below it."""
+    full = oracle(_counts_after(groups, order, len(order)))
+    for metric, target in targets.items():
+        if full[metric] > target:
+            raise UsageError(
+                f"--{metric} target {target:,} ({target / dense[metric]:.3f} of dense) is not reachable: the smallest is "
+                f"{full[metric]:,} ({full[metric] / dense[metric]:.3f}) {hint}"
+            )
+    lo, hi = 0, len(order)  # invariant: plan(hi) meets the budget; plan(lo) does not (unless lo == 0 does)
+    if _meets(oracle(_counts_after(groups, order, 0)), targets):
+        hi = 0
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        if _meets(oracle(_counts_after(groups, order, mid)), targets):
+            hi = mid
+        else:
+            lo = mid
+    counts = _counts_after(groups, order, hi)
+    cost = oracle(counts)
+
+    by_root = {g.root: g for g in groups}
+    dense_flops = dense["flops"]
+    tried_out: set[tuple] = set()
+    while _binding_gap(cost, targets) > tolerance * 0.25:
+        slack = min(t - cost[m] for m, t in targets.items())
+        candidates = []
+        for root, keep in counts.items():
+            g = by_root[root]
+            if keep < g.channels and (root, keep) not in tried_out:
+                estimate = g.flops_share * dense_flops * g.step / g.channels * (keep / g.channels)
+                candidates.append((estimate, root))
+        candidates.sort(reverse=True)
+        fitting = [c for c in candidates if c[0] <= 2 * slack] or candidates
+        accepted = False
+        for _, root in fitting[:24]:
+            trial = dict(counts)
+            trial[root] += by_root[root].step
+            trial_cost = oracle(trial)
+            if _meets(trial_cost, targets):
+                counts, cost, accepted = trial, trial_cost, True
+                break
+            tried_out.add((root, counts[root]))
+        if not accepted:
+            break
+    if _binding_gap(cost, targets) > tolerance:
+        worst = {m: cost[m] / t for m, t in targets.items()}
+        raise BudgetNotMet(
+            "could not land within "
+            f"{tolerance:.0%} of the budget ({', '.join(f'{m}: {v:.4f} of target' for m, v in worst.items())}); "
+            "try --round-to 1 for finer steps"
+        )
+    return Fit(counts=counts, cost=cost, evaluations=oracle.evaluations)

@@ -1,0 +1,84 @@
+"""Frozen configs for the stages. They validate on construction and name the field, value and what is allowed."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+
+SUFFIXES = {"K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
+
+
+@dataclass(frozen=True)
+class BudgetTarget:
+    """A budget on one metric: a fraction of the dense model in (0, 1], or an absolute count."""
+
+    metric: str  # "flops" | "params"
+    value: float
+    absolute: bool = False
+
+    def __post_init__(self) -> None:
+        if self.metric not in ("flops", "params"):
+            raise ValueError(f"budget metric {self.metric!r} must be 'flops' or 'params'")
+        if not self.absolute and not 0 < self.value <= 1:
+            raise ValueError(f"--{self.metric} {self.value}: a fraction must be in (0, 1]")
+        if self.absolute and self.value <= 0:
+            raise ValueError(f"--{self.metric} {self.value}: an absolute budget must be positive")
+
+    def resolve(self, dense: int) -> int:
+        """The target as an absolute count for a dense model costing ``dense``."""
+        return int(self.value) if self.absolute else int(self.value * dense)
+
+    @staticmethod
+    def parse(metric: str, text: str) -> "BudgetTarget":
+        """``0.5`` -> fraction; ``2.1G``, ``5M``, ``300K``, ``1e9`` -> absolute count."""
+        raw = text.strip()
+        m = re.fullmatch(r"([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([KMGTkmgt]?)", raw)
+        if not m:
+            raise ValueError(f"--{metric} {text!r} is not a budget; write a fraction like 0.5 or a count like 2.1G, 5M")
+        number, suffix = float(m.group(1)), m.group(2).upper()
+        if suffix:
+            return BudgetTarget(metric, number * SUFFIXES[suffix], absolute=True)
+        if number > 1:
+            return BudgetTarget(metric, number, absolute=True)
+        return BudgetTarget(metric, number)
+
+    def describe(self) -> str:
+        return f"{self.value:g}" if self.absolute else f"{self.value:g} of dense"
+
+
+@dataclass(frozen=True)
+class PruneConfig:
+    """What `prune` does: budgets, how channels are ranked and how counts are allocated."""
+
+    flops: BudgetTarget | None = None
+    params: BudgetTarget | None = None
+    criterion: str = "l1"
+    allocation: str = "uniform"
+    round_to: int | None = None  # None: the preset's
+    ignore: tuple[str, ...] = ()
+    min_channels: int = 1
+    max_group_prune: float = 0.9  # global allocation: no group loses more than this fraction
+    seed: int = 0
+    tolerance: float = 0.01  # achieved must be within this relative gap below the target
+    opset: int = 18
+    extra: dict = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.flops is None and self.params is None:
+            raise ValueError("give a budget: --flops F and/or --params P (fractions like 0.5 or counts like 2.1G)")
+        if self.round_to is not None and self.round_to < 1:
+            raise ValueError(f"--round-to {self.round_to} must be >= 1")
+        if self.min_channels < 1:
+            raise ValueError(f"--min-channels {self.min_channels} must be >= 1")
+        if not 0 < self.max_group_prune <= 1:
+            raise ValueError(f"--max-group-prune {self.max_group_prune} must be in (0, 1]")
+        if not 0 < self.tolerance < 0.5:
+            raise ValueError(f"tolerance {self.tolerance} must be in (0, 0.5)")
+        if not 7 <= self.opset <= 23:
+            raise ValueError(f"--opset {self.opset} must be between 7 and 23 (18 is the default)")
+
+    def budgets(self) -> list[BudgetTarget]:
+        return [b for b in (self.flops, self.params) if b is not None]
+
+    def to_json(self) -> dict:
+        return asdict(self)

@@ -91,17 +91,39 @@ def fit_budget(groups, order: list[str], targets: dict[str, int], oracle: CostOr
     cost = oracle(counts)
 
     by_root = {g.root: g for g in groups}
-    dense_flops = dense["flops"]
+    counts, cost = _refill(counts, cost, by_root, targets, oracle, dense["flops"], tolerance)
+    for _ in range(3):  # swaps: one step back to a group, one step off another, when refilling alone stalls
+        if _binding_gap(cost, targets) <= tolerance:
+            break
+        swapped = _best_swap(counts, cost, by_root, targets, oracle)
+        if swapped is None:
+            break
+        counts, cost = _refill(*swapped, by_root, targets, oracle, dense["flops"], tolerance)
+    if _binding_gap(cost, targets) > tolerance:
+        worst = {m: cost[m] / t for m, t in targets.items()}
+        raise BudgetNotMet(
+            f"no plan lands within {tolerance:.0%} below the budget: the closest one reaches "
+            f"{', '.join(f'{m} {v:.4f} of target' for m, v in worst.items())}, because the channel steps are coarse; "
+            "use a smaller --round-to or --min-channels, or a slightly different budget"
+        )
+    return Fit(counts=counts, cost=cost, evaluations=oracle.evaluations)
+
+
+def _estimate(group, keep: int, dense_flops: int) -> float:
+    """Rough FLOPs of one step of ``group`` at ``keep`` channels (for ranking candidates only)."""
+    return group.flops_share * dense_flops * group.step / group.channels * (keep / group.channels)
+
+
+def _refill(counts, cost, by_root, targets, oracle, dense_flops, tolerance):
+    """Give steps back to groups, largest that still fits first, until within tolerance or nothing fits."""
     tried_out: set[tuple] = set()
     while _binding_gap(cost, targets) > tolerance * 0.25:
         slack = min(t - cost[m] for m, t in targets.items())
-        candidates = []
-        for root, keep in counts.items():
-            g = by_root[root]
-            if keep < g.channels and (root, keep) not in tried_out:
-                estimate = g.flops_share * dense_flops * g.step / g.channels * (keep / g.channels)
-                candidates.append((estimate, root))
-        candidates.sort(reverse=True)
+        candidates = sorted(
+            ((_estimate(by_root[r], k, dense_flops), r) for r, k in counts.items()
+             if k < by_root[r].channels and (r, k) not in tried_out),
+            reverse=True,
+        )
         fitting = [c for c in candidates if c[0] <= 2 * slack] or candidates
         accepted = False
         for _, root in fitting[:24]:
@@ -114,11 +136,22 @@ def fit_budget(groups, order: list[str], targets: dict[str, int], oracle: CostOr
             tried_out.add((root, counts[root]))
         if not accepted:
             break
-    if _binding_gap(cost, targets) > tolerance:
-        worst = {m: cost[m] / t for m, t in targets.items()}
-        raise BudgetNotMet(
-            "could not land within "
-            f"{tolerance:.0%} of the budget ({', '.join(f'{m}: {v:.4f} of target' for m, v in worst.items())}); "
-            "try --round-to 1 for finer steps"
-        )
-    return Fit(counts=counts, cost=cost, evaluations=oracle.evaluations)
+    return counts, cost
+
+
+def _best_swap(counts, cost, by_root, targets, oracle, limit: int = 8):
+    """The (counts, cost) of the best single swap that meets the budget with less slack, or None."""
+    ups = [r for r, k in counts.items() if k < by_root[r].channels][:limit]
+    downs = [r for r, k in counts.items() if k - by_root[r].step >= by_root[r].min_keep][:limit]
+    best, best_gap = None, _binding_gap(cost, targets)
+    for up in ups:
+        for down in downs:
+            if up == down:
+                continue
+            trial = dict(counts)
+            trial[up] += by_root[up].step
+            trial[down] -= by_root[down].step
+            trial_cost = oracle(trial)
+            if _meets(trial_cost, targets) and _binding_gap(trial_cost, targets) < best_gap:
+                best, best_gap = (trial, trial_cost), _binding_gap(trial_cost, targets)
+    return best

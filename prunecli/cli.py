@@ -25,13 +25,16 @@ app = typer.Typer(
     "Exit codes: 0 ok, 1 budget or gate not met, 2 usage/input error, 3 verification failed, 4 runtime/export error.",
 )
 
-_state = {"debug": os.environ.get("PRUNECLI_DEBUG", "") not in ("", "0")}
+_state = {"debug": False}
+
+
+def _env_debug() -> bool:
+    return os.environ.get("PRUNECLI_DEBUG", "") not in ("", "0")
 
 
 @app.callback()
 def _root(debug: bool = typer.Option(False, "--debug", help="Show full tracebacks and library warnings.")) -> None:
-    if debug:
-        _state["debug"] = True
+    _state["debug"] = debug or _env_debug()  # set on every invocation: nothing leaks between runs
     if not _state["debug"]:
         import warnings
 
@@ -192,6 +195,7 @@ def prune(
     min_channels: int = typer.Option(1, "--min-channels", help="Fewest channels any group keeps."),
     max_group_prune: float = typer.Option(0.9, "--max-group-prune", help="global: most of a group that may go."),
     seed: int = typer.Option(0, "--seed", help="Seed for random criteria."),
+    tolerance: float = typer.Option(0.01, "--tolerance", help="Achieved must be within this relative gap below the target."),
     opset: int = typer.Option(18, "--opset", help="ONNX opset."),
     arch: Optional[str] = ArchOpt,
     weights: Optional[str] = WeightsOpt,
@@ -218,7 +222,7 @@ def prune(
 
     config = _config(flops=_budget("flops", flops), params=_budget("params", params), criterion=criterion,
                      allocation=allocation, round_to=round_to, ignore=tuple(ignore), min_channels=min_channels,
-                     max_group_prune=max_group_prune, seed=seed, opset=opset)
+                     max_group_prune=max_group_prune, seed=seed, tolerance=tolerance, opset=opset)
     from pathlib import Path
 
     from .bundle import check_out_dir

@@ -30,7 +30,7 @@ class Registry(Generic[T]):
     def get(self, name: str) -> T:
         if name in self._items:
             return self._items[name]
-        close = difflib.get_close_matches(name, list(self._items), n=1)
+        close = difflib.get_close_matches(name, list(self._items), n=1, cutoff=0.5)
         hint = f" (did you mean {close[0]!r}?)" if close else ""
         raise UsageError(
             f"{self.flag} {name!r} is not a known {self.kind}{hint}; choices: {', '.join(self.names())}"

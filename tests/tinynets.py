@@ -9,7 +9,7 @@ from torch import nn
 class TinyResNet(nn.Module):
     """conv -> BN -> two residual blocks -> pool -> linear head. Two groups tied by residual adds."""
 
-    def __init__(self, num_classes: int = 10, width: int = 16) -> None:
+    def __init__(self, num_classes: int = 10, width: int = 64) -> None:
         super().__init__()
         self.stem = nn.Conv2d(3, width, 3, padding=1, bias=False)
         self.bn = nn.BatchNorm2d(width)
@@ -27,5 +27,70 @@ class TinyResNet(nn.Module):
         return self.head(torch.flatten(self.pool(x), 1))
 
 
-def tiny_resnet(num_classes: int = 10, width: int = 16) -> nn.Module:
+def tiny_resnet(num_classes: int = 10, width: int = 64) -> nn.Module:
     return TinyResNet(num_classes=num_classes, width=width)
+
+
+class TwoConv(nn.Module):
+    """conv1 (3->8) -> [bn1] -> relu -> conv2 (8->8) -> relu -> pool -> head. conv1's group is conv1 out + conv2 in."""
+
+    def __init__(self, bn: bool = False) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn1 = nn.BatchNorm2d(8) if bn else nn.Identity()
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1, bias=False)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(8, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn1(self.conv1(x)))
+        x = torch.relu(self.conv2(x))
+        return self.head(torch.flatten(self.pool(x), 1))
+
+
+# A fixed permutation so the smallest filters are not simply the first ones.
+FILTER_ORDER = [5, 2, 7, 0, 3, 6, 1, 4]  # FILTER_ORDER[i] = rank of filter i (0 = smallest norm)
+
+
+def two_conv_magnitude() -> nn.Module:
+    """conv1 filter i has every weight = (rank_i + 1) / 10; conv2 weights are all equal, so l1/l2 rank by conv1."""
+    model = TwoConv()
+    with torch.no_grad():
+        for i, rank in enumerate(FILTER_ORDER):
+            model.conv1.weight[i].fill_((rank + 1) / 10)
+        model.conv2.weight.fill_(0.05)
+    return model
+
+
+def two_conv_bn() -> nn.Module:
+    """Equal conv weights; BatchNorm gammas follow FILTER_ORDER."""
+    model = TwoConv(bn=True)
+    with torch.no_grad():
+        model.conv1.weight.fill_(0.1)
+        model.conv2.weight.fill_(0.05)
+        for i, rank in enumerate(FILTER_ORDER):
+            model.bn1.weight[i] = (rank + 1) / 10
+    return model
+
+
+def two_conv_redundant() -> nn.Module:
+    """Filters 0-3 are near-copies of one filter (redundant), filters 4-7 point in distinct directions."""
+    model = TwoConv()
+    g = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        base = torch.randn(3, 3, 3, generator=g)
+        for i in range(4):
+            model.conv1.weight[i] = base + 0.01 * torch.randn(3, 3, 3, generator=g)
+        for i in range(4, 8):
+            model.conv1.weight[i] = 3 * torch.randn(3, 3, 3, generator=g)
+        model.conv2.weight.fill_(0.05)
+    return model
+
+
+def unbalanced_resnet() -> nn.Module:
+    """TinyResNet whose conv_a group has far smaller weights than the others: global ranking prunes it most."""
+    model = TinyResNet(width=64)
+    with torch.no_grad():
+        model.conv_a.weight.mul_(0.01)
+        model.bn_a.weight.mul_(0.01)
+    return model

@@ -1,0 +1,252 @@
+"""`prune` and `export`: exact budgets, which channels each criterion removes, allocations, bundles, atomicity."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+import prunecli
+from conftest import sha256
+from prunecli.config import BudgetTarget, PruneConfig
+from prunecli.load import load_model
+from prunecli.prune import plan_model, run_prune, shrink_copy
+from tinynets import FILTER_ORDER
+
+SMALL = "1,3,16,16"
+
+
+def plan_for(spec, criterion="l1", allocation="uniform", flops=None, params=None, seed=0, tolerance=0.3, **kw):
+    """Plan on a small model; the loose tolerance lets one-group toys pass (their steps are coarse)."""
+    loaded = load_model(spec, input_shape=SMALL)
+    config = PruneConfig(
+        flops=BudgetTarget("flops", flops) if flops else None,
+        params=BudgetTarget("params", params) if params else None,
+        criterion=criterion, allocation=allocation, seed=seed, tolerance=tolerance, **kw,
+    )
+    plan, analysis, fit, dense, targets, _ = plan_model(loaded, config, {})
+    return loaded, plan, fit, dense, targets
+
+
+def conv1_removed(plan):
+    return sorted(next(g for g in plan.groups if g.root == "conv1").removed)
+
+
+SMALLEST_FOUR = sorted(i for i, rank in enumerate(FILTER_ORDER) if rank < 4)
+
+
+# ------------------------------------------------------------------ budgets
+def test_resnet18_flops_half_at_224(cli, tmp_path):
+    result = cli("prune", "torchvision:resnet18", "--flops", "0.5", "--out", tmp_path / "o", "--json")
+    assert result.code == 0, result
+    report = json.loads(result.stdout)
+    assert 0.495 <= report["achieved"]["flops_ratio"] <= 0.500
+    assert report["budget"]["flops"]["target_ratio"] == 0.5 and report["budget"]["flops"]["met"]
+    assert report["onnx"]["max_abs_diff"] <= 1e-4
+    assert json.loads((tmp_path / "o" / "report.json").read_text())["achieved"] == report["achieved"]
+    for name in ("model.onnx", "model.safetensors", "recipe.json", "report.json", "report.md"):
+        assert (tmp_path / "o" / name).is_file()
+    assert "target" in (tmp_path / "o" / "report.md").read_text()
+
+
+@pytest.mark.parametrize("flops,params", [(None, 0.3), (0.5, 0.3), (0.4, None), (None, 0.6)])
+def test_budgets_within_one_percent(flops, params):
+    loaded = load_model("torchvision:resnet18", input_shape="1,3,64,64")
+    config = PruneConfig(flops=BudgetTarget("flops", flops) if flops else None,
+                         params=BudgetTarget("params", params) if params else None)
+    plan, _, fit, dense, targets, _ = plan_model(loaded, config, {})
+    pruned = shrink_copy(loaded, plan)
+    from prunecli.cost import count_flops, count_params
+
+    achieved = {"flops": count_flops(pruned, loaded.example_input), "params": count_params(pruned)}
+    assert achieved == fit.cost  # the meta-device search measured the real model exactly
+    for metric, target in targets.items():
+        assert achieved[metric] <= target
+    binding = min((targets[m] - achieved[m]) / targets[m] for m in targets)
+    assert binding <= 0.01
+
+
+def test_absolute_budget_suffix():
+    loaded = load_model("tinynets:tiny_resnet:width=64", input_shape=SMALL)
+    dense_params = sum(p.numel() for p in loaded.model.parameters())
+    budget = BudgetTarget.parse("params", f"{dense_params * 0.5 / 1e3:.3f}K")
+    assert budget.absolute
+    plan, _, fit, _, targets, _ = plan_model(loaded, PruneConfig(params=budget, round_to=1), {})
+    assert fit.cost["params"] <= targets["params"] and fit.cost["params"] >= 0.99 * targets["params"]
+
+
+def test_too_coarse_model_exits_1_with_the_closest_plan(cli, tmp_path):
+    # Two groups of 16 and 32 channels: no plan lands within 1% below half the params.
+    result = cli("prune", "tinynets:tiny_resnet:width=16", "--input-shape", SMALL, "--params", "0.5", "--round-to", "1",
+                 "--out", tmp_path / "o")
+    assert result.code == 1
+    assert "closest one reaches params 0.9" in result.stderr
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("text,expected", [("0.5", (0.5, False)), ("2.1G", (2.1e9, True)), ("5M", (5e6, True)),
+                                           ("300k", (3e5, True)), ("1e9", (1e9, True))])
+def test_budget_parsing(text, expected):
+    b = BudgetTarget.parse("flops", text)
+    assert (b.value, b.absolute) == expected
+
+
+def test_unreachable_budget_exits_2_before_work(cli, tmp_path):
+    result = cli("prune", "tinynets:tiny_resnet", "--input-shape", SMALL, "--flops", "0.00001", "--out", tmp_path / "o")
+    assert result.code == 2
+    assert "not reachable: the smallest is" in result.stderr and "--round-to" in result.stderr
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--flops", "1.5x"], "--flops '1.5x' is not a budget"),
+    (["--flops", "0"], "--flops"),
+    ([], "give a budget"),
+    (["--flops", "0.5", "--criterion", "l3"], "did you mean 'l2'"),
+    (["--flops", "0.5", "--allocation", "globl"], "did you mean 'global'"),
+    (["--flops", "0.5", "--criterion", "taylor"], "needs gradients from training data"),
+])
+def test_bad_prune_flags(cli, tmp_path, args, message):
+    result = cli("prune", "tinynets:tiny_resnet", "--input-shape", SMALL, *args, "--out", tmp_path / "o")
+    assert result.code == 2, result
+    assert message in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+# ------------------------------------------------------------------ criteria: which channels go
+@pytest.mark.parametrize("criterion", ["l1", "l2", "lamp"])
+def test_magnitude_criteria_remove_smallest_filters(criterion):
+    _, plan, *_ = plan_for("tinynets:two_conv_magnitude", criterion=criterion, params=0.6, round_to=1, ignore=("conv2",))
+    removed = conv1_removed(plan)
+    assert removed, "the budget must remove some conv1 channels"
+    ranks = [FILTER_ORDER[i] for i in removed]
+    assert sorted(ranks) == list(range(len(removed)))  # exactly the smallest-norm filters
+
+
+def test_bn_criterion_removes_smallest_gamma():
+    _, plan, *_ = plan_for("tinynets:two_conv_bn", criterion="bn", params=0.6, round_to=1, ignore=("conv2",))
+    removed = conv1_removed(plan)
+    assert removed and sorted(FILTER_ORDER[i] for i in removed) == list(range(len(removed)))
+
+
+def test_fpgm_removes_redundant_filters():
+    _, plan, *_ = plan_for("tinynets:two_conv_redundant", criterion="fpgm", params=0.7, round_to=1, ignore=("conv2",))
+    removed = conv1_removed(plan)
+    assert removed and set(removed) <= {0, 1, 2, 3}
+
+
+def test_random_is_seeded():
+    kwargs = dict(criterion="random", flops=0.5, round_to=1)
+    a = [g.keep for g in plan_for("tinynets:tiny_resnet", seed=1, **kwargs)[1].groups]
+    b = [g.keep for g in plan_for("tinynets:tiny_resnet", seed=1, **kwargs)[1].groups]
+    c = [g.keep for g in plan_for("tinynets:tiny_resnet", seed=2, **kwargs)[1].groups]
+    assert a == b and a != c
+
+
+# ------------------------------------------------------------------ allocations
+def test_global_prunes_the_weak_group_more_than_uniform():
+    _, uni, fit_u, _, t_u = plan_for("tinynets:unbalanced_resnet", allocation="uniform", flops=0.6, round_to=1,
+                                     tolerance=0.01)
+    _, glo, fit_g, _, t_g = plan_for("tinynets:unbalanced_resnet", allocation="global", flops=0.6, round_to=1,
+                                     max_group_prune=0.75, tolerance=0.01)
+    keep = lambda plan: {g.root: len(g.keep) for g in plan.groups}  # noqa: E731
+    assert keep(glo)["conv_a"] < keep(uni)["conv_a"]
+    assert keep(glo)["conv_a"] >= 128 * 0.25  # the per-group cap holds
+    ratios = {len(g.keep) / g.channels for g in uni.groups}
+    assert max(ratios) - min(ratios) < 0.15  # uniform: about one ratio everywhere
+    for fit, t in ((fit_u, t_u), (fit_g, t_g)):
+        assert t["flops"] * 0.99 <= fit.cost["flops"] <= t["flops"]
+
+
+# ------------------------------------------------------------------ shrink, bundle, rebuild
+def test_bundle_rebuilds_identically_without_pickles(tmp_path, monkeypatch):
+    loaded = load_model("tinynets:tiny_resnet", input_shape=SMALL)
+    config = PruneConfig(flops=BudgetTarget("flops", 0.5), round_to=1)
+    plan = plan_model(loaded, config, {})[0]
+    in_memory = shrink_copy(loaded, plan)
+    assert in_memory.conv_a.weight.shape[0] < loaded.model.conv_a.weight.shape[0]  # physically smaller
+    run_prune(loaded, config, tmp_path / "b")
+
+    def no_torch_load(*args, **kwargs):
+        raise AssertionError("rebuilding a bundle must not call torch.load")
+
+    monkeypatch.setattr(torch, "load", no_torch_load)
+    rebuilt = prunecli.load_bundle(tmp_path / "b")
+    x = torch.randn(3, 3, 16, 16)
+    with torch.no_grad():
+        assert torch.equal(rebuilt(x), in_memory(x))
+    assert rebuilt(x).shape == loaded.model(x).shape
+
+
+def test_bundle_is_a_model_for_inspect_export_and_prune(cli, tmp_path):
+    assert cli("prune", "tinynets:tiny_resnet", "--input-shape", SMALL, "--flops", "0.7", "--round-to", "1",
+               "--out", tmp_path / "a").code == 0
+    doc = json.loads(cli("inspect", tmp_path / "a", "--json").stdout)
+    first = json.loads((tmp_path / "a" / "report.json").read_text())
+    assert doc["flops"] == first["achieved"]["flops"]
+    again = cli("prune", tmp_path / "a", "--flops", "0.8", "--round-to", "1", "--out", tmp_path / "b", "--json")
+    assert again.code == 0, again
+    assert len(json.loads((tmp_path / "b" / "recipe.json").read_text())["plans"]) == 2
+    rebuilt = prunecli.load_bundle(tmp_path / "b")
+    from prunecli.cost import count_flops
+
+    assert count_flops(rebuilt, torch.randn(1, 3, 16, 16)) == json.loads(again.stdout)["achieved"]["flops"]
+    exported = cli("export", tmp_path / "b", "--out", tmp_path / "b.onnx", "--json")
+    assert exported.code == 0 and json.loads(exported.stdout)["max_abs_diff"] <= 1e-4
+
+
+def test_interrupt_leaves_no_partial_bundle(tmp_path, monkeypatch):
+    import prunecli.prune as stage
+
+    def interrupted(*args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(stage, "verify_onnx", interrupted)
+    loaded = load_model("tinynets:tiny_resnet", input_shape=SMALL)
+    with pytest.raises(KeyboardInterrupt):
+        run_prune(loaded, PruneConfig(flops=BudgetTarget("flops", 0.5)), tmp_path / "o")
+    assert list(tmp_path.iterdir()) == [tmp_path / "_home"]  # no bundle, no temporary directory
+
+
+def test_non_empty_out_needs_force(cli, tmp_path):
+    out = tmp_path / "o"
+    out.mkdir()
+    (out / "keep.txt").write_text("precious")
+    args = ["prune", "tinynets:tiny_resnet", "--input-shape", SMALL, "--flops", "0.5", "--out", out]
+    refused = cli(*args)
+    assert refused.code == 2 and "--force" in refused.stderr
+    assert (out / "keep.txt").read_text() == "precious"
+    assert cli(*args, "--force").code == 0
+    assert not (out / "keep.txt").exists() and (out / "model.onnx").is_file()
+
+
+def test_input_file_is_unchanged_by_every_command(cli, tmp_path):
+    ckpt = tmp_path / "model.pt"
+    from tinynets import tiny_resnet
+
+    torch.save({"arch": "tinynets:tiny_resnet", "state_dict": tiny_resnet().state_dict(),
+                "input_shape": [1, 3, 16, 16]}, ckpt)
+    before = sha256(ckpt)
+    assert cli("inspect", ckpt).code == 0
+    assert cli("prune", ckpt, "--flops", "0.5", "--out", tmp_path / "o").code == 0
+    assert cli("export", ckpt, "--out", tmp_path / "m.onnx").code == 0
+    assert sha256(ckpt) == before
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert report["source"]["sha256"] == before
+
+
+def test_failed_verification_exits_3(cli, tmp_path, monkeypatch):
+    import prunecli.export as export
+
+    monkeypatch.setattr(export, "ATOL", -1.0)  # no output can match: the check must fail loudly
+    result = cli("export", "tinynets:tiny_resnet", "--input-shape", SMALL, "--out", tmp_path / "m.onnx")
+    assert result.code == 3
+    assert "max abs diff" in result.stderr
+    assert not (tmp_path / "m.onnx").exists()
+
+
+def test_export_refuses_existing_file(cli, tmp_path):
+    (tmp_path / "m.onnx").write_bytes(b"x")
+    result = cli("export", "tinynets:tiny_resnet", "--input-shape", SMALL, "--out", tmp_path / "m.onnx")
+    assert result.code == 2 and "--force" in result.stderr

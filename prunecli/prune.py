@@ -111,7 +111,26 @@ def budget_report(config: PruneConfig, dense: dict, targets: dict, achieved: dic
     return out
 
 
-def run_prune(loaded: LoadedModel, config: PruneConfig, out: Path, *, force: bool = False) -> dict:
+def latency_ratio(dense_model, pruned_onnx: Path, example_input, input_shape, opset: int, runs: int = 20) -> dict:
+    """A short interleaved onnxruntime measurement of dense vs pruned (CPU, batch of the input shape)."""
+    import tempfile
+
+    from .bench import BenchConfig, run_bench
+
+    with tempfile.TemporaryDirectory(prefix="prunecli-dense-") as tmp:
+        dense_onnx = Path(tmp) / "dense.onnx"
+        export_onnx(dense_model, example_input, dense_onnx, opset)
+        doc = run_bench(pruned_onnx, dense_onnx, BenchConfig(warmup=3, runs=runs, block=5), tuple(input_shape))
+    return {
+        "provider": doc["provider"], "threads": doc["threads"], "runs": doc["runs"], "batch": doc["model"]["batch"],
+        "dense_p50_ms": doc["baseline"]["p50_ms"], "pruned_p50_ms": doc["model"]["p50_ms"],
+        "ratio_p50": doc["ratio"]["p50"], "ratio_mean": doc["ratio"]["mean"],
+        "note": "short measurement during prune; use `prunecli bench` for a gate",
+    }
+
+
+def run_prune(loaded: LoadedModel, config: PruneConfig, out: Path, *, force: bool = False,
+              measure_latency: bool = True) -> dict:
     """Prune ``loaded`` to ``config``'s budget and write the bundle to ``out``; return report.json's content."""
     check_out_dir(out, force)
     if not loaded.arch:
@@ -178,6 +197,11 @@ def run_prune(loaded: LoadedModel, config: PruneConfig, out: Path, *, force: boo
         check = verify_onnx(pruned, tmp / "model.onnx", loaded.input_shape)
         timings["verify_s"] = time.perf_counter() - t0
         report["onnx"] = {"file": "model.onnx", "opset": config.opset, "exporter": exporter, "dynamic_batch": True, **check}
+        if measure_latency:
+            t0 = time.perf_counter()
+            report["latency"] = latency_ratio(loaded.model, tmp / "model.onnx", loaded.example_input,
+                                              loaded.input_shape, config.opset)
+            timings["latency_s"] = time.perf_counter() - t0
         write_weights(pruned, tmp / WEIGHTS)
         recipe = make_recipe(
             {**source, "arch": (loaded.recipe["source"]["arch"] if loaded.kind == "bundle" else loaded.arch)},

@@ -113,6 +113,12 @@ def prune_markdown(report: dict) -> str:
         "|---|---:|---:|",
     ]
     lines += [f"| {g['root']} | {g['before']} | {g['after']} |" for g in report["groups"]]
+    if report.get("latency"):
+        lat = report["latency"]
+        lines += ["", "## Latency (short measurement)", "",
+                  f"onnxruntime {lat['provider']}, {lat['threads']} threads, batch {lat['batch']}, {lat['runs']} interleaved "
+                  f"runs: dense p50 {lat['dense_p50_ms']:.3f} ms, pruned p50 {lat['pruned_p50_ms']:.3f} ms, "
+                  f"ratio {lat['ratio_p50']:.3f}."]
     lines += ["", "## Timings (s)", ""] + [f"- {k}: {v:.2f}" for k, v in report["timings"].items()]
     return "\n".join(lines) + "\n"
 
@@ -142,4 +148,32 @@ def render_prune(console: Console, report: dict, out) -> None:
     o = report["onnx"]
     console.print(f"ONNX verified: onnxruntime vs PyTorch max abs diff [bold]{o['max_abs_diff']:.2e}[/bold] "
                   f"(opset {o['opset']}, batches {', '.join(map(str, o['per_batch']))}).")
+    if report.get("latency"):
+        lat = report["latency"]
+        console.print(f"Latency (onnxruntime {lat['provider']}, {lat['threads']} threads, {lat['runs']} interleaved runs): "
+                      f"dense p50 {lat['dense_p50_ms']:.2f} ms, pruned {lat['pruned_p50_ms']:.2f} ms, "
+                      f"ratio [bold]{lat['ratio_p50']:.3f}[/bold] (use `prunecli bench` for a gate).")
     console.print(f"Bundle written to [bold]{out}[/bold] (model.onnx, model.safetensors, recipe.json, report.json, report.md).")
+
+
+def render_bench(console: Console, doc: dict) -> None:
+    table = Table(title=f"Latency (ms) — {doc['provider']}, {doc['threads']} threads, {doc['runs']} runs"
+                        + (f", interleaved blocks of {doc['interleaved_block']}" if doc.get("interleaved_block") else ""),
+                  header_style="bold")
+    table.add_column("model", overflow="fold")
+    for col in ("p50", "p90", "p99", "mean", "std", "min", "items/s"):
+        table.add_column(col, justify="right")
+    for label in ("model", "baseline"):
+        if label in doc:
+            m = doc[label]
+            table.add_row(f"{label}: {m['path']}", *(f"{m[k + '_ms']:.3f}" for k in ("p50", "p90", "p99", "mean", "std", "min")),
+                          f"{m['throughput_items_per_s']:.1f}")
+    if "ratio" in doc:
+        r = doc["ratio"]
+        table.add_row("ratio model/baseline", *(f"{r[k]:.3f}" for k in ("p50", "p90", "p99", "mean", "std", "min")), "")
+    console.print(table)
+    console.print(f"[dim]CPU: {doc['cpu']}; batch {doc['model']['batch']}, input {doc['model']['input_shape']}; "
+                  f"session RSS growth {doc['model']['rss_delta_mb']:.0f} MB; process peak RSS {doc['peak_rss_mb']:.0f} MB[/dim]")
+    for c in doc["constraints"]:
+        mark = "[green]pass[/green]" if c["passed"] else "[red]FAIL[/red]"
+        console.print(f"{mark}  {c['name']}: measured {c['measured']:.4g} (budget {c['budget']:g})")

@@ -66,8 +66,8 @@ def verify_onnx(model, path: Path, input_shape, batch_sizes=(1, 2), seed: int = 
         diff = float(np.max(np.abs(got - expected)))
         per_batch[batch] = diff
         worst = max(worst, diff)
-        scale = max(scale, out_scale)
         out_scale = float(np.max(np.abs(expected)))
+        scale = max(scale, out_scale)
         if not np.allclose(got, expected, atol=ATOL, rtol=RTOL) or (out_scale > 0 and diff > RELATIVE_TOL * out_scale):
             raise VerificationFailed(
                 f"{path}: onnxruntime differs from PyTorch at batch {batch}: max abs diff {diff:.3g} "

@@ -118,6 +118,14 @@ def is_arch_spec(text: str) -> bool:
     return bool(re.match(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*(:.*)?$", text)) and not Path(text).exists()
 
 
+def absolute_spec(spec: str) -> str:
+    """``rel/file.py:factory`` -> ``/abs/rel/file.py:factory``, so bundles rebuild from any directory."""
+    match = re.match(r"^(?P<target>.+?\.py)(?P<rest>:.*)$", spec)
+    if match and Path(match["target"]).is_file():
+        return f"{Path(match['target']).resolve()}{match['rest']}"
+    return spec
+
+
 # --------------------------------------------------------------------------- architectures
 def build_arch(spec: str, flag: str = "MODEL"):
     """Instantiate the architecture a spec names (random init)."""
@@ -403,7 +411,7 @@ def load_model(
         if arch is not None:
             raise UsageError(f"--arch is for weight files; MODEL {spec!r} names the architecture already")
         model = build_arch(spec)
-        arch_spec, kind = spec, ("torchvision" if spec.startswith("torchvision:") else "factory")
+        arch_spec, kind = absolute_spec(spec), ("torchvision" if spec.startswith("torchvision:") else "factory")
         if weights is not None:
             wpath = Path(weights)
             load_weights_into(model, read_weights(wpath), str(wpath), spec)

@@ -250,3 +250,15 @@ def test_export_refuses_existing_file(cli, tmp_path):
     (tmp_path / "m.onnx").write_bytes(b"x")
     result = cli("export", "tinynets:tiny_resnet", "--input-shape", SMALL, "--out", tmp_path / "m.onnx")
     assert result.code == 2 and "--force" in result.stderr
+
+
+def test_bundle_from_factory_file_rebuilds_elsewhere(cli, tmp_path, monkeypatch):
+    (tmp_path / "net.py").write_text("from tinynets import tiny_resnet\n\ndef build():\n    return tiny_resnet()\n")
+    assert cli("prune", "net.py:build", "--input-shape", SMALL, "--flops", "0.5", "--no-latency",
+               "--out", tmp_path / "b").code == 0
+    recipe = json.loads((tmp_path / "b" / "recipe.json").read_text())
+    assert recipe["source"]["arch"] == f"{tmp_path / 'net.py'}:build"
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    assert prunecli.load_bundle(tmp_path / "b")(torch.randn(1, 3, 16, 16)).shape == (1, 10)

@@ -32,7 +32,7 @@ name, out, flops = sys.argv[1], sys.argv[2], float(sys.argv[3])
 t0 = time.perf_counter()
 try:
     loaded = load_model(f"torchvision:{name}")
-    report = run_prune(loaded, PruneConfig(flops=BudgetTarget("flops", flops)), Path(out))
+    report = run_prune(loaded, PruneConfig(flops=BudgetTarget("flops", flops)), Path(out), measure_latency=False)
     row = {"status": "ok", "ratio": report["achieved"]["flops_ratio"], "diff": report["onnx"]["max_abs_diff"],
            "scale": report["onnx"]["max_abs_output"]}
 except PruneCliError as exc:
@@ -70,6 +70,7 @@ def main() -> None:
     parser.add_argument("--flops", type=float, default=0.5)
     parser.add_argument("--timeout", type=int, default=600, help="seconds per model")
     parser.add_argument("--out", default="benchmarks/results/coverage.md")
+    parser.add_argument("--resume", action="store_true", help="keep rows already in --out and run the rest")
     args = parser.parse_args()
     import torch
     import torchvision
@@ -78,6 +79,15 @@ def main() -> None:
     rows = []
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
+    done = {}
+    if args.resume and out.is_file():
+        for line in out.read_text().splitlines():
+            cells = [c.strip() for c in line.strip("|").split("|")]
+            if len(cells) == 6 and cells[0] in names:
+                row = {"status": cells[1], "seconds": float(cells[5])}
+                if cells[2] != "-":
+                    row.update(ratio=float(cells[2]), diff=float(cells[3]), scale=float(cells[4]))
+                done[cells[0]] = row
     header = [
         f"# Coverage: `prune --flops {args.flops}` (l1, uniform, preset round_to and input shape)",
         "",
@@ -91,7 +101,7 @@ def main() -> None:
         "|---|---|---:|---:|---:|---:|",
     ]
     for name in names:
-        row = run_one(name, args.flops, args.timeout)
+        row = done.get(name) or run_one(name, args.flops, args.timeout)
         rows.append((name, row))
         print(_line(name, row), flush=True)
         ok = sum(1 for _, r in rows if r["status"] == "ok")

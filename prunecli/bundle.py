@@ -48,15 +48,24 @@ def check_out_dir(out: Path, force: bool, flag: str = "--out") -> None:
 
 
 @contextlib.contextmanager
-def atomic_dir(out: Path, force: bool):
-    """Yield a temporary directory that replaces ``out`` only if the block finishes."""
+def atomic_dir(out: Path, force: bool, *, merge: bool = False):
+    """Yield a temporary directory that replaces ``out`` only if the block finishes.
+
+    With ``merge`` (a fine-tuning run whose ``out`` already holds its checkpoints) the staged files are
+    moved into ``out`` one by one, ``recipe.json`` last: ``out`` is a bundle only once it is complete.
+    """
     out = Path(out)
-    check_out_dir(out, force)
+    if not merge:
+        check_out_dir(out, force)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
     try:
         yield tmp
-        if out.exists():
+        if merge and out.is_dir():
+            (out / RECIPE).unlink(missing_ok=True)
+            for name in sorted(os.listdir(tmp), key=lambda n: n == RECIPE):
+                os.replace(tmp / name, out / name)
+        elif out.exists():
             old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
             os.replace(out, old / "previous")
             os.replace(tmp, out)
@@ -78,34 +87,47 @@ def make_recipe(source: dict, input_shape, plans: list[dict]) -> dict:
     return {"format": FORMAT, "version": VERSION, "source": source, "input_shape": list(input_shape), "plans": plans}
 
 
-def read_recipe(path: Path) -> dict:
-    path = Path(path)
+def read_recipe_file(file: Path) -> dict:
+    file = Path(file)
     try:
-        recipe = json.loads((path / RECIPE).read_text())
+        recipe = json.loads(file.read_text())
     except (OSError, json.JSONDecodeError) as exc:
-        raise UsageError(f"bundle {path}: {RECIPE} is unreadable ({exc}); re-create the bundle") from exc
+        raise UsageError(f"{file} is unreadable ({exc}); re-create the bundle") from exc
     if recipe.get("format") != FORMAT or recipe.get("version") != VERSION:
-        raise UsageError(f"bundle {path}: {RECIPE} is not a {FORMAT} v{VERSION} recipe")
+        raise UsageError(f"{file} is not a {FORMAT} v{VERSION} recipe")
     return recipe
+
+
+def read_recipe(path: Path) -> dict:
+    return read_recipe_file(Path(path) / RECIPE)
+
+
+def rebuild_structure(recipe: dict):
+    """The source architecture with every plan of the recipe applied (weights not loaded)."""
+    import torch
+
+    from .load import build_arch
+    from .plan import Plan
+    from .shrink import remove_channels_
+
+    arch = recipe["source"].get("arch")
+    if not arch:
+        raise UsageError("the recipe names no architecture to rebuild from")
+    model = build_arch(arch, "recipe source arch").cpu().eval()
+    example = torch.zeros(*recipe["input_shape"])
+    for plan in recipe["plans"]:
+        remove_channels_(model, example, Plan.from_json(plan).removed())
+    return model
 
 
 def load_bundle_model(path: Path):
     """(model, recipe): rebuild the architecture, apply every plan, load the safetensors weights."""
-    import torch
-
-    from .load import build_arch, load_weights_into
-    from .plan import Plan
-    from .shrink import remove_channels_
+    from .load import load_weights_into
 
     path = Path(path)
     recipe = read_recipe(path)
     arch = recipe["source"].get("arch")
-    if not arch:
-        raise UsageError(f"bundle {path}: its recipe names no architecture to rebuild from")
-    model = build_arch(arch, f"bundle {path} source arch").cpu().eval()
-    example = torch.zeros(*recipe["input_shape"])
-    for plan in recipe["plans"]:
-        remove_channels_(model, example, Plan.from_json(plan).removed())
+    model = rebuild_structure(recipe)
     from safetensors.torch import load_file
 
     weights = path / WEIGHTS

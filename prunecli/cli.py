@@ -198,6 +198,20 @@ def prune(
     tolerance: float = typer.Option(0.01, "--tolerance", help="Achieved must be within this relative gap below the target."),
     opset: int = typer.Option(18, "--opset", help="ONNX opset."),
     latency: bool = typer.Option(True, "--latency/--no-latency", help="Record a short dense-vs-pruned onnxruntime latency ratio."),
+    data: Optional[str] = typer.Option(None, "--data", help="digits, imagefolder:DIR, cifar10:DIR, cifar100:DIR, file.py:factory, synthetic[:N]."),
+    schedule: str = typer.Option("oneshot", "--schedule", help="oneshot, agp (gradual, cubic) or soft (Soft Filter Pruning)."),
+    agp_steps: int = typer.Option(4, "--agp-steps", help="agp: pruning steps."),
+    epochs: int = typer.Option(0, "--epochs", help="Fine-tuning epochs (needs --data)."),
+    lr: float = typer.Option(0.01, "--lr", help="Peak learning rate (cosine schedule with warmup)."),
+    optimizer: str = typer.Option("sgd", "--optimizer", help="sgd or adamw."),
+    weight_decay: float = typer.Option(5e-4, "--weight-decay", help="Weight decay."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Batch size for training and evaluation."),
+    workers: int = typer.Option(0, "--workers", help="Data loader worker processes."),
+    distill: bool = typer.Option(False, "--distill", help="Distil from the dense model (KL on softened logits + task loss)."),
+    distill_weight: float = typer.Option(0.7, "--distill-weight", help="Weight of the KL term."),
+    temperature: float = typer.Option(4.0, "--temperature", help="Distillation temperature."),
+    criterion_batches: int = typer.Option(8, "--criterion-batches", help="Batches for taylor/activation criteria."),
+    resume: bool = typer.Option(False, "--resume", help="Continue fine-tuning from --out/checkpoints/last.pt."),
     arch: Optional[str] = ArchOpt,
     weights: Optional[str] = WeightsOpt,
     trust_pickle: bool = TrustOpt,
@@ -219,28 +233,87 @@ def prune(
 
         prunecli prune pruned/ --flops 0.5 --out pruned-again/   # prune a bundle further
     """
+    from pathlib import Path
+
     from .prune import run_prune
 
     config = _config(flops=_budget("flops", flops), params=_budget("params", params), criterion=criterion,
                      allocation=allocation, round_to=round_to, ignore=tuple(ignore), min_channels=min_channels,
-                     max_group_prune=max_group_prune, seed=seed, tolerance=tolerance, opset=opset)
-    from pathlib import Path
-
-    from .bundle import check_out_dir
-    from .criteria import CRITERIA
-    from .allocate import ALLOCATORS
-
-    check_out_dir(Path(out), force)
-    CRITERIA.get(criterion)
-    ALLOCATORS.get(allocation)
+                     max_group_prune=max_group_prune, seed=seed, tolerance=tolerance, opset=opset,
+                     extra={"agp_steps": agp_steps})
+    finetune = _finetune_config(epochs=epochs, lr=lr, optimizer=optimizer, weight_decay=weight_decay, distill=distill,
+                                distill_weight=distill_weight, temperature=temperature, seed=seed)
+    _check_prune_flags(out, force, resume, criterion, allocation, schedule, data, epochs)
     loaded = _load(model, arch, weights, trust_pickle, input_shape, preset)
-    report = run_prune(loaded, config, Path(out), force=force, measure_latency=latency)
+    loaders = _data(data, batch_size, workers, loaded, seed) if data else None
+    with _progress(enabled=not as_json) as progress:
+        report = run_prune(loaded, config, Path(out), force=force, measure_latency=latency, data=loaders,
+                           finetune=finetune, schedule=schedule, resume=resume, progress=progress,
+                           criterion_batches=criterion_batches)
     if as_json:
         typer.echo(json.dumps(report, indent=2))
     else:
         from .report import render_prune
 
         render_prune(_console(), report, out)
+    if report.get("interrupted"):
+        sys.stderr.write(f"error: interrupted during fine-tuning; {out} holds the bundle from the best checkpoint "
+                         f"(epoch {report['accuracy']['best_epoch']}); rerun with --resume to continue\n")
+        raise typer.Exit(130)
+
+
+def _finetune_config(**kwargs):
+    from .errors import UsageError
+    from .finetune import FinetuneConfig
+
+    try:
+        return FinetuneConfig(**kwargs)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def _check_prune_flags(out, force, resume, criterion, allocation, schedule, data, epochs) -> None:
+    """Everything that can be refused before loading anything."""
+    from pathlib import Path
+
+    from .allocate import ALLOCATORS
+    from .bundle import check_out_dir
+    from .criteria import CRITERIA, DATA_CRITERIA
+    from .errors import UsageError
+    from .schedule import SCHEDULES
+
+    if not resume:
+        check_out_dir(Path(out), force)
+    CRITERIA.get(criterion)
+    ALLOCATORS.get(allocation)
+    SCHEDULES.get(schedule)
+    if criterion in DATA_CRITERIA and not data:
+        raise UsageError(f"--criterion {criterion} needs training data: pass --data SPEC (e.g. --data digits)")
+    if epochs and not data:
+        raise UsageError(f"--epochs {epochs} needs --data SPEC to fine-tune on (e.g. --data digits)")
+
+
+def _data(spec, batch_size, workers, loaded, seed):
+    from .data import DataConfig, load_data
+    from .errors import UsageError
+
+    try:
+        config = DataConfig(spec=spec, batch_size=batch_size, workers=workers)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    return load_data(config, loaded.input_shape, seed=seed)
+
+
+def _progress(enabled: bool):
+    """Rich progress bars on a terminal; a no-op context otherwise."""
+    import contextlib
+
+    if not enabled or not sys.stdout.isatty():
+        return contextlib.nullcontext(None)
+    from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+    return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
+                    TimeRemainingColumn(), console=_console(), transient=False)
 
 
 @app.command()
@@ -353,6 +426,42 @@ def bench(
         for c in missed:
             sys.stderr.write(f"budget not met: {c['name']}: measured {c['measured']:.4g}\n")
         raise typer.Exit(1)
+
+
+@app.command()
+@handle_errors
+def demo(
+    out: Optional[str] = typer.Option(None, "--out", help="Output directory (default: a fresh prunecli-demo-DATE-TIME)."),
+    flops: float = typer.Option(0.5, "--flops", help="FLOPs budget as a fraction of dense."),
+    epochs: int = typer.Option(15, "--epochs", help="Fine-tuning epochs after pruning."),
+    as_json: bool = JsonOpt,
+) -> None:
+    """Run the whole job on real data that ships offline (scikit-learn's digits), in a few minutes on a CPU.
+
+    Trains a small CIFAR-style ResNet (cached, so a second run skips it), prunes it to --flops, fine-tunes
+    with distillation, exports and verifies ONNX, benches dense vs pruned, and prints the summary.
+
+    Examples:
+
+        prunecli demo
+
+        prunecli demo --flops 0.25 --out demo-025/ --json
+    """
+    from pathlib import Path
+
+    from .demo import run_demo
+    from .errors import UsageError
+
+    if not 0 < flops <= 1:
+        raise UsageError(f"--flops {flops}: a fraction must be in (0, 1]")
+    with _progress(enabled=not as_json) as progress:
+        summary = run_demo(Path(out) if out else None, flops=flops, epochs=epochs, progress=progress)
+    if as_json:
+        typer.echo(json.dumps(summary, indent=2))
+    else:
+        from .report import render_demo
+
+        render_demo(_console(), summary)
 
 
 def main() -> None:

@@ -62,26 +62,78 @@ def _random():
 
 @CRITERIA.register("taylor")
 def _taylor():
-    """Gradient x weight (first-order Taylor); needs training data."""
-    raise UsageError(
-        "--criterion taylor needs gradients from training data, and data loading (--data) is not available yet; "
-        "use l1, l2, fpgm, bn, lamp or random"
-    )
+    """|gradient x weight| (first-order Taylor) accumulated over --criterion-batches of training data."""
+    import torch_pruning as tp
+
+    return tp.importance.TaylorImportance()
 
 
-def channel_scores(model, example_input, roots_and_channels, criterion: str, seed: int = 0) -> dict:
-    """{root: numpy array of one score per channel} for every group root, on the unpruned model."""
+@CRITERIA.register("activation")
+def _activation():
+    """Mean |activation| entering each consumer, per channel, over --criterion-batches (Distiller's ranker)."""
+    return _accumulating_activation()
+
+
+DATA_CRITERIA = ("taylor", "activation")
+
+
+def _accumulating_activation():
+    """Torch-Pruning's ActivationImportance keeps only the last batch; this one averages over every batch seen."""
+    import contextlib
+
+    import torch
+    import torch_pruning as tp
+
+    class AccumulatingActivationImportance(tp.importance.ActivationImportance):
+        @contextlib.contextmanager
+        def compute_importance(self, model):
+            def hook(module, inputs, output):
+                x = inputs[0].detach().abs()
+                value = x.reshape(-1, x.shape[-1]).mean(0) if isinstance(module, torch.nn.Linear) else x.mean((0, 2, 3))
+                count = getattr(module, "_prunecli_count", 0)
+                previous = getattr(module, "_importance", None)
+                module._importance = value if previous is None or count == 0 else (previous * count + value) / (count + 1)
+                module._prunecli_count = count + 1
+
+            hooks = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+            try:
+                yield
+            finally:
+                for h in hooks:
+                    h.remove()
+
+    return AccumulatingActivationImportance()
+
+
+def channel_scores(model, example_input, roots_and_channels, criterion: str, seed: int = 0, batches=None) -> dict:
+    """{root: numpy array of one score per channel} for every group root, on the unpruned model.
+
+    ``batches`` (a list of (inputs, labels)) feeds the data-driven criteria: ``taylor`` accumulates
+    gradients of the cross-entropy over them, ``activation`` averages activations over them.
+    """
     import numpy as np
     import torch
 
     from .shrink import build_graph
 
     make = CRITERIA.get(criterion)
+    if criterion in DATA_CRITERIA and not batches:
+        raise UsageError(f"--criterion {criterion} needs training data: pass --data SPEC (e.g. --data digits)")
     importance = make()
     fallback = _l1()
     graph = build_graph(model, example_input)
     modules = dict(model.named_modules())
     torch.manual_seed(seed)
+    if criterion == "taylor":
+        model.eval()
+        model.zero_grad(set_to_none=True)
+        for x, y in batches:
+            torch.nn.functional.cross_entropy(model(x), y).backward()
+    elif criterion == "activation":
+        model.eval()
+        with importance.compute_importance(model), torch.no_grad():
+            for x, _ in batches:
+                model(x)
     scores = {}
     for root, channels in roots_and_channels:
         module = modules[root]
@@ -92,4 +144,10 @@ def channel_scores(model, example_input, roots_and_channels, criterion: str, see
             if value is None:  # e.g. `bn` on a group without BatchNorm
                 value = fallback(group)
         scores[root] = np.asarray(value.detach().cpu().double().numpy(), dtype=np.float64)
+    if criterion == "taylor":
+        model.zero_grad(set_to_none=True)
+    for m in model.modules():  # drop activation statistics left on modules
+        for attr in ("_importance", "_prunecli_count"):
+            if hasattr(m, attr):
+                delattr(m, attr)
     return scores

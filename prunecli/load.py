@@ -152,6 +152,17 @@ def build_arch(spec: str, flag: str = "MODEL"):
             raise UsageError(f"{flag} {spec!r}: bad constructor option: {exc}") from exc
         return model
 
+    model = build_factory_object(spec, flag)
+    if not isinstance(model, torch.nn.Module):
+        raise UsageError(f"{flag} {spec!r} returned {type(model).__name__}, not a torch.nn.Module")
+    return model
+
+
+def build_factory_object(spec: str, flag: str):
+    """Call ``file.py:factory[:k=v]`` or ``package.module:factory[:k=v]`` and return what it returns.
+
+    This imports and runs user code, as the README says.
+    """
     match = re.match(r"^(?P<target>.+?):(?P<factory>[A-Za-z_]\w*)(?::(?P<opts>.*))?$", spec)
     if not match:
         raise UsageError(
@@ -180,12 +191,9 @@ def build_arch(spec: str, flag: str = "MODEL"):
     if not callable(factory):
         raise UsageError(f"{flag} {spec!r}: {target} has no callable {factory_name!r}")
     try:
-        model = factory(**kwargs)
+        return factory(**kwargs)
     except Exception as exc:
         raise UsageError(f"{flag} {spec!r}: {factory_name}() raised {type(exc).__name__}: {exc}") from exc
-    if not isinstance(model, torch.nn.Module):
-        raise UsageError(f"{flag} {spec!r}: {factory_name}() returned {type(model).__name__}, not a torch.nn.Module")
-    return model
 
 
 # --------------------------------------------------------------------------- files

@@ -6,6 +6,7 @@ Each step is a stage module; this one only sequences them and assembles the repo
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import platform
 import time
@@ -40,7 +41,7 @@ def versions() -> dict:
     return out
 
 
-def plan_model(loaded: LoadedModel, config: PruneConfig, timings: dict):
+def plan_model(loaded: LoadedModel, config: PruneConfig, timings: dict, batches=None):
     """Decide which channels go: (plan, analysis, fit, dense cost, targets). Touches no weights."""
     CRITERIA.get(config.criterion)  # unknown names fail before any work
     allocator = allocate.ALLOCATORS.get(config.allocation)
@@ -56,7 +57,7 @@ def plan_model(loaded: LoadedModel, config: PruneConfig, timings: dict):
 
     t0 = time.perf_counter()
     scores = channel_scores(loaded.model, loaded.example_input, [(g.root, g.channels) for g in analysis.groups],
-                            config.criterion, seed=config.seed)
+                            config.criterion, seed=config.seed, batches=batches)
     order = allocator(analysis.groups, scores, config)
     timings["score_s"] = time.perf_counter() - t0
 
@@ -130,66 +131,110 @@ def latency_ratio(dense_model, pruned_onnx: Path, example_input, input_shape, op
 
 
 def run_prune(loaded: LoadedModel, config: PruneConfig, out: Path, *, force: bool = False,
-              measure_latency: bool = True) -> dict:
-    """Prune ``loaded`` to ``config``'s budget and write the bundle to ``out``; return report.json's content."""
-    check_out_dir(out, force)
+              measure_latency: bool = True, data=None, finetune=None, schedule: str = "oneshot",
+              resume: bool = False, progress=None, criterion_batches: int = 8) -> dict:
+    """Prune ``loaded`` to ``config``'s budget (optionally fine-tuning on ``data``) and write the bundle to ``out``.
+
+    Returns report.json's content. With fine-tuning, ``out/checkpoints/`` holds a checkpoint per epoch;
+    an interrupt (Ctrl-C) during fine-tuning still writes the bundle, from the best checkpoint, and the
+    report says ``interrupted``; ``resume=True`` continues from ``out/checkpoints/last.pt``.
+    """
+    import shutil
+
+    from .finetune import FinetuneConfig, evaluate, read_resume_state
+    from .schedule import SCHEDULES, Context
+
+    finetune = finetune or FinetuneConfig()
+    run_schedule = SCHEDULES.get(schedule)
+    training = data is not None and finetune.epochs > 0
+    if not resume:
+        check_out_dir(out, force)
     if not loaded.arch:
         raise UsageError(
             "the pruned model cannot be saved pickle-free: the source has no architecture spec; "
             "pass --arch SPEC naming the pickled model's architecture"
         )
+    checkpoints = out / "checkpoints" if training else None
+    previous = loaded.recipe["plans"] if loaded.kind == "bundle" and loaded.recipe else []
+    base_arch = loaded.recipe["source"]["arch"] if loaded.kind == "bundle" else loaded.arch
+    resume_state = None
+    if resume:
+        if not training:
+            raise UsageError("--resume continues fine-tuning: pass the same --data and --epochs as the first run")
+        resume_state = _resume_state(out, base_arch, previous)
+        resume_state["state"] = read_resume_state(checkpoints)
+    elif training:
+        if out.exists() and force:
+            shutil.rmtree(out)
+        checkpoints.mkdir(parents=True, exist_ok=True)
+
     timings: dict = {}
     started = time.perf_counter()
-    plan, analysis, fit, dense, targets, round_to = plan_model(loaded, config, timings)
+    batches = None
+    if data is not None:
+        batches = [batch for _, batch in zip(range(criterion_batches), data.train)]
+    accuracy = {}
+    if data is not None:
+        eval_loader = data.test if data.test is not None else data.val
+        accuracy["split"] = "test" if data.test is not None else "val"
+        accuracy["dense"] = evaluate(loaded.model, eval_loader)
+
+    def on_pruned(outcome) -> None:  # the final structure exists: make it resumable
+        if checkpoints is not None and resume_state is None:
+            recipe = make_recipe({"arch": base_arch}, loaded.input_shape, previous + [p.to_json() for p in outcome.plans])
+            (checkpoints / "recipe.json").write_text(json.dumps(recipe, indent=1))
+            (checkpoints / "state.json").write_text(json.dumps({"fit_cost": outcome.fit_cost, "round_to": outcome.round_to,
+                                                                 "accuracy_pruned": outcome.accuracy_pruned}))
+
+    ctx = Context(loaded, config, finetune, data, batches, checkpoints, timings, progress, resume_state, on_pruned)
+    t0 = time.perf_counter()
+    outcome = run_schedule(ctx)
+    timings["schedule_s"] = time.perf_counter() - t0
+    pruned = outcome.model.eval()
+    if data is not None:
+        accuracy["pruned"] = outcome.accuracy_pruned
+        accuracy["finetuned"] = evaluate(pruned, eval_loader) if training else None
+        accuracy["best_epoch"] = outcome.best_epoch
 
     t0 = time.perf_counter()
-    pruned = shrink_copy(loaded, plan)
     dense_cost = measure(loaded.model, loaded.example_input)
     pruned_cost = measure(pruned, loaded.example_input)
-    timings["shrink_s"] = time.perf_counter() - t0
+    timings["measure_s"] = time.perf_counter() - t0
     achieved = {"flops": pruned_cost.flops, "params": pruned_cost.params}
-
-    previous = loaded.recipe["plans"] if loaded.kind == "bundle" and loaded.recipe else []
-    source = {
-        "arch": loaded.arch,
-        "kind": loaded.kind,
-        "path": str(loaded.source) if loaded.source else None,
-        "sha256": loaded.source_sha256,
-    }
+    dense = {"flops": dense_cost.flops, "params": dense_cost.params}
+    targets = {b.metric: b.resolve(dense[b.metric]) for b in config.budgets()}
+    first_plan = outcome.plans[0]
+    source = {"arch": loaded.arch, "kind": loaded.kind, "path": str(loaded.source) if loaded.source else None,
+              "sha256": loaded.source_sha256}
     report = {
         "schema_version": SCHEMA_VERSION,
         "versions": versions(),
         "source": source,
         "input_shape": list(loaded.input_shape),
         "config": {
-            "criterion": config.criterion,
-            "allocation": config.allocation,
-            "round_to": round_to,
-            "min_channels": config.min_channels,
+            "criterion": config.criterion, "allocation": config.allocation, "schedule": schedule,
+            "round_to": outcome.round_to, "min_channels": config.min_channels,
             "max_group_prune": config.max_group_prune,
             "ignore": list(constraints_for(loaded, config.ignore, config.round_to)[0]),
-            "seed": config.seed,
-            "tolerance": config.tolerance,
-            "opset": config.opset,
+            "seed": config.seed, "tolerance": config.tolerance, "opset": config.opset,
+            "finetune": dataclasses.asdict(finetune) if data is not None else None,
+            "data": data.describe() if data is not None else None,
         },
         "units": {"flops": FLOPS_LABEL, "macs": MACS_LABEL, "params": PARAMS_LABEL},
         "dense": {"flops": dense_cost.flops, "params": dense_cost.params, "macs": dense_cost.macs},
         "budget": budget_report(config, dense, targets, achieved),
-        "achieved": {
-            "flops": pruned_cost.flops,
-            "params": pruned_cost.params,
-            "macs": pruned_cost.macs,
-            **pruned_cost.ratio_to(dense_cost),
-        },
-        "groups": [
-            {"root": g.root, "before": g.channels, "after": len(g.keep), "removed": len(g.removed)}
-            for g in plan.groups
-        ],
-        "search": {"cost_evaluations": fit.evaluations},
+        "achieved": {"flops": pruned_cost.flops, "params": pruned_cost.params, "macs": pruned_cost.macs,
+                     **pruned_cost.ratio_to(dense_cost)},
+        "groups": _group_rows(first_plan, pruned, outcome.plans),
         "timings": timings,
     }
+    if data is not None:
+        report["accuracy"] = accuracy
+        report["history"] = outcome.history
+    if outcome.interrupted:
+        report["interrupted"] = True
 
-    with atomic_dir(out, force) as tmp:
+    with atomic_dir(out, force, merge=training) as tmp:
         t0 = time.perf_counter()
         exporter = export_onnx(pruned, loaded.example_input, tmp / "model.onnx", config.opset)
         timings["export_s"] = time.perf_counter() - t0
@@ -203,11 +248,8 @@ def run_prune(loaded: LoadedModel, config: PruneConfig, out: Path, *, force: boo
                                               loaded.input_shape, config.opset)
             timings["latency_s"] = time.perf_counter() - t0
         write_weights(pruned, tmp / WEIGHTS)
-        recipe = make_recipe(
-            {**source, "arch": (loaded.recipe["source"]["arch"] if loaded.kind == "bundle" else loaded.arch)},
-            loaded.input_shape,
-            previous + [plan.to_json()],
-        )
+        recipe = make_recipe({**source, "arch": base_arch}, loaded.input_shape,
+                             previous + [p.to_json() for p in outcome.plans])
         (tmp / "recipe.json").write_text(json.dumps(recipe, indent=1))
         timings["total_s"] = time.perf_counter() - started
         (tmp / "report.json").write_text(json.dumps(report, indent=2))
@@ -215,6 +257,30 @@ def run_prune(loaded: LoadedModel, config: PruneConfig, out: Path, *, force: boo
 
         (tmp / "report.md").write_text(prune_markdown(report))
     return report
+
+
+def _group_rows(first_plan: Plan, pruned, plans) -> list[dict]:
+    """Channels per group before (dense) and after (the final model's root layer width)."""
+    modules = dict(pruned.named_modules())
+    rows = []
+    for g in first_plan.groups:
+        module = modules.get(g.root)
+        after = getattr(module, "out_channels", getattr(module, "out_features", None))
+        rows.append({"root": g.root, "before": g.channels, "after": int(after) if after is not None else len(g.keep),
+                     "removed": g.channels - (int(after) if after is not None else len(g.keep))})
+    return rows
+
+
+def _resume_state(out: Path, base_arch: str, previous: list) -> dict:
+    """Rebuild the pruned structure recorded in out/checkpoints/recipe.json for --resume."""
+    from .bundle import read_recipe_file, rebuild_structure
+
+    checkpoints = out / "checkpoints"
+    recipe = read_recipe_file(checkpoints / "recipe.json")
+    state = json.loads((checkpoints / "state.json").read_text())
+    model = rebuild_structure(recipe)
+    return {"model_structure": model, "plans": [Plan.from_json(p) for p in recipe["plans"][len(previous):]],
+            "fit_cost": state["fit_cost"], "round_to": state["round_to"], "accuracy_pruned": state["accuracy_pruned"]}
 
 
 def run_export(loaded: LoadedModel, out: Path, *, opset: int = 18, force: bool = False) -> dict:

@@ -177,3 +177,26 @@ def render_bench(console: Console, doc: dict) -> None:
     for c in doc["constraints"]:
         mark = "[green]pass[/green]" if c["passed"] else "[red]FAIL[/red]"
         console.print(f"{mark}  {c['name']}: measured {c['measured']:.4g} (budget {c['budget']:g})")
+
+
+def render_demo(console: Console, summary: dict) -> None:
+    acc = summary["accuracy"]
+    table = Table(title=f"prunecli demo: ResNet-20 on digits ({acc['split']} split, {acc['dense']['samples']} images)",
+                  header_style="bold")
+    for col in ("model", "top-1 %", "top-5 %", "loss"):
+        table.add_column(col, justify="right" if col != "model" else "left")
+    for label, key in (("dense", "dense"), ("pruned, before fine-tuning", "pruned"), ("pruned + fine-tuned (distilled)", "finetuned")):
+        a = acc[key]
+        table.add_row(label, f"{a['top1']:.2f}", f"{a['top5']:.2f}", f"{a['loss']:.4f}")
+    console.print(table)
+    b = summary["budget"]["flops"]
+    lat = summary["latency"]
+    console.print(f"FLOPs: target {b['target_ratio']:.3f} of dense, achieved [bold]{b['achieved_ratio']:.4f}[/bold]; "
+                  f"params {summary['achieved']['params_ratio']:.3f} of dense.")
+    console.print(f"ONNX verified: max abs diff {summary['onnx']['max_abs_diff']:.2e} vs PyTorch.")
+    console.print(f"Latency (onnxruntime {lat['provider']}, {lat['threads']} threads, batch {lat['batch']}, "
+                  f"{lat['runs']} interleaved runs): dense p50 {lat['dense_p50_ms']:.3f} ms, pruned {lat['pruned_p50_ms']:.3f} ms, "
+                  f"ratio [bold]{lat['ratio_p50']:.3f}[/bold].")
+    console.print(f"Wrote {summary['out']}/ (dense.pt, dense.onnx, pruned/, report.json) in {summary['seconds']:.0f} s"
+                  + (" (dense model from cache)." if summary["dense_cached"] else "."))
+    console.print("Next:\n  " + "\n  ".join(summary["next"]))

@@ -44,3 +44,30 @@ def remove_channels_(model, example_input, remove: Mapping[str, Sequence[int]], 
         pruner = graph.get_pruner_of_module(module)
         group = graph.get_pruning_group(module, pruner.prune_out_channels, idxs)
         group.prune()
+
+
+def zero_channels_(model, example_input, remove: Mapping[str, Sequence[int]], graph=None) -> None:
+    """Soft pruning: zero the removed output channels (weights, biases, norm affine) of every group member,
+    keeping the tensors' shapes, so the filters stay trainable (Soft Filter Pruning)."""
+    import torch
+
+    graph = graph if graph is not None else build_graph(model, example_input)
+    modules = dict(model.named_modules())
+    kinds = (torch.nn.modules.conv._ConvNd, torch.nn.Linear, torch.nn.modules.batchnorm._BatchNorm,
+             torch.nn.GroupNorm, torch.nn.LayerNorm)
+    with torch.no_grad():
+        for root_name, idxs in remove.items():
+            if not idxs:
+                continue
+            module = modules[root_name]
+            pruner = graph.get_pruner_of_module(module)
+            group = graph.get_pruning_group(module, pruner.prune_out_channels, sorted(int(i) for i in idxs))
+            for dep, member_idxs in group:
+                target = dep.target.module
+                if not graph.is_out_channel_pruning_fn(dep.handler) or not isinstance(target, kinds):
+                    continue
+                index = torch.as_tensor(sorted(int(i) for i in member_idxs), dtype=torch.long)
+                for name in ("weight", "bias"):
+                    tensor = getattr(target, name, None)
+                    if tensor is not None and tensor.dim() >= 1:
+                        tensor.index_fill_(0, index, 0.0)

@@ -106,7 +106,7 @@ def test_unreachable_budget_exits_2_before_work(cli, tmp_path):
     ([], "give a budget"),
     (["--flops", "0.5", "--criterion", "l3"], "did you mean 'l2'"),
     (["--flops", "0.5", "--allocation", "globl"], "did you mean 'global'"),
-    (["--flops", "0.5", "--criterion", "taylor"], "needs gradients from training data"),
+    (["--flops", "0.5", "--criterion", "taylor"], "needs training data: pass --data"),
 ])
 def test_bad_prune_flags(cli, tmp_path, args, message):
     result = cli("prune", "tinynets:tiny_resnet", "--input-shape", SMALL, *args, "--out", tmp_path / "o")

@@ -1,0 +1,204 @@
+"""Data specs -> train / val / test loaders. Nothing is ever downloaded.
+
+``--data`` accepts:
+
+``digits``
+    scikit-learn's bundled 8x8 handwritten digits (1797 images, 10 classes), resized to the model's
+    input size and repeated to its channels. 20% is held out as the test split (fixed seed).
+``imagefolder:DIR``
+    ``DIR/train/<class>/*.png`` and ``DIR/val/<class>/*.png`` (torchvision ImageFolder layout);
+    ``DIR/val`` is the held-out test split.
+``cifar10:DIR`` / ``cifar100:DIR``
+    torchvision's on-disk format (``DIR/cifar-10-batches-py`` ...); its test batch is the test split.
+``file.py:factory``
+    a user function returning ``(train_loader, val_loader)`` or ``(train, val, test)`` loaders.
+``synthetic[:N]``
+    N random images with random labels (default 256), for data-free runs and tests.
+
+Selection (best epoch, sensitivity, learned ratios) uses a **validation split carved from the
+training data** (``val_fraction``, default 10%, fixed seed); the test split is only reported.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from .errors import UsageError
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SPLIT_SEED = 1234  # the train/val/test split never depends on --seed
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    spec: str
+    batch_size: int = 64
+    workers: int = 0  # a 2-core machine gains nothing from loader processes on small data
+    val_fraction: float = 0.1
+
+    def __post_init__(self) -> None:
+        if self.batch_size < 1:
+            raise ValueError(f"--batch-size {self.batch_size} must be >= 1")
+        if self.workers < 0:
+            raise ValueError(f"--workers {self.workers} must be >= 0")
+        if not 0 < self.val_fraction < 0.5:
+            raise ValueError(f"val_fraction {self.val_fraction} must be in (0, 0.5)")
+
+
+@dataclass
+class Loaders:
+    train: Any
+    val: Any
+    test: Any | None
+    num_classes: int
+    name: str
+
+    def describe(self) -> dict:
+        size = lambda loader: len(loader.dataset) if loader is not None and hasattr(loader, "dataset") else None  # noqa: E731
+        return {"spec": self.name, "train": size(self.train), "val": size(self.val), "test": size(self.test),
+                "num_classes": self.num_classes}
+
+
+def _split(dataset, fraction: float):
+    import torch
+
+    n = len(dataset)
+    n_val = max(1, int(round(n * fraction)))
+    generator = torch.Generator().manual_seed(SPLIT_SEED)
+    train, val = torch.utils.data.random_split(dataset, [n - n_val, n_val], generator=generator)
+    return train, val
+
+
+def _loaders(train_set, val_set, test_set, config: DataConfig, seed: int):
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    make = lambda ds, shuffle: torch.utils.data.DataLoader(  # noqa: E731
+        ds, batch_size=config.batch_size, shuffle=shuffle, num_workers=config.workers, generator=generator if shuffle else None
+    )
+    return make(train_set, True), make(val_set, False), (make(test_set, False) if test_set is not None else None)
+
+
+def digits_tensors(input_shape):
+    """(images, labels) of scikit-learn's digits at the model's input size and channels, scaled to [0, 1]."""
+    import torch
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    images = torch.tensor(bunch.images, dtype=torch.float32).unsqueeze(1) / 16.0
+    channels, height, width = input_shape[1], input_shape[-2], input_shape[-1]
+    images = torch.nn.functional.interpolate(images, size=(height, width), mode="bilinear", align_corners=False)
+    images = (images - 0.5) / 0.5
+    return images.repeat(1, channels, 1, 1), torch.tensor(bunch.target, dtype=torch.long)
+
+
+def _digits(config: DataConfig, input_shape, seed: int) -> Loaders:
+    import torch
+
+    images, labels = digits_tensors(input_shape)
+    full = torch.utils.data.TensorDataset(images, labels)
+    n_test = int(round(len(full) * 0.2))
+    generator = torch.Generator().manual_seed(SPLIT_SEED)
+    rest, test = torch.utils.data.random_split(full, [len(full) - n_test, n_test], generator=generator)
+    train, val = _split(rest, config.val_fraction)
+    return Loaders(*_loaders(train, val, test, config, seed), num_classes=10, name="digits")
+
+
+def _image_transforms(input_shape, train: bool):
+    from torchvision import transforms
+
+    size = tuple(input_shape[-2:])
+    grey = input_shape[1] == 1
+    steps = [transforms.Grayscale(1)] if grey else [transforms.Lambda(lambda im: im.convert("RGB"))]
+    if train:
+        steps += [transforms.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True), transforms.RandomHorizontalFlip()]
+    else:
+        steps += [transforms.Resize(size, antialias=True)]
+    mean, std = ((0.5,), (0.5,)) if grey else (IMAGENET_MEAN, IMAGENET_STD)
+    steps += [transforms.ToTensor(), transforms.Normalize(mean, std)]
+    return transforms.Compose(steps)
+
+
+def _imagefolder(root: Path, config: DataConfig, input_shape, seed: int) -> Loaders:
+    import torch
+    from torchvision import datasets
+
+    for sub in ("train", "val"):
+        if not (root / sub).is_dir():
+            raise UsageError(f"--data imagefolder:{root}: {root / sub} is missing; expected DIR/train/<class>/... and DIR/val/<class>/...")
+    try:
+        train_full = datasets.ImageFolder(str(root / "train"), transform=_image_transforms(input_shape, True))
+        eval_train = datasets.ImageFolder(str(root / "train"), transform=_image_transforms(input_shape, False))
+        test = datasets.ImageFolder(str(root / "val"), transform=_image_transforms(input_shape, False))
+    except (FileNotFoundError, OSError) as exc:
+        raise UsageError(f"--data imagefolder:{root}: {exc}") from exc
+    if train_full.classes != test.classes:
+        raise UsageError(f"--data imagefolder:{root}: train and val have different classes")
+    train_idx, val_idx = _split(range(len(train_full)), config.val_fraction)
+    train = torch.utils.data.Subset(train_full, list(train_idx))
+    val = torch.utils.data.Subset(eval_train, list(val_idx))  # validation without augmentation
+    return Loaders(*_loaders(train, val, test, config, seed), num_classes=len(train_full.classes), name=f"imagefolder:{root}")
+
+
+def _cifar(kind: str, root: Path, config: DataConfig, input_shape, seed: int) -> Loaders:
+    import torch
+    from torchvision import datasets, transforms
+
+    cls = datasets.CIFAR10 if kind == "cifar10" else datasets.CIFAR100
+    steps = [transforms.Resize(tuple(input_shape[-2:]), antialias=True)] if tuple(input_shape[-2:]) != (32, 32) else []
+    tf = transforms.Compose(steps + [transforms.ToTensor(), transforms.Normalize((0.5,) * 3, (0.5,) * 3)])
+    try:
+        train_full = cls(str(root), train=True, download=False, transform=tf)
+        test = cls(str(root), train=False, download=False, transform=tf)
+    except RuntimeError as exc:  # torchvision: "Dataset not found or corrupted"
+        folder = cls.base_folder
+        raise UsageError(f"--data {kind}:{root}: {root / folder} not found or corrupted (prunecli never downloads; "
+                         "put torchvision's extracted CIFAR folder there)") from exc
+    train, val = _split(train_full, config.val_fraction)
+    return Loaders(*_loaders(train, val, test, config, seed), num_classes=len(train_full.classes), name=f"{kind}:{root}")
+
+
+def _synthetic(count: int, config: DataConfig, input_shape, num_classes: int, seed: int) -> Loaders:
+    import torch
+
+    generator = torch.Generator().manual_seed(SPLIT_SEED)
+    images = torch.randn(count, *input_shape[1:], generator=generator)
+    labels = torch.randint(0, num_classes, (count,), generator=generator)
+    full = torch.utils.data.TensorDataset(images, labels)
+    train, val = _split(full, max(config.val_fraction, 0.2))
+    return Loaders(*_loaders(train, val, None, config, seed), num_classes=num_classes, name=f"synthetic:{count}")
+
+
+def _factory(spec: str, config: DataConfig) -> Loaders:
+    from .load import build_factory_object
+
+    result = build_factory_object(spec, "--data")
+    if not isinstance(result, (tuple, list)) or len(result) not in (2, 3):
+        raise UsageError(f"--data {spec}: the factory must return (train_loader, val_loader) or (train, val, test)")
+    train, val, test = (list(result) + [None])[:3]
+    num_classes = getattr(train.dataset, "classes", None)
+    return Loaders(train, val, test, num_classes=len(num_classes) if num_classes else 0, name=spec)
+
+
+def load_data(config: DataConfig, input_shape, *, num_classes: int = 10, seed: int = 0) -> Loaders:
+    """Loaders for ``config.spec`` at the model's ``input_shape``."""
+    spec = config.spec
+    if spec == "digits":
+        return _digits(config, input_shape, seed)
+    match = re.fullmatch(r"synthetic(?::(\d+))?", spec)
+    if match:
+        return _synthetic(int(match.group(1) or 256), config, input_shape, num_classes, seed)
+    kind, _, rest = spec.partition(":")
+    if kind == "imagefolder" and rest:
+        return _imagefolder(Path(rest), config, input_shape, seed)
+    if kind in ("cifar10", "cifar100") and rest:
+        return _cifar(kind, Path(rest), config, input_shape, seed)
+    if re.match(r"^.+\.py:[A-Za-z_]\w*$", spec) or re.match(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", spec):
+        return _factory(spec, config)
+    raise UsageError(
+        f"--data {spec!r} is not a data spec; use digits, imagefolder:DIR, cifar10:DIR, cifar100:DIR, file.py:factory or synthetic[:N]"
+    )

@@ -1,0 +1,179 @@
+"""Pruning schedules: how pruning and fine-tuning interleave. Every schedule ends exactly on the budget.
+
+``oneshot``
+    plan once on the dense model, remove the channels, recalibrate BatchNorm, fine-tune.
+``agp``
+    Zhu & Gupta's automated gradual pruning, as Distiller describes it: the pruned fraction follows
+    s_t = s_f + (s_i - s_f) * (1 - t/k)^3 over k steps (here of the FLOPs/params saved), with
+    fine-tuning between steps; step k is the budget itself, fitted exactly like `oneshot`.
+``soft``
+    Soft Filter Pruning (He et al. 2018): the channel counts are fixed by the budget once; after every
+    epoch the lowest-ranked channels (re-ranked on the current weights) are zeroed but stay trainable,
+    so a zeroed filter can recover; at the end the zeroed channels are removed physically.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from dataclasses import dataclass, field
+
+from .config import BudgetTarget, PruneConfig
+from .criteria import channel_scores
+from .errors import UsageError
+from .finetune import FinetuneConfig, evaluate, fit, recalibrate_bn
+from .load import LoadedModel
+from .plan import GroupPlan, Plan, select_keep
+from .prune import plan_model, shrink_copy
+from .registry import Registry
+from .shrink import build_graph, zero_channels_
+
+SCHEDULES: Registry = Registry("schedule", "--schedule")
+
+
+@dataclass
+class Outcome:
+    model: object
+    plans: list  # Plan objects applied in order to the source model
+    analysis: object  # graph analysis of the source model (first step)
+    fit_cost: dict  # achieved cost of the last step's fit (meta-device measurement)
+    accuracy_pruned: dict | None = None  # right after the final removal, before its fine-tuning
+    history: list = field(default_factory=list)
+    interrupted: bool = False
+    best_epoch: int | None = None
+    round_to: int = 1
+
+
+@dataclass
+class Context:
+    loaded: LoadedModel
+    config: PruneConfig
+    finetune: FinetuneConfig
+    data: object | None  # data.Loaders
+    batches: list | None  # criterion batches
+    checkpoints: object | None  # Path
+    timings: dict
+    progress: object | None = None
+    resume: dict | None = None
+    on_pruned: object | None = None  # callback(model, plans) once the final structure exists
+
+    def eval_loader(self):
+        return self.data.test if self.data is not None and self.data.test is not None else (self.data.val if self.data else None)
+
+
+def _recalibrate_and_measure(ctx: Context, model) -> dict | None:
+    if ctx.data is None:
+        return None
+    recalibrate_bn(model, ctx.data.train, ctx.finetune.bn_batches)
+    return evaluate(model, ctx.eval_loader())
+
+
+def _fit(ctx: Context, model, epochs: int, label: str, resume=None, after_epoch=None, checkpoints=None):
+    if ctx.data is None or epochs == 0:
+        return None
+    teacher = ctx.loaded.model if ctx.finetune.distill else None
+    return fit(model, ctx.data.train, ctx.data.val, dataclasses.replace(ctx.finetune, epochs=epochs), checkpoints,
+               teacher=teacher, resume=resume, progress=ctx.progress, label=label, after_epoch=after_epoch)
+
+
+@SCHEDULES.register("oneshot")
+def oneshot(ctx: Context) -> Outcome:
+    if ctx.resume is not None:
+        model, plans = ctx.resume["model_structure"], ctx.resume["plans"]
+        outcome = Outcome(model, plans, None, ctx.resume["fit_cost"], ctx.resume.get("accuracy_pruned"),
+                          round_to=ctx.resume.get("round_to", 1))
+    else:
+        plan, analysis, fitted, _, _, round_to = plan_model(ctx.loaded, ctx.config, ctx.timings, batches=ctx.batches)
+        model = shrink_copy(ctx.loaded, plan)
+        outcome = Outcome(model, [plan], analysis, fitted.cost, _recalibrate_and_measure(ctx, model), round_to=round_to)
+    if ctx.on_pruned is not None:
+        ctx.on_pruned(outcome)
+    result = _fit(ctx, outcome.model, ctx.finetune.epochs, "fine-tune", resume=ctx.resume and ctx.resume.get("state"),
+                  checkpoints=ctx.checkpoints)
+    if result is not None:
+        outcome.history, outcome.interrupted, outcome.best_epoch = result.history, result.interrupted, result.best_epoch
+    return outcome
+
+
+def agp_targets(dense: int, final: int, steps: int) -> list[int]:
+    """Cubic AGP: the saved amount follows (1 - (1 - t/k)^3) of the total; the last target is the budget."""
+    targets = [int(dense - (dense - final) * (1 - (1 - t / steps) ** 3)) for t in range(1, steps + 1)]
+    targets[-1] = final
+    return targets
+
+
+@SCHEDULES.register("agp")
+def agp(ctx: Context) -> Outcome:
+    if ctx.resume is not None:
+        raise UsageError("--resume works with --schedule oneshot; rerun agp without --resume")
+    steps = int(ctx.config.extra.get("agp_steps", 4))
+    from .cost import count_flops, count_params
+
+    dense = {"flops": count_flops(ctx.loaded.model, ctx.loaded.example_input), "params": count_params(ctx.loaded.model)}
+    finals = {b.metric: b.resolve(dense[b.metric]) for b in ctx.config.budgets()}
+    schedule = {m: agp_targets(dense[m], t, steps) for m, t in finals.items()}
+    epochs = ctx.finetune.epochs
+    per_step = [epochs // steps + (1 if i < epochs % steps else 0) for i in range(steps)]
+    current, plans, outcome = ctx.loaded, [], None
+    for t in range(steps):
+        step_config = dataclasses.replace(
+            ctx.config,
+            flops=BudgetTarget("flops", schedule["flops"][t], absolute=True) if "flops" in schedule else None,
+            params=BudgetTarget("params", schedule["params"][t], absolute=True) if "params" in schedule else None,
+        )
+        plan, analysis, fitted, _, _, round_to = plan_model(current, step_config, ctx.timings, batches=_batches_for(ctx))
+        model = shrink_copy(current, plan)
+        plans.append(plan)
+        accuracy = _recalibrate_and_measure(ctx, model)
+        if outcome is None:
+            outcome = Outcome(model, plans, analysis, fitted.cost, accuracy, round_to=round_to)
+        outcome.model, outcome.fit_cost, outcome.accuracy_pruned = model, fitted.cost, accuracy
+        last = t == steps - 1
+        if last and ctx.on_pruned is not None:
+            ctx.on_pruned(outcome)
+        result = _fit(ctx, model, per_step[t], f"agp step {t + 1}/{steps}", checkpoints=ctx.checkpoints if last else None)
+        if result is not None:
+            outcome.history += [{**h, "agp_step": t + 1} for h in result.history]
+            outcome.best_epoch = result.best_epoch
+            if result.interrupted:
+                if not last:  # an interrupted intermediate step cannot end on the budget
+                    raise KeyboardInterrupt
+                outcome.interrupted = True
+        current = dataclasses.replace(current, model=model)
+    return outcome
+
+
+def _batches_for(ctx: Context):
+    return ctx.batches
+
+
+@SCHEDULES.register("soft")
+def soft(ctx: Context) -> Outcome:
+    if ctx.resume is not None:
+        raise UsageError("--resume works with --schedule oneshot; rerun soft without --resume")
+    if ctx.data is None or ctx.finetune.epochs == 0:
+        raise UsageError("--schedule soft trains while it prunes: pass --data SPEC and --epochs N (N >= 1)")
+    plan, analysis, fitted, _, _, round_to = plan_model(ctx.loaded, ctx.config, ctx.timings, batches=ctx.batches)
+    counts = {g.root: len(g.keep) for g in plan.groups}
+    by_root = {g.root: g for g in analysis.groups}
+    model = copy.deepcopy(ctx.loaded.model)
+    graph = build_graph(model, ctx.loaded.example_input)
+
+    def current_plan(net) -> Plan:
+        scores = channel_scores(net, ctx.loaded.example_input, [(g.root, g.channels) for g in analysis.groups],
+                                ctx.config.criterion, seed=ctx.config.seed, batches=ctx.batches)
+        return Plan(tuple(GroupPlan(r, by_root[r].channels, select_keep(scores[r], counts[r], by_root[r].channel_groups))
+                          for r in counts), ctx.config.criterion, ctx.config.allocation)
+
+    def zero_lowest(net) -> None:
+        zero_channels_(net, ctx.loaded.example_input, current_plan(net).removed(), graph=graph)
+
+    result = _fit(ctx, model, ctx.finetune.epochs, "soft filter pruning", after_epoch=zero_lowest)
+    final = current_plan(model)
+    pruned = shrink_copy(dataclasses.replace(ctx.loaded, model=model), final)
+    accuracy = _recalibrate_and_measure(ctx, pruned)
+    outcome = Outcome(pruned, [final], analysis, fitted.cost, accuracy, round_to=round_to)
+    outcome.history, outcome.interrupted, outcome.best_epoch = result.history, result.interrupted, result.best_epoch
+    if ctx.on_pruned is not None:
+        ctx.on_pruned(outcome)
+    return outcome

@@ -118,6 +118,7 @@ def agp(ctx: Context) -> Outcome:
     for t in range(steps):
         step_config = dataclasses.replace(
             ctx.config,
+            tolerance=ctx.config.tolerance if t == steps - 1 else max(ctx.config.tolerance, 0.05),  # only the end is exact
             flops=BudgetTarget("flops", schedule["flops"][t], absolute=True) if "flops" in schedule else None,
             params=BudgetTarget("params", schedule["params"][t], absolute=True) if "params" in schedule else None,
         )

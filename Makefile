@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml
 install: $(STAMP)
 
 demo: $(STAMP)
-	$(VENV)/bin/prunecli inspect torchvision:resnet18
+	$(VENV)/bin/prunecli demo
 
 test: $(STAMP)
 	$(PY) -m pytest -q

@@ -106,7 +106,7 @@ def rebuild_structure(recipe: dict):
     """The source architecture with every plan of the recipe applied (weights not loaded)."""
     import torch
 
-    from .load import build_arch
+    from .arch import build_arch
     from .plan import Plan
     from .shrink import remove_channels_
 

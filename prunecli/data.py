@@ -214,7 +214,7 @@ def _synthetic(count: int, config: DataConfig, input_shape, num_classes: int, se
 
 
 def _factory(spec: str, config: DataConfig) -> Loaders:
-    from .load import build_factory_object
+    from .arch import build_factory_object
 
     result = build_factory_object(spec, "--data")
     if not isinstance(result, (tuple, list)) or len(result) not in (2, 3):

@@ -30,7 +30,7 @@ def dense_checkpoint(progress=None) -> tuple[Path, bool]:
 
     from .data import DataConfig, load_data
     from .finetune import FinetuneConfig, evaluate, fit
-    from .load import build_arch
+    from .arch import build_arch
 
     path = cache_dir() / CACHE_NAME
     if path.is_file():

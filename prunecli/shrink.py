@@ -22,7 +22,7 @@ def build_graph(model, example_input):
         detail = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         raise RuntimeFailure(
             f"Torch-Pruning cannot build the channel dependency graph of {type(model).__name__} "
-            f"(an op it does not model, such as a channel shuffle; {detail}); this model cannot be pruned structurally yet"
+            f"(an op it does not model, e.g. a channel shuffle or window reshape; {detail}); this model cannot be pruned structurally yet"
         ) from exc
 
 

@@ -71,7 +71,7 @@ def main() -> None:
     parser.add_argument("--timeout", type=int, default=600, help="seconds per model")
     parser.add_argument("--out", default="benchmarks/results/coverage.md")
     parser.add_argument("--resume", action="store_true", help="keep rows already in --out and run the rest")
-    parser.add_argument("--retry-timeouts", action="store_true", help="with --resume: run timed-out models again")
+    parser.add_argument("--retry", default="", help="with --resume: statuses to run again, e.g. crashed,timeout")
     args = parser.parse_args()
     import torch
     import torchvision
@@ -84,7 +84,7 @@ def main() -> None:
     if args.resume and out.is_file():
         for line in out.read_text().splitlines():
             cells = [c.strip() for c in line.strip("|").split("|")]
-            if len(cells) == 6 and cells[0] in names and not (args.retry_timeouts and cells[1].startswith("timeout")):
+            if len(cells) == 6 and cells[0] in names and not (args.retry and cells[1].startswith(tuple(args.retry.split(",")))):
                 row = {"status": cells[1], "seconds": float(cells[5])}
                 if cells[2] != "-":
                     row.update(ratio=float(cells[2]), diff=float(cells[3]), scale=float(cells[4]))

@@ -208,37 +208,41 @@ def _keep_first(groups: list[GroupInfo]) -> dict[str, list[int]]:
 
 
 def _try_prune(model, example_input, remove) -> tuple[object | None, str | None]:
+    """Prune a shape-only (meta-device) copy; (pruned copy, None) or (None, why it broke)."""
     import torch
 
-    trial = copy.deepcopy(model)
+    meta_x = example_input.to("meta")
+    trial = copy.deepcopy(model).to("meta")
     try:
-        remove_channels_(trial, example_input, remove)
         with torch.no_grad():
-            out_before = model(example_input)
-            out_after = trial(example_input)
+            out_before = trial(meta_x)
+        remove_channels_(trial, meta_x, remove)
+        with torch.no_grad():
+            out_after = trial(meta_x)
     except Exception as exc:
         return None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
     if getattr(out_before, "shape", None) != getattr(out_after, "shape", None):
         return None, "pruning it changes the model's output shape"
-    return trial, None
+    return trial, meta_x
 
 
 def _measure_min_(model, example_input, analysis: GraphAnalysis) -> None:
     """Prune a copy with every group at its minimum; groups that break the forward pass become unprunable."""
     remove = _keep_first(analysis.groups)
     pruned, error = _try_prune(model, example_input, remove)
-    if error is not None:
+    if pruned is None:
         broken = []
         for group in analysis.groups:
             single = _keep_first([group])
-            if single and _try_prune(model, example_input, single)[1] is not None:
+            if single and _try_prune(model, example_input, single)[0] is None:
                 broken.append(group)
         for group in broken:
             reason = _try_prune(model, example_input, _keep_first([group]))[1]
             analysis.not_prunable.append(NotPrunable(group.root, f"pruning its group breaks the model ({reason})"))
         analysis.groups = [g for g in analysis.groups if g not in broken]
         pruned, error = _try_prune(model, example_input, _keep_first(analysis.groups))
-        if error is not None:
+        if pruned is None:
             raise RuntimeFailure(f"pruning {type(model).__name__} breaks its forward pass: {error}")
-    analysis.min_flops = count_flops(pruned, example_input)
+    meta_x = error  # on success _try_prune returns the meta input in the second slot
+    analysis.min_flops = count_flops(pruned, meta_x)
     analysis.min_params = count_params(pruned)

@@ -47,8 +47,10 @@ def plan_model(loaded: LoadedModel, config: PruneConfig, timings: dict, batches=
     allocator = allocate.ALLOCATORS.get(config.allocation)
     patterns, round_to = constraints_for(loaded, config.ignore, config.round_to)
     t0 = time.perf_counter()
+    # measure_range also finds groups whose removal breaks the forward pass (e.g. a width the model's
+    # Python code hard-codes, as ViT's hidden_dim) and marks them unprunable.
     analysis = analyse(loaded.model, loaded.example_input, ignore=patterns, round_to=round_to,
-                       min_channels=config.min_channels, measure_range=False)
+                       min_channels=config.min_channels, measure_range=True)
     if not analysis.groups:
         raise UsageError(f"MODEL {loaded.display_name} has no prunable channel groups (see `prunecli inspect`)")
     dense = {"flops": analysis.flops, "params": analysis.params}

@@ -122,7 +122,7 @@ def agp(ctx: Context) -> Outcome:
             flops=BudgetTarget("flops", schedule["flops"][t], absolute=True) if "flops" in schedule else None,
             params=BudgetTarget("params", schedule["params"][t], absolute=True) if "params" in schedule else None,
         )
-        plan, analysis, fitted, _, _, round_to = plan_model(current, step_config, ctx.timings, batches=_batches_for(ctx))
+        plan, analysis, fitted, _, _, round_to = plan_model(current, step_config, ctx.timings, batches=ctx.batches)
         model = shrink_copy(current, plan)
         plans.append(plan)
         accuracy = _recalibrate_and_measure(ctx, model)
@@ -142,10 +142,6 @@ def agp(ctx: Context) -> Outcome:
                 outcome.interrupted = True
         current = dataclasses.replace(current, model=model)
     return outcome
-
-
-def _batches_for(ctx: Context):
-    return ctx.batches
 
 
 @SCHEDULES.register("soft")

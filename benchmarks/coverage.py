@@ -106,7 +106,7 @@ def main() -> None:
         rows.append((name, row))
         print(_line(name, row), flush=True)
         ok = sum(1 for _, r in rows if r["status"] == "ok")
-        summary = [f"", f"{ok} of {len(rows)} models pruned, budget met and ONNX verified."]
+        summary = ["", f"{ok} of {len(rows)} models pruned, budget met and ONNX verified."]
         out.write_text("\n".join(header + [_line(n, r) for n, r in rows] + summary) + "\n")
 
 

@@ -223,7 +223,7 @@ def _try_prune(model, example_input, remove) -> tuple[object | None, str | None]
         return None, f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:200]
     if getattr(out_before, "shape", None) != getattr(out_after, "shape", None):
         return None, "pruning it changes the model's output shape"
-    return trial, meta_x
+    return trial, None
 
 
 def _measure_min_(model, example_input, analysis: GraphAnalysis) -> None:
@@ -243,6 +243,5 @@ def _measure_min_(model, example_input, analysis: GraphAnalysis) -> None:
         pruned, error = _try_prune(model, example_input, _keep_first(analysis.groups))
         if pruned is None:
             raise RuntimeFailure(f"pruning {type(model).__name__} breaks its forward pass: {error}")
-    meta_x = error  # on success _try_prune returns the meta input in the second slot
-    analysis.min_flops = count_flops(pruned, meta_x)
+    analysis.min_flops = count_flops(pruned, example_input.to("meta"))
     analysis.min_params = count_params(pruned)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import hashlib
 import re
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,7 +53,6 @@ class LoadedModel:
     source_sha256: str | None = None
     preset: Preset | None = None
     recipe: dict | None = None  # set for bundles
-    extra: dict = field(default_factory=dict)
 
     @property
     def display_name(self) -> str:

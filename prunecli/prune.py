@@ -227,7 +227,7 @@ def run_prune(loaded: LoadedModel, config: PruneConfig, out: Path, *, force: boo
         "budget": budget_report(config, dense, targets, achieved),
         "achieved": {"flops": pruned_cost.flops, "params": pruned_cost.params, "macs": pruned_cost.macs,
                      **pruned_cost.ratio_to(dense_cost)},
-        "groups": _group_rows(first_plan, pruned, outcome.plans),
+        "groups": _group_rows(first_plan, pruned),
         "timings": timings,
     }
     if data is not None:
@@ -261,7 +261,7 @@ def run_prune(loaded: LoadedModel, config: PruneConfig, out: Path, *, force: boo
     return report
 
 
-def _group_rows(first_plan: Plan, pruned, plans) -> list[dict]:
+def _group_rows(first_plan: Plan, pruned) -> list[dict]:
     """Channels per group before (dense) and after (the final model's root layer width)."""
     modules = dict(pruned.named_modules())
     rows = []

@@ -63,11 +63,6 @@ def render_presets(console: Console, presets: list) -> None:
     console.print(table)
 
 
-def _budget_rows(report: dict):
-    for metric, b in report["budget"].items():
-        yield metric, b
-
-
 def prune_markdown(report: dict) -> str:
     """report.md: the same facts as report.json, for people."""
     lines = [
@@ -84,7 +79,7 @@ def prune_markdown(report: dict) -> str:
         "| metric | target | achieved | target ratio | achieved ratio | gap below target | met |",
         "|---|---:|---:|---:|---:|---:|---|",
     ]
-    for metric, b in _budget_rows(report):
+    for metric, b in report["budget"].items():
         lines.append(f"| {metric} | {b['target']:,} | {b['achieved']:,} | {b['target_ratio']:.4f} | "
                      f"{b['achieved_ratio']:.4f} | {b['gap']:.2%} | {'yes' if b['met'] else 'NO'} |")
     a, d = report["achieved"], report["dense"]
@@ -127,7 +122,7 @@ def render_prune(console: Console, report: dict, out) -> None:
     budget = Table(title="Budget: target vs achieved", header_style="bold")
     for col in ("metric", "target", "achieved", "target ratio", "achieved ratio", "gap", "met"):
         budget.add_column(col, justify="right" if col != "metric" else "left")
-    for metric, b in _budget_rows(report):
+    for metric, b in report["budget"].items():
         budget.add_row(metric, human(b["target"]), human(b["achieved"]), f"{b['target_ratio']:.4f}",
                        f"{b['achieved_ratio']:.4f}", f"{b['gap']:.2%}", "yes" if b["met"] else "[red]NO[/red]")
     console.print(budget)

@@ -2,26 +2,83 @@
 
     python benchmarks/quality.py                    # full grid (about an hour on 2 cores)
     python benchmarks/quality.py --seeds 0 --budgets 0.5 --criteria l1 --schedules oneshot   # a quick look
+    python benchmarks/quality.py --table-only       # rebuild the table from the recorded runs
 
 Protocol (../shared/seeds/003: same starting model, same fine-tuning budget, several seeds, select on
 validation, report test):
 - one dense ResNet-20 trained once on digits (the demo's cached model) is the start of every method;
-- every method gets the same fine-tuning: --epochs of SGD (lr 0.02, cosine, plain cross-entropy, no
-  distillation), the best epoch chosen on the validation split carved from training data;
+- every method gets the same training budget after the dense model: --epochs of SGD (lr 0.02, cosine,
+  plain cross-entropy, no distillation); a method that spends epochs before pruning (the learned
+  allocator's search) takes them out of that budget; the best epoch is chosen on the validation split
+  carved from training data;
 - top-1 is measured on the held-out test split (359 images), mean +- std over --seeds;
-- control: the pruned architecture (l1/uniform) trained from scratch for the same epochs.
-Writes benchmarks/results/quality.md.
+- controls: the pruned architecture (l1/uniform) trained from scratch, for the same epochs and for the
+  dense model's 30 epochs ("Rethinking the value of network pruning").
+Every run is appended to benchmarks/results/quality_runs.jsonl (a run already recorded there is skipped,
+so the grid resumes and new methods add rows); the table goes to benchmarks/results/quality.md.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
+import platform
 import statistics
 import time
 import warnings
 from pathlib import Path
+
+SCRATCH = "scratch (l1/uniform arch)"
+
+
+def _key(run: dict) -> tuple:
+    return (run["budget"], run["criterion"], run["allocation"], run["schedule"], run["epochs"], run["seed"])
+
+
+def load_runs(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def write_table(runs: list[dict], out: Path, header: dict) -> None:
+    groups: dict[tuple, list] = {}
+    for run in runs:
+        groups.setdefault(_key(run)[:5], []).append(run)
+    lines = [
+        "# Quality on digits: top-1 after pruning and the same training budget",
+        "",
+        f"Start: one dense ResNet-20 (prunecli.zoo:cifar_resnet, 16x16 input) trained once "
+        f"({header['dense_epochs']} epochs); dense test top-1 {header['dense_top1']:.2f}%. Every method gets "
+        "the same epochs after the dense model (column `epochs`; SGD lr 0.02, cosine, cross-entropy, batch 64; "
+        "the learned allocator's search epochs count against them), the best epoch selected on the validation "
+        "split (144 images carved from training data); top-1 on the test split (359 images), mean +- std over "
+        "seeds. Budgets are FLOPs fractions (FlopCounterMode FLOPs, not MACs); round_to 8 (preset). "
+        "`wall s` is the mean wall time of one run (pruning decision + fine-tuning) on "
+        f"{header['machine']}, {header['threads']} threads, with nothing else running.",
+        "",
+        "| budget | criterion | allocation | schedule | epochs | FLOPs ratio | params ratio | top-1 before fine-tune "
+        "| top-1 (mean +- std) | seeds | wall s |",
+        "|---:|---|---|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    for key in sorted(groups, key=lambda k: (-k[0], k[1] == SCRATCH, k[1], k[2], k[3], k[4])):
+        rs = groups[key]
+        top1 = [r["top1"] for r in rs]
+        sd = statistics.stdev(top1) if len(top1) > 1 else 0.0
+        before = [r["before"] for r in rs if r["before"] is not None]
+        lines.append(
+            f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | {key[4]} | {statistics.mean(r['flops'] for r in rs):.4f} | "
+            f"{statistics.mean(r['params'] for r in rs):.4f} | "
+            f"{statistics.mean(before):.2f} | " if before else
+            f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | {key[4]} | {statistics.mean(r['flops'] for r in rs):.4f} | "
+            f"{statistics.mean(r['params'] for r in rs):.4f} | - | "
+        )
+        lines[-1] += (f"{statistics.mean(top1):.2f} +- {sd:.2f} | {','.join(str(r['seed']) for r in rs)} | "
+                      f"{statistics.mean(r['wall_s'] for r in rs):.0f} |")
+    lines += ["", "Raw runs: quality_runs.jsonl (one line per run and seed)."]
+    out.write_text("\n".join(lines) + "\n")
 
 
 def main() -> None:
@@ -31,7 +88,10 @@ def main() -> None:
     parser.add_argument("--criteria", default="random,l1,fpgm,taylor")
     parser.add_argument("--allocations", default="uniform,global")
     parser.add_argument("--schedules", default="oneshot,agp")
-    parser.add_argument("--epochs", type=int, default=5)
+    parser.add_argument("--epochs", type=int, default=5, help="training epochs after the dense model, every method")
+    parser.add_argument("--search-epochs", type=int, default=1, help="of --epochs, spent by --allocation learned")
+    parser.add_argument("--scratch", default="same,dense", help="from-scratch controls: same epochs, dense epochs, none")
+    parser.add_argument("--table-only", action="store_true")
     parser.add_argument("--out", default="benchmarks/results/quality.md")
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
@@ -46,76 +106,81 @@ def main() -> None:
     from prunecli.load import load_model
     from prunecli.schedule import SCHEDULES, Context
 
-    torch.set_num_threads(os.cpu_count() or 1)
+    threads = os.cpu_count() or 1
+    torch.set_num_threads(threads)
     path, _ = dense_checkpoint()
     loaded = load_model(str(path))
     dense_flops = count_flops(loaded.model, loaded.example_input)
     dense_params = count_params(loaded.model)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    rows: dict[tuple, list] = {}
-    started = time.perf_counter()
+    runs_path = out.with_name(out.stem + "_runs.jsonl")
+    runs = load_runs(runs_path)
+    done = {_key(r) for r in runs}
+    dense_test = evaluate(loaded.model, load_data(DataConfig("digits"), loaded.input_shape, seed=0).test)
+    header = {"dense_epochs": DENSE_RECIPE["epochs"], "dense_top1": dense_test["top1"], "threads": threads,
+              "machine": f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores)"}
 
-    def write() -> None:
-        lines = [
-            "# Quality on digits: top-1 after pruning and the same fine-tuning",
-            "",
-            f"Start: one dense ResNet-20 (prunecli.zoo:cifar_resnet, 16x16 input), trained once ({DENSE_RECIPE['epochs']} "
-            f"epochs); dense test top-1 {dense_test['top1']:.2f}%. Every method: {args.epochs} fine-tuning epochs "
-            "(SGD lr 0.02, cosine, cross-entropy, batch 64), best epoch selected on the validation split (144 images "
-            "carved from training data), top-1 on the test split (359 images); mean +- std over seeds "
-            f"{args.seeds}. Budgets are FLOPs fractions (FlopCounterMode); round_to 8 (preset).",
-            "",
-            "| budget | criterion | allocation | schedule | FLOPs ratio | params ratio | top-1 before fine-tune | top-1 (mean +- std) | n |",
-            "|---:|---|---|---|---:|---:|---:|---:|---:|",
-        ]
-        for key in sorted(rows, key=lambda k: (-k[0], k[1], k[2], k[3])):
-            runs = rows[key]
-            top1 = [r["top1"] for r in runs]
-            sd = statistics.stdev(top1) if len(top1) > 1 else 0.0
-            lines.append(f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | {statistics.mean(r['flops'] for r in runs):.4f} | "
-                         f"{statistics.mean(r['params'] for r in runs):.4f} | "
-                         f"{statistics.mean(r['before'] for r in runs):.2f} | {statistics.mean(top1):.2f} +- {sd:.2f} | {len(runs)} |")
-        lines += ["", f"Wall time so far: {time.perf_counter() - started:.0f} s."]
-        out.write_text("\n".join(lines) + "\n")
+    def record(run: dict) -> None:
+        runs.append(run)
+        done.add(_key(run))
+        with runs_path.open("a") as f:
+            f.write(json.dumps(run) + "\n")
+        write_table(runs, out, header)
+        print(run["budget"], run["seed"], run["criterion"], run["allocation"], run["schedule"],
+              f"{run['top1']:.2f}", f"{run['wall_s']:.0f}s", flush=True)
 
-    budgets = [float(b) for b in args.budgets.split(",")]
-    seeds = [int(s) for s in args.seeds.split(",")]
-    for budget in budgets:
-        for seed in seeds:
+    if args.table_only:
+        write_table(runs, out, header)
+        return
+
+    def ratios(model) -> dict:
+        return {"flops": count_flops(model, loaded.example_input) / dense_flops,
+                "params": count_params(model) / dense_params}
+
+    scratch_modes = [m for m in args.scratch.split(",") if m and m != "none"]
+    for budget in [float(b) for b in args.budgets.split(",")]:
+        for seed in [int(s) for s in args.seeds.split(",")]:
             data = load_data(DataConfig("digits"), loaded.input_shape, seed=seed)
-            dense_test = evaluate(loaded.model, data.test)
             batches = [b for _, b in zip(range(8), data.train)]
-            scratch_model = None
             for criterion in args.criteria.split(","):
                 for allocation in args.allocations.split(","):
                     for schedule in args.schedules.split(","):
+                        base = {"budget": budget, "criterion": criterion, "allocation": allocation,
+                                "schedule": schedule, "epochs": args.epochs, "seed": seed}
+                        if _key(base) in done:
+                            continue
+                        search = args.search_epochs if allocation == "learned" else 0
                         config = PruneConfig(flops=BudgetTarget("flops", budget), criterion=criterion,
-                                             allocation=allocation, seed=seed, extra={"agp_steps": 3})
-                        finetune = FinetuneConfig(epochs=args.epochs, lr=0.02, seed=seed, progress=False)
+                                             allocation=allocation, seed=seed,
+                                             extra={"agp_steps": 3, "search_epochs": search})
+                        finetune = FinetuneConfig(epochs=args.epochs - search, lr=0.02, seed=seed, progress=False)
+                        t0 = time.perf_counter()
                         ctx = Context(loaded, config, finetune, data, batches, None, {})
                         outcome = SCHEDULES.get(schedule)(ctx)
+                        wall = time.perf_counter() - t0
                         result = evaluate(outcome.model, data.test)
-                        rows.setdefault((budget, criterion, allocation, schedule), []).append({
-                            "top1": result["top1"], "before": (outcome.accuracy_pruned or {"top1": float("nan")})["top1"],
-                            "flops": count_flops(outcome.model, loaded.example_input) / dense_flops,
-                            "params": count_params(outcome.model) / dense_params})
-                        if (criterion, allocation, schedule) == ("l1", "uniform", "oneshot"):
-                            scratch_model = copy.deepcopy(outcome.model)
-                        print(budget, seed, criterion, allocation, schedule, f"{result['top1']:.2f}", flush=True)
-                        write()
-            if scratch_model is not None:  # "Rethinking the value of pruning": same architecture, fresh weights
+                        record({**base, "top1": result["top1"], "top5": result["top5"], "wall_s": wall,
+                                "before": (outcome.accuracy_pruned or {}).get("top1"), **ratios(outcome.model)})
+            for mode in scratch_modes:  # "Rethinking the value of pruning": same architecture, fresh weights
+                epochs = args.epochs if mode == "same" else DENSE_RECIPE["epochs"]
+                base = {"budget": budget, "criterion": SCRATCH, "allocation": "-", "schedule": "from scratch",
+                        "epochs": epochs, "seed": seed}
+                if _key(base) in done:
+                    continue
+                t0 = time.perf_counter()
+                config = PruneConfig(flops=BudgetTarget("flops", budget), criterion="l1", allocation="uniform", seed=seed)
+                outcome = SCHEDULES.get("oneshot")(Context(loaded, config, FinetuneConfig(epochs=0), None, None, None, {}))
+                model = copy.deepcopy(outcome.model)
                 torch.manual_seed(seed)
-                for m in scratch_model.modules():
+                for m in model.modules():
                     if hasattr(m, "reset_parameters"):
                         m.reset_parameters()
-                fit(scratch_model, data.train, data.val, FinetuneConfig(epochs=args.epochs, lr=0.02, seed=seed), None)
-                result = evaluate(scratch_model, data.test)
-                rows.setdefault((budget, "scratch (l1/uniform arch)", "-", "from scratch"), []).append({
-                    "top1": result["top1"], "before": float("nan"),
-                    "flops": count_flops(scratch_model, loaded.example_input) / dense_flops,
-                    "params": count_params(scratch_model) / dense_params})
-                write()
+                lr = 0.02 if mode == "same" else DENSE_RECIPE["lr"]
+                fit(model, data.train, data.val, FinetuneConfig(epochs=epochs, lr=lr, seed=seed, progress=False), None)
+                result = evaluate(model, data.test)
+                record({**base, "top1": result["top1"], "top5": result["top5"], "before": None,
+                        "wall_s": time.perf_counter() - t0, **ratios(model)})
 
 
 if __name__ == "__main__":

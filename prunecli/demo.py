@@ -13,15 +13,12 @@ import shutil
 import time
 from pathlib import Path
 
+from .cache import cache_dir
+
 DEMO_ARCH = "prunecli.zoo:cifar_resnet:depth=20,width=16,num_classes=10"
 DEMO_SHAPE = (1, 3, 16, 16)
 DENSE_RECIPE = {"epochs": 30, "lr": 0.1, "optimizer": "sgd", "weight_decay": 5e-4, "seed": 0, "batch_size": 64}
 CACHE_NAME = "demo-digits-resnet20-v1.pt"
-
-
-def cache_dir() -> Path:
-    root = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(root) / "prunecli"
 
 
 def dense_checkpoint(progress=None) -> tuple[Path, bool]:

@@ -41,8 +41,37 @@ def versions() -> dict:
     return out
 
 
-def plan_model(loaded: LoadedModel, config: PruneConfig, timings: dict, batches=None):
-    """Decide which channels go: (plan, analysis, fit, dense cost, targets). Touches no weights."""
+def sensitivity_config(config: PruneConfig):
+    """The scan settings `--allocation sensitivity` uses: its criterion, the rest from ``config.extra``."""
+    from .sensitivity import DEFAULT_LEVELS, SensitivityConfig
+
+    return SensitivityConfig(levels=tuple(config.extra.get("sensitivity_levels", DEFAULT_LEVELS)),
+                             criterion=config.criterion, metric=config.extra.get("sensitivity_metric", "loss"),
+                             batches=int(config.extra.get("sensitivity_batches", 10)), seed=config.seed)
+
+
+def _evidence(allocator, loaded: LoadedModel, config: PruneConfig, analysis, data, batches, progress, timings) -> dict:
+    """What a data-driven allocator declared it needs (``needs``), computed here so allocators stay pure."""
+    needs = getattr(allocator, "needs", None)
+    if needs is None:
+        return {}
+    if data is None:
+        raise UsageError(f"--allocation {config.allocation} evaluates the model: pass --data SPEC (e.g. --data digits)")
+    if needs == "sensitivity":
+        from .sensitivity import cached_scan
+
+        scan = cached_scan(loaded.model, loaded.example_input, analysis.groups, data.val, sensitivity_config(config),
+                           criterion_batches=batches, progress=progress)
+        timings["sensitivity"] = {"scan_s": scan.wall_s, "cached": scan.cached, "key": scan.key}
+        return {"sensitivity": scan}
+    raise RuntimeFailure(f"allocator {config.allocation!r} needs {needs!r}, which prunecli does not provide")
+
+
+def plan_model(loaded: LoadedModel, config: PruneConfig, timings: dict, batches=None, data=None, progress=None):
+    """Decide which channels go: (plan, analysis, fit, dense cost, targets). Touches no weights.
+
+    ``data`` (Loaders) is needed by data-driven allocators (sensitivity); ``batches`` by data-driven criteria.
+    """
     CRITERIA.get(config.criterion)  # unknown names fail before any work
     allocator = allocate.ALLOCATORS.get(config.allocation)
     patterns, round_to = constraints_for(loaded, config.ignore, config.round_to)
@@ -60,8 +89,9 @@ def plan_model(loaded: LoadedModel, config: PruneConfig, timings: dict, batches=
     t0 = time.perf_counter()
     scores = channel_scores(loaded.model, loaded.example_input, [(g.root, g.channels) for g in analysis.groups],
                             config.criterion, seed=config.seed, batches=batches)
-    order = allocator(analysis.groups, scores, config)
     timings["score_s"] = time.perf_counter() - t0
+    evidence = _evidence(allocator, loaded, config, analysis, data, batches, progress, timings)
+    order = allocator(analysis.groups, scores, config, evidence)
 
     t0 = time.perf_counter()
     hint = (f"with --round-to {round_to} and --min-channels {config.min_channels}"

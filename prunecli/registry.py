@@ -18,10 +18,14 @@ class Registry(Generic[T]):
         self.flag = flag
         self._items: dict[str, T] = {}
 
-    def register(self, name: str) -> Callable[[T], T]:
+    def register(self, name: str, **attributes) -> Callable[[T], T]:
+        """Register under ``name``; ``attributes`` are set on the object (e.g. what an allocator needs)."""
+
         def deco(obj: T) -> T:
             if name in self._items:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")
+            for key, value in attributes.items():
+                setattr(obj, key, value)
             self._items[name] = obj
             return obj
 

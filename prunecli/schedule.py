@@ -3,9 +3,12 @@
 ``oneshot``
     plan once on the dense model, remove the channels, recalibrate BatchNorm, fine-tune.
 ``agp``
-    Zhu & Gupta's automated gradual pruning, as Distiller describes it: the pruned fraction follows
-    s_t = s_f + (s_i - s_f) * (1 - t/k)^3 over k steps (here of the FLOPs/params saved), with
-    fine-tuning between steps; step k is the budget itself, fitted exactly like `oneshot`.
+    Zhu & Gupta's automated gradual pruning, as Distiller runs it: the final channel count of every
+    group is fixed once, on the dense model, exactly as `oneshot` fits it to the budget; each group
+    then loses its channels over k steps following the cubic s_t = s_f + (s_i - s_f) * (1 - t/k)^3
+    (of the channels it will lose, rounded to its step), with fine-tuning between steps and the
+    channels re-ranked on the current weights at every step. Step k reaches the final counts, so the
+    schedule ends on the same budget-exact cost as `oneshot`.
 ``soft``
     Soft Filter Pruning (He et al. 2018): the channel counts are fixed by the budget once; after every
     epoch the lowest-ranked channels (re-ranked on the current weights) are zeroed but stay trainable,
@@ -18,7 +21,7 @@ import copy
 import dataclasses
 from dataclasses import dataclass, field
 
-from .config import BudgetTarget, PruneConfig
+from .config import PruneConfig
 from .criteria import channel_scores
 from .errors import UsageError
 from .finetune import FinetuneConfig, evaluate, fit, recalibrate_bn
@@ -83,7 +86,8 @@ def oneshot(ctx: Context) -> Outcome:
         outcome = Outcome(model, plans, None, ctx.resume["fit_cost"], ctx.resume.get("accuracy_pruned"),
                           round_to=ctx.resume.get("round_to", 1))
     else:
-        plan, analysis, fitted, _, _, round_to = plan_model(ctx.loaded, ctx.config, ctx.timings, batches=ctx.batches)
+        plan, analysis, fitted, _, _, round_to = plan_model(ctx.loaded, ctx.config, ctx.timings, batches=ctx.batches,
+                                                                 data=ctx.data, progress=ctx.progress)
         model = shrink_copy(ctx.loaded, plan)
         outcome = Outcome(model, [plan], analysis, fitted.cost, _recalibrate_and_measure(ctx, model), round_to=round_to)
     if ctx.on_pruned is not None:
@@ -95,11 +99,15 @@ def oneshot(ctx: Context) -> Outcome:
     return outcome
 
 
-def agp_targets(dense: int, final: int, steps: int) -> list[int]:
-    """Cubic AGP: the saved amount follows (1 - (1 - t/k)^3) of the total; the last target is the budget."""
-    targets = [int(dense - (dense - final) * (1 - (1 - t / steps) ** 3)) for t in range(1, steps + 1)]
-    targets[-1] = final
-    return targets
+def agp_fraction(t: int, steps: int) -> float:
+    """Cubic AGP: the fraction of the eventual removal done after step t of ``steps``."""
+    return 1.0 - (1.0 - t / steps) ** 3
+
+
+def agp_counts(channels: int, final: int, step: int, t: int, steps: int) -> int:
+    """A group's channel count after step t: the cubic fraction of its removal, rounded to its step."""
+    removable = (channels - final) // step
+    return channels - step * int(round(removable * agp_fraction(t, steps)))
 
 
 @SCHEDULES.register("agp")
@@ -107,34 +115,35 @@ def agp(ctx: Context) -> Outcome:
     if ctx.resume is not None:
         raise UsageError("--resume works with --schedule oneshot; rerun agp without --resume")
     steps = int(ctx.config.extra.get("agp_steps", 4))
-    from .cost import count_flops, count_params
-
-    dense = {"flops": count_flops(ctx.loaded.model, ctx.loaded.example_input), "params": count_params(ctx.loaded.model)}
-    finals = {b.metric: b.resolve(dense[b.metric]) for b in ctx.config.budgets()}
-    schedule = {m: agp_targets(dense[m], t, steps) for m, t in finals.items()}
+    if steps < 1:
+        raise UsageError(f"--agp-steps {steps} must be >= 1")
+    final_plan, analysis, fitted, _, _, round_to = plan_model(ctx.loaded, ctx.config, ctx.timings, batches=ctx.batches,
+                                                              data=ctx.data, progress=ctx.progress)
+    final = {g.root: len(g.keep) for g in final_plan.groups}
     epochs = ctx.finetune.epochs
     per_step = [epochs // steps + (1 if i < epochs % steps else 0) for i in range(steps)]
     current, plans, outcome = ctx.loaded, [], None
-    for t in range(steps):
-        step_config = dataclasses.replace(
-            ctx.config,
-            tolerance=ctx.config.tolerance if t == steps - 1 else max(ctx.config.tolerance, 0.05),  # only the end is exact
-            flops=BudgetTarget("flops", schedule["flops"][t], absolute=True) if "flops" in schedule else None,
-            params=BudgetTarget("params", schedule["params"][t], absolute=True) if "params" in schedule else None,
-        )
-        plan, analysis, fitted, _, _, round_to = plan_model(current, step_config, ctx.timings, batches=ctx.batches)
+    width = {g.root: g.channels for g in analysis.groups}  # current channels per group
+    for t in range(1, steps + 1):
+        counts = {g.root: agp_counts(g.channels, final[g.root], g.step, t, steps) for g in analysis.groups}
+        changing = [g for g in analysis.groups if counts[g.root] < width[g.root]]
+        scores = channel_scores(current.model, current.example_input, [(g.root, width[g.root]) for g in changing],
+                                ctx.config.criterion, seed=ctx.config.seed, batches=ctx.batches)
+        plan = Plan(tuple(GroupPlan(g.root, width[g.root], select_keep(scores[g.root], counts[g.root], g.channel_groups))
+                          for g in changing), ctx.config.criterion, ctx.config.allocation)
         model = shrink_copy(current, plan)
         plans.append(plan)
+        width.update({g.root: counts[g.root] for g in changing})
         accuracy = _recalibrate_and_measure(ctx, model)
         if outcome is None:
             outcome = Outcome(model, plans, analysis, fitted.cost, accuracy, round_to=round_to)
-        outcome.model, outcome.fit_cost, outcome.accuracy_pruned = model, fitted.cost, accuracy
-        last = t == steps - 1
+        outcome.model, outcome.accuracy_pruned = model, accuracy
+        last = t == steps
         if last and ctx.on_pruned is not None:
             ctx.on_pruned(outcome)
-        result = _fit(ctx, model, per_step[t], f"agp step {t + 1}/{steps}", checkpoints=ctx.checkpoints if last else None)
+        result = _fit(ctx, model, per_step[t - 1], f"agp step {t}/{steps}", checkpoints=ctx.checkpoints if last else None)
         if result is not None:
-            outcome.history += [{**h, "agp_step": t + 1} for h in result.history]
+            outcome.history += [{**h, "agp_step": t} for h in result.history]
             outcome.best_epoch = result.best_epoch
             if result.interrupted:
                 if not last:  # an interrupted intermediate step cannot end on the budget
@@ -150,7 +159,8 @@ def soft(ctx: Context) -> Outcome:
         raise UsageError("--resume works with --schedule oneshot; rerun soft without --resume")
     if ctx.data is None or ctx.finetune.epochs == 0:
         raise UsageError("--schedule soft trains while it prunes: pass --data SPEC and --epochs N (N >= 1)")
-    plan, analysis, fitted, _, _, round_to = plan_model(ctx.loaded, ctx.config, ctx.timings, batches=ctx.batches)
+    plan, analysis, fitted, _, _, round_to = plan_model(ctx.loaded, ctx.config, ctx.timings, batches=ctx.batches,
+                                                                 data=ctx.data, progress=ctx.progress)
     counts = {g.root: len(g.keep) for g in plan.groups}
     by_root = {g.root: g for g in analysis.groups}
     model = copy.deepcopy(ctx.loaded.model)

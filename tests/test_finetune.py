@@ -102,13 +102,32 @@ def test_every_schedule_ends_on_budget(cli, tmp_path, schedule):
     assert count_flops(rebuilt, torch.randn(1, 3, 16, 16)) == budget["achieved"]
 
 
-def test_agp_targets_follow_the_cubic_schedule():
-    from prunecli.schedule import agp_targets
+def test_agp_counts_follow_the_cubic_schedule():
+    from prunecli.schedule import agp_counts
 
-    targets = agp_targets(1000, 400, 4)
-    assert targets[-1] == 400 and targets == sorted(targets, reverse=True)
-    saved = [(1000 - t) / 600 for t in targets]
-    assert saved[0] == pytest.approx(1 - 0.75**3, abs=1e-2)  # most of the pruning happens early
+    counts = [agp_counts(64, 16, 8, t, 4) for t in range(1, 5)]
+    assert counts[-1] == 16 and counts == sorted(counts, reverse=True)
+    assert all(c % 8 == 0 for c in counts)
+    removed = [(64 - c) / 48 for c in counts]
+    assert removed[0] == pytest.approx(1 - 0.75**3, abs=0.1)  # most of the pruning happens early (rounded to steps)
+    assert removed[0] >= 0.5
+
+
+def test_agp_ends_on_the_oneshot_counts_of_the_dense_fit(tmp_path):
+    """The final step reaches exactly the per-group counts `oneshot` fits on the dense model."""
+    from prunecli.config import BudgetTarget, PruneConfig
+    from prunecli.finetune import FinetuneConfig
+    from prunecli.load import load_model
+    from prunecli.schedule import SCHEDULES, Context
+
+    torch.manual_seed(0)
+    loaded = load_model("tinynets:tiny_resnet:width=64", input_shape="1,3,16,16")
+    config = PruneConfig(flops=BudgetTarget("flops", 0.5), round_to=1, extra={"agp_steps": 3})
+    ctx = lambda: Context(loaded, config, FinetuneConfig(epochs=0), None, None, None, {})  # noqa: E731
+    oneshot, agp = SCHEDULES.get("oneshot")(ctx()), SCHEDULES.get("agp")(ctx())
+    assert len(agp.plans) == 3
+    widths = lambda m: [p.shape for p in m.state_dict().values()]  # noqa: E731
+    assert widths(agp.model) == widths(oneshot.model)
 
 
 @pytest.mark.parametrize("criterion", ["taylor", "activation"])

@@ -16,7 +16,7 @@ from . import ALLOCATORS, removable_steps
 
 
 @ALLOCATORS.register("global")
-def global_(groups, scores, config) -> list[str]:
+def global_(groups, scores, config, evidence=None) -> list[str]:
     events = []
     for index, group in enumerate(groups):
         values = np.asarray(scores[group.root], dtype=np.float64)

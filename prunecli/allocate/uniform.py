@@ -12,7 +12,7 @@ from . import ALLOCATORS, removable_steps
 
 
 @ALLOCATORS.register("uniform")
-def uniform(groups, scores, config) -> list[str]:
+def uniform(groups, scores, config, evidence=None) -> list[str]:
     events = []
     for index, group in enumerate(groups):
         for k in range(1, removable_steps(group) + 1):

@@ -189,7 +189,8 @@ def prune(
     out: str = typer.Option(..., "--out", help="Output bundle directory (must be empty or absent unless --force)."),
     force: bool = typer.Option(False, "--force", help="Replace a non-empty --out."),
     criterion: str = typer.Option("l1", "--criterion", help="Channel ranking: l1, l2, fpgm, bn, lamp, random, taylor."),
-    allocation: str = typer.Option("uniform", "--allocation", help="How pruning spreads over groups: uniform, global."),
+    allocation: str = typer.Option("uniform", "--allocation", help="How pruning spreads over groups: uniform, global, "
+                                   "sensitivity (a per-group scan; needs --data)."),
     round_to: Optional[int] = typer.Option(None, "--round-to", help="Kept channels are multiples of N (default: preset's)."),
     ignore: List[str] = typer.Option([], "--ignore", help="Module name glob kept intact (repeatable)."),
     min_channels: int = typer.Option(1, "--min-channels", help="Fewest channels any group keeps."),
@@ -211,6 +212,10 @@ def prune(
     distill_weight: float = typer.Option(0.7, "--distill-weight", help="Weight of the KL term."),
     temperature: float = typer.Option(4.0, "--temperature", help="Distillation temperature."),
     criterion_batches: int = typer.Option(8, "--criterion-batches", help="Batches for taylor/activation criteria."),
+    sensitivity_levels: str = typer.Option("0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9", "--sensitivity-levels",
+                                           help="sensitivity: scan levels (as `prunecli sensitivity --levels`)."),
+    sensitivity_metric: str = typer.Option("loss", "--sensitivity-metric", help="sensitivity: loss or top1."),
+    sensitivity_batches: int = typer.Option(10, "--sensitivity-batches", help="sensitivity: validation batches per point."),
     resume: bool = typer.Option(False, "--resume", help="Continue fine-tuning from --out/checkpoints/last.pt."),
     arch: Optional[str] = ArchOpt,
     weights: Optional[str] = WeightsOpt,
@@ -240,7 +245,8 @@ def prune(
     config = _config(flops=_budget("flops", flops), params=_budget("params", params), criterion=criterion,
                      allocation=allocation, round_to=round_to, ignore=tuple(ignore), min_channels=min_channels,
                      max_group_prune=max_group_prune, seed=seed, tolerance=tolerance, opset=opset,
-                     extra={"agp_steps": agp_steps})
+                     extra={"agp_steps": agp_steps, **_sensitivity_extra(sensitivity_levels, sensitivity_metric,
+                                                                         sensitivity_batches)})
     finetune = _finetune_config(epochs=epochs, lr=lr, optimizer=optimizer, weight_decay=weight_decay, distill=distill,
                                 distill_weight=distill_weight, temperature=temperature, seed=seed)
     _check_prune_flags(out, force, resume, criterion, allocation, schedule, data, epochs)
@@ -260,6 +266,19 @@ def prune(
         sys.stderr.write(f"error: interrupted during fine-tuning; {out} holds the bundle from the best checkpoint "
                          f"(epoch {report['accuracy']['best_epoch']}); rerun with --resume to continue\n")
         raise typer.Exit(130)
+
+
+def _sensitivity_extra(levels: str, metric: str, batches: int) -> dict:
+    from .errors import UsageError
+    from .sensitivity import SensitivityConfig
+
+    try:
+        config = SensitivityConfig(levels=SensitivityConfig.parse_levels(levels), metric=metric, batches=batches)
+    except ValueError as exc:
+        raise UsageError(str(exc).replace("--levels", "--sensitivity-levels").replace("--metric", "--sensitivity-metric")
+                         .replace("--batches", "--sensitivity-batches")) from exc
+    return {"sensitivity_levels": list(config.levels), "sensitivity_metric": config.metric,
+            "sensitivity_batches": config.batches}
 
 
 def _finetune_config(**kwargs):
@@ -287,6 +306,9 @@ def _check_prune_flags(out, force, resume, criterion, allocation, schedule, data
     CRITERIA.get(criterion)
     ALLOCATORS.get(allocation)
     SCHEDULES.get(schedule)
+    if getattr(ALLOCATORS.get(allocation), "needs", None) and not data:
+        raise UsageError(f"--allocation {allocation} evaluates the model while it allocates: pass --data SPEC "
+                         "(e.g. --data digits)")
     if criterion in DATA_CRITERIA and not data:
         raise UsageError(f"--criterion {criterion} needs training data: pass --data SPEC (e.g. --data digits)")
     if epochs and not data:
@@ -301,7 +323,13 @@ def _data(spec, batch_size, workers, loaded, seed):
         config = DataConfig(spec=spec, batch_size=batch_size, workers=workers)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
-    return load_data(config, loaded.input_shape, seed=seed)
+    outputs = loaded.output_classes()
+    loaders = load_data(config, loaded.input_shape, seed=seed, num_classes=outputs or 10)
+    if outputs and loaders.num_classes > outputs:
+        raise UsageError(f"--data {spec} has {loaders.num_classes} classes but MODEL {loaded.display_name} outputs "
+                         f"{outputs} logits; use a model with {loaders.num_classes} outputs (e.g. num_classes={loaders.num_classes} "
+                         "in the architecture spec)")
+    return loaders
 
 
 def _progress(enabled: bool):
@@ -314,6 +342,78 @@ def _progress(enabled: bool):
 
     return Progress(TextColumn("{task.description}"), BarColumn(), TextColumn("{task.fields[info]}"),
                     TimeRemainingColumn(), console=_console(), transient=False)
+
+
+@app.command()
+@handle_errors
+def sensitivity(
+    model: str = ModelArg,
+    data: str = typer.Option(..., "--data", help="digits, imagefolder:DIR, cifar10:DIR, cifar100:DIR, file.py:factory, synthetic[:N]."),
+    levels: str = typer.Option("0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9", "--levels", help="Fractions of each group's channels to remove."),
+    criterion: str = typer.Option("l1", "--criterion", help="Which channels go at each level: l1, l2, fpgm, bn, lamp, random, taylor, activation."),
+    metric: str = typer.Option("loss", "--metric", help="loss (validation cross-entropy, smooth) or top1."),
+    batches: int = typer.Option(10, "--batches", help="Validation batches evaluated per point (the same ones every time)."),
+    out: str = typer.Option("sensitivity", "--out", help="Directory for sensitivity.csv, .json and .png."),
+    force: bool = typer.Option(False, "--force", help="Replace a non-empty --out."),
+    no_cache: bool = typer.Option(False, "--no-cache", help="Rescan even if the cache holds this scan."),
+    round_to: Optional[int] = typer.Option(None, "--round-to", help="Levels round to multiples of N channels (default: preset's)."),
+    ignore: List[str] = typer.Option([], "--ignore", help="Module name glob kept intact (repeatable)."),
+    min_channels: int = typer.Option(1, "--min-channels", help="Fewest channels any group keeps."),
+    seed: int = typer.Option(0, "--seed", help="Seed for the random criterion and the data order."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Evaluation batch size."),
+    workers: int = typer.Option(0, "--workers", help="Data loader worker processes."),
+    criterion_batches: int = typer.Option(8, "--criterion-batches", help="Training batches for taylor/activation."),
+    arch: Optional[str] = ArchOpt,
+    weights: Optional[str] = WeightsOpt,
+    trust_pickle: bool = TrustOpt,
+    input_shape: Optional[str] = ShapeOpt,
+    preset: Optional[str] = PresetOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Measure how much pruning each channel group alone costs, level by level (no fine-tuning).
+
+    Writes sensitivity.csv (group, level, metric, flops_saved, ...), sensitivity.png and
+    sensitivity.json to --out and ranks the groups. The scan is cached (keyed on the model's weights,
+    the evaluation data and these settings): `prune --allocation sensitivity` with the same --data,
+    --criterion and --batch-size reuses it.
+
+    Examples:
+
+        prunecli sensitivity model.pt --data imagefolder:./data --out sens/
+
+        prunecli sensitivity demo/dense.pt --data digits --metric top1 --levels 0.25,0.5,0.75
+    """
+    from pathlib import Path
+
+    from .bundle import check_out_dir
+    from .criteria import CRITERIA, DATA_CRITERIA
+    from .errors import UsageError
+    from .sensitivity import SensitivityConfig, scan_document, scan_model, write_outputs
+
+    check_out_dir(Path(out), force)
+    CRITERIA.get(criterion)
+    try:
+        config = SensitivityConfig(levels=SensitivityConfig.parse_levels(levels), criterion=criterion, metric=metric,
+                                   batches=batches, seed=seed)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    loaded = _load(model, arch, weights, trust_pickle, input_shape, preset)
+    loaders = _data(data, batch_size, workers, loaded, seed)
+    with _progress(enabled=not as_json) as progress:
+        scan, _ = scan_model(loaded, loaders, config, ignore=tuple(ignore), round_to=round_to, min_channels=min_channels,
+                             criterion_batches=criterion_batches if criterion in DATA_CRITERIA else 0,
+                             progress=progress, use_cache=not no_cache)
+    if not scan.curves:
+        raise UsageError(f"MODEL {loaded.display_name} has no group that loses a channel at --levels {levels}; "
+                         "use higher levels or a smaller --round-to")
+    write_outputs(scan, out, model=loaded.display_name, force=force)
+    doc = scan_document(scan, loaded.display_name)
+    if as_json:
+        typer.echo(json.dumps(doc, indent=2))
+    else:
+        from .report import render_sensitivity
+
+        render_sensitivity(_console(), doc, out)
 
 
 @app.command()

@@ -17,6 +17,16 @@ def constraints_for(loaded: LoadedModel, ignore: tuple[str, ...], round_to: int 
     return patterns, step
 
 
+def prunable_groups(loaded: LoadedModel, *, ignore=(), round_to=None, min_channels: int = 1):
+    """(analysis, round_to) as `prune` sees the model: groups whose removal breaks the forward pass
+    (e.g. a width the model's Python code hard-codes, as ViT's hidden_dim) are found on a meta-device
+    trial and marked unprunable."""
+    patterns, step = constraints_for(loaded, tuple(ignore), round_to)
+    analysis = analyse(loaded.model, loaded.example_input, ignore=patterns, round_to=step,
+                       min_channels=min_channels, measure_range=True)
+    return analysis, step
+
+
 def inspect_model(loaded: LoadedModel, *, ignore=(), round_to=None, min_channels: int = 1) -> dict:
     patterns, step = constraints_for(loaded, tuple(ignore), round_to)
     analysis = analyse(loaded.model, loaded.example_input, ignore=patterns, round_to=step, min_channels=min_channels)

@@ -58,6 +58,14 @@ class LoadedModel:
     def display_name(self) -> str:
         return str(self.source) if self.source else (self.arch or type(self.model).__name__)
 
+    def output_classes(self) -> int | None:
+        """Width of a classifier's (batch, classes) output at the example input; None for other outputs."""
+        import torch
+
+        with torch.no_grad():
+            out = self.model.eval()(self.example_input)
+        return int(out.shape[1]) if isinstance(out, torch.Tensor) and out.dim() == 2 else None
+
 
 # --------------------------------------------------------------------------- small parsers
 def parse_input_shape(text: str, flag: str = "--input-shape") -> tuple[int, ...]:

@@ -20,8 +20,7 @@ from .cost import FLOPS_LABEL, MACS_LABEL, PARAMS_LABEL, count_macs, measure
 from .criteria import CRITERIA, channel_scores
 from .errors import RuntimeFailure, UsageError
 from .export import export_onnx, verify_onnx
-from .graph import analyse
-from .inspect import constraints_for
+from .inspect import constraints_for, prunable_groups
 from .load import LoadedModel
 from .plan import GroupPlan, Plan, select_keep
 from .shrink import remove_channels_
@@ -74,12 +73,9 @@ def plan_model(loaded: LoadedModel, config: PruneConfig, timings: dict, batches=
     """
     CRITERIA.get(config.criterion)  # unknown names fail before any work
     allocator = allocate.ALLOCATORS.get(config.allocation)
-    patterns, round_to = constraints_for(loaded, config.ignore, config.round_to)
     t0 = time.perf_counter()
-    # measure_range also finds groups whose removal breaks the forward pass (e.g. a width the model's
-    # Python code hard-codes, as ViT's hidden_dim) and marks them unprunable.
-    analysis = analyse(loaded.model, loaded.example_input, ignore=patterns, round_to=round_to,
-                       min_channels=config.min_channels, measure_range=True)
+    analysis, round_to = prunable_groups(loaded, ignore=config.ignore, round_to=config.round_to,
+                                         min_channels=config.min_channels)
     if not analysis.groups:
         raise UsageError(f"MODEL {loaded.display_name} has no prunable channel groups (see `prunecli inspect`)")
     dense = {"flops": analysis.flops, "params": analysis.params}
@@ -249,6 +245,7 @@ def run_prune(loaded: LoadedModel, config: PruneConfig, out: Path, *, force: boo
             "max_group_prune": config.max_group_prune,
             "ignore": list(constraints_for(loaded, config.ignore, config.round_to)[0]),
             "seed": config.seed, "tolerance": config.tolerance, "opset": config.opset,
+            "sensitivity": dataclasses.asdict(sensitivity_config(config)) if config.allocation == "sensitivity" else None,
             "finetune": dataclasses.asdict(finetune) if data is not None else None,
             "data": data.describe() if data is not None else None,
         },

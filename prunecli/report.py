@@ -114,7 +114,8 @@ def prune_markdown(report: dict) -> str:
                   f"onnxruntime {lat['provider']}, {lat['threads']} threads, batch {lat['batch']}, {lat['runs']} interleaved "
                   f"runs: dense p50 {lat['dense_p50_ms']:.3f} ms, pruned p50 {lat['pruned_p50_ms']:.3f} ms, "
                   f"ratio {lat['ratio_p50']:.3f}."]
-    lines += ["", "## Timings (s)", ""] + [f"- {k}: {v:.2f}" for k, v in report["timings"].items()]
+    lines += ["", "## Timings (s)", ""] + [f"- {k}: {v:.2f}" for k, v in report["timings"].items()
+                                                  if isinstance(v, (int, float))]
     return "\n".join(lines) + "\n"
 
 
@@ -195,3 +196,79 @@ def render_demo(console: Console, summary: dict) -> None:
     console.print(f"Wrote {summary['out']}/ (dense.pt, dense.onnx, pruned/, report.json) in {summary['seconds']:.0f} s"
                   + (" (dense model from cache)." if summary["dense_cached"] else "."))
     console.print("Next:\n  " + "\n  ".join(summary["next"]))
+
+
+def render_sensitivity(console: Console, doc: dict, out, limit: int = 25) -> None:
+    """Groups ranked by sensitivity (mean degradation over the levels), with the curve at each level."""
+    levels = [p["level"] for p in doc["curves"][0]["points"]] if doc["curves"] else []
+    unit = "top-1 points lost" if doc["metric"] == "top1" else "loss increase"
+    table = Table(title=f"Sensitivity: {unit} when one group alone is pruned (criterion {doc['settings']['criterion']}, "
+                        f"{doc['samples']} validation images, no fine-tuning)", header_style="bold")
+    table.add_column("#", justify="right")
+    table.add_column("group", overflow="fold", min_width=14)
+    table.add_column("ch", justify="right")
+    table.add_column("FLOPs", justify="right")
+    table.add_column("mean", justify="right", style="bold")
+    shown = list(range(len(levels)))
+    if len(levels) > 5:  # keep the table inside 100 columns: five levels spread over the range
+        shown = sorted({round(i * (len(levels) - 1) / 4) for i in range(5)})
+    for i in shown:
+        table.add_column(f"@{levels[i]:g}", justify="right")
+    curves = {c["root"]: c for c in doc["curves"]}
+    ranking = doc["ranking"]
+    for rank, row in enumerate(ranking[:limit], start=1):
+        c = curves[row["group"]]
+        table.add_row(str(rank), row["group"], str(row["channels"]), f"{row['flops_share']:.1%}",
+                      f"{row['sensitivity']:.3g}", *(f"{c['points'][i]['degradation']:.3g}" for i in shown))
+    console.print(table)
+    if len(ranking) > limit:
+        console.print(f"[dim]{len(ranking) - limit} more groups in sensitivity.csv[/dim]")
+    dense = f"{doc['dense_value']:.2f}%" if doc["metric"] == "top1" else f"{doc['dense_value']:.4f}"
+    console.print(f"Dense {doc['metric']}: {dense}. Scan: {doc['wall_s']:.1f} s"
+                  + (" (from the cache)" if doc["cached"] else "") + f". Wrote {out}/ (sensitivity.csv, .json, .png).")
+
+
+def plot_sensitivity(scan, path, *, title: str = "", highlight: int = 8) -> None:
+    """Two panels that stay legible with many groups: the curves (the ``highlight`` most sensitive in
+    colour, the rest grey) and every group's mean degradation as a sorted bar chart."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ranked = scan.ranked()
+    top = ranked[:highlight]
+    colours = [c for i, c in enumerate(plt.get_cmap("tab10").colors) if i != 7]  # no grey: grey means "the rest"
+    height = max(4.5, 0.22 * len(ranked) + 1.5)
+    fig, (curves_ax, bars_ax) = plt.subplots(1, 2, figsize=(14, height), gridspec_kw={"width_ratios": [1.2, 1]})
+    unit = "top-1 points lost" if scan.metric == "top1" else "validation loss increase"
+    removed = lambda c: [0] + [p.removed / c.channels for p in c.points]  # noqa: E731  (levels after rounding)
+    for c in ranked[highlight:]:
+        curves_ax.plot(removed(c), [0] + [p.degradation for p in c.points], color="0.75", linewidth=0.8, zorder=1)
+    for i, c in enumerate(top):
+        curves_ax.plot(removed(c), [0] + [p.degradation for p in c.points], marker="o", markersize=3,
+                       color=colours[i % len(colours)], linewidth=1.8, label=f"{c.root} ({c.channels} ch)", zorder=2)
+    curves_ax.axhline(0, color="black", linewidth=0.6)
+    curves_ax.set_xlabel("fraction of the group's channels removed, that group only (after rounding to its step)")
+    curves_ax.set_ylabel(unit)
+    curves_ax.set_title(f"{len(top)} most sensitive groups in colour, {max(0, len(ranked) - len(top))} others grey")
+    curves_ax.legend(fontsize=8, loc="upper left")
+    curves_ax.grid(alpha=0.3)
+    names = [c.root for c in ranked][::-1]
+    scores = [c.score for c in ranked][::-1]
+    bar_colours = ["0.6"] * len(ranked)
+    for i in range(len(top)):
+        bar_colours[i] = colours[i % len(colours)]
+    bars_ax.barh(range(len(ranked)), scores, color=bar_colours[::-1])
+    bars_ax.set_yticks(range(len(ranked)))
+    bars_ax.set_yticklabels(names, fontsize=7 if len(ranked) > 30 else 9)
+    bars_ax.set_xlabel(f"mean {unit} over the {len(scan.settings['levels'])} scanned levels")
+    bars_ax.set_title("every group, most sensitive on top")
+    bars_ax.grid(axis="x", alpha=0.3)
+    bars_ax.set_ylim(-0.6, len(ranked) - 0.4)
+    dense = f"{scan.dense_value:.2f}%" if scan.metric == "top1" else f"{scan.dense_value:.4f}"
+    fig.suptitle(f"Sensitivity scan{': ' + title if title else ''} — dense {scan.metric} {dense}, "
+                 f"{scan.samples} validation images, criterion {scan.settings['criterion']}", fontsize=11)
+    fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / height))  # room for the suptitle
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -94,3 +94,31 @@ def unbalanced_resnet() -> nn.Module:
         model.conv_a.weight.mul_(0.01)
         model.bn_a.weight.mul_(0.01)
     return model
+
+
+class TwoBranch(nn.Module):
+    """Two parallel conv branches (16 channels each, equal FLOPs) concatenated before the head."""
+
+    def __init__(self, classes: int = 4) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 16, 3, padding=1, bias=False)
+        self.bn_a = nn.BatchNorm2d(16)
+        self.b = nn.Conv2d(3, 16, 3, padding=1, bias=False)
+        self.bn_b = nn.BatchNorm2d(16)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(32, classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([torch.relu(self.bn_a(self.a(x))), torch.relu(self.bn_b(self.b(x)))], dim=1)
+        return self.head(torch.flatten(self.pool(x), 1))
+
+
+def two_branch_one_sensitive() -> nn.Module:
+    """Branch ``a`` carries everything the head uses; the head ignores branch ``b`` (zero columns), so
+    pruning ``b`` costs nothing and pruning ``a`` costs accuracy."""
+    torch.manual_seed(0)
+    model = TwoBranch().eval()
+    with torch.no_grad():
+        model.head.weight[:, :16] = 3 * torch.randn(4, 16)
+        model.head.weight[:, 16:] = 0.0
+    return model

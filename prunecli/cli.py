@@ -190,7 +190,8 @@ def prune(
     force: bool = typer.Option(False, "--force", help="Replace a non-empty --out."),
     criterion: str = typer.Option("l1", "--criterion", help="Channel ranking: l1, l2, fpgm, bn, lamp, random, taylor."),
     allocation: str = typer.Option("uniform", "--allocation", help="How pruning spreads over groups: uniform, global, "
-                                   "sensitivity (a per-group scan; needs --data)."),
+                                   "sensitivity (a per-group scan), learned (ratios learned from the task loss); "
+                                   "the last two need --data."),
     round_to: Optional[int] = typer.Option(None, "--round-to", help="Kept channels are multiples of N (default: preset's)."),
     ignore: List[str] = typer.Option([], "--ignore", help="Module name glob kept intact (repeatable)."),
     min_channels: int = typer.Option(1, "--min-channels", help="Fewest channels any group keeps."),
@@ -212,6 +213,7 @@ def prune(
     distill_weight: float = typer.Option(0.7, "--distill-weight", help="Weight of the KL term."),
     temperature: float = typer.Option(4.0, "--temperature", help="Distillation temperature."),
     criterion_batches: int = typer.Option(8, "--criterion-batches", help="Batches for taylor/activation criteria."),
+    search_epochs: int = typer.Option(1, "--search-epochs", help="learned: epochs of the allocation search (before --epochs of fine-tuning)."),
     sensitivity_levels: str = typer.Option("0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9", "--sensitivity-levels",
                                            help="sensitivity: scan levels (as `prunecli sensitivity --levels`)."),
     sensitivity_metric: str = typer.Option("loss", "--sensitivity-metric", help="sensitivity: loss or top1."),
@@ -245,7 +247,7 @@ def prune(
     config = _config(flops=_budget("flops", flops), params=_budget("params", params), criterion=criterion,
                      allocation=allocation, round_to=round_to, ignore=tuple(ignore), min_channels=min_channels,
                      max_group_prune=max_group_prune, seed=seed, tolerance=tolerance, opset=opset,
-                     extra={"agp_steps": agp_steps, **_sensitivity_extra(sensitivity_levels, sensitivity_metric,
+                     extra={"agp_steps": agp_steps, "search_epochs": search_epochs, **_sensitivity_extra(sensitivity_levels, sensitivity_metric,
                                                                          sensitivity_batches)})
     finetune = _finetune_config(epochs=epochs, lr=lr, optimizer=optimizer, weight_decay=weight_decay, distill=distill,
                                 distill_weight=distill_weight, temperature=temperature, seed=seed)

@@ -245,3 +245,30 @@ def _measure_min_(model, example_input, analysis: GraphAnalysis) -> None:
             raise RuntimeFailure(f"pruning {type(model).__name__} breaks its forward pass: {error}")
     analysis.min_flops = count_flops(pruned, example_input.to("meta"))
     analysis.min_params = count_params(pruned)
+
+
+def channel_roles(model, example_input, groups, graph=None) -> dict[str, dict[str, str]]:
+    """Which group's channels each module's output ("out") and input ("in") side carries.
+
+    ``{module_name: {"out": root, "in": {root: channels}}}`` (a side absent when no group controls it;
+    a consumer of a concatenation has several input groups). A depthwise conv is an "out" member of its
+    group. Norm layers are "out" members of their group.
+    """
+    graph = graph if graph is not None else build_graph(model, example_input)
+    modules = dict(model.named_modules())
+    names = {m: n for n, m in modules.items()}
+    roles: dict[str, dict[str, str]] = {}
+    for g in groups:
+        module = modules[g.root]
+        pruner = graph.get_pruner_of_module(module)
+        group = graph.get_pruning_group(module, pruner.prune_out_channels, list(range(g.channels)))
+        for dep, idxs in group:
+            target = dep.target.module
+            if target not in names:
+                continue
+            role = roles.setdefault(names[target], {})
+            if graph.is_out_channel_pruning_fn(dep.handler):
+                role["out"] = g.root
+            else:  # a consumer: a concatenation feeds it from several groups
+                role.setdefault("in", {})[g.root] = len(set(int(i) for i in idxs))
+    return roles

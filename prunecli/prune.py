@@ -10,6 +10,7 @@ import dataclasses
 import json
 import platform
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from . import allocate
@@ -63,11 +64,40 @@ def _evidence(allocator, loaded: LoadedModel, config: PruneConfig, analysis, dat
                            criterion_batches=batches, progress=progress)
         timings["sensitivity"] = {"scan_s": scan.wall_s, "cached": scan.cached, "key": scan.key}
         return {"sensitivity": scan}
+    if needs == "search":
+        from .allocate.learned import SearchConfig, search
+
+        metric = "flops" if config.flops is not None else "params"
+        budget = config.flops if config.flops is not None else config.params
+        target = budget.resolve(analysis.flops if metric == "flops" else analysis.params)
+        try:
+            search_config = SearchConfig(epochs=int(config.extra.get("search_epochs", 1)), seed=config.seed)
+        except ValueError as exc:
+            raise UsageError(str(exc)) from exc
+        result = search(loaded.model, loaded.example_input, analysis.groups, data.train, metric, target, search_config,
+                        progress=progress)
+        timings["search_allocation_s"] = result.wall_s
+        return {"search": result, "scores": result.scores, "source_model": result.model}
     raise RuntimeFailure(f"allocator {config.allocation!r} needs {needs!r}, which prunecli does not provide")
 
 
+@dataclass
+class PlanResult:
+    """What `plan_model` decided. ``source`` is the model the plan applies to: the input, or for
+    allocators that train while they search (learned) the searched copy of it."""
+
+    plan: Plan
+    analysis: object
+    fit: object  # budget.Fit
+    dense: dict
+    targets: dict
+    round_to: int
+    source: LoadedModel
+    evidence: dict
+
+
 def plan_model(loaded: LoadedModel, config: PruneConfig, timings: dict, batches=None, data=None, progress=None):
-    """Decide which channels go: (plan, analysis, fit, dense cost, targets). Touches no weights.
+    """Decide which channels go (a PlanResult). Never changes ``loaded``.
 
     ``data`` (Loaders) is needed by data-driven allocators (sensitivity); ``batches`` by data-driven criteria.
     """
@@ -88,6 +118,7 @@ def plan_model(loaded: LoadedModel, config: PruneConfig, timings: dict, batches=
     timings["score_s"] = time.perf_counter() - t0
     evidence = _evidence(allocator, loaded, config, analysis, data, batches, progress, timings)
     order = allocator(analysis.groups, scores, config, evidence)
+    scores = evidence.get("scores", scores)  # learned: keep the channels its search ranked highest
 
     t0 = time.perf_counter()
     hint = (f"with --round-to {round_to} and --min-channels {config.min_channels}"
@@ -102,10 +133,11 @@ def plan_model(loaded: LoadedModel, config: PruneConfig, timings: dict, batches=
             GroupPlan(g.root, g.channels, select_keep(scores[g.root], fit.counts[g.root], g.channel_groups))
             for g in analysis.groups
         ),
-        criterion=config.criterion,
+        criterion=config.criterion if "scores" not in evidence else f"{config.criterion} (search: bn|l1 on searched weights)",
         allocation=config.allocation,
     )
-    return plan, analysis, fit, dense, targets, round_to
+    source = loaded if "source_model" not in evidence else dataclasses.replace(loaded, model=evidence["source_model"])
+    return PlanResult(plan, analysis, fit, dense, targets, round_to, source, evidence)
 
 
 def shrink_copy(loaded: LoadedModel, plan: Plan):
@@ -257,6 +289,14 @@ def run_prune(loaded: LoadedModel, config: PruneConfig, out: Path, *, force: boo
         "groups": _group_rows(first_plan, pruned),
         "timings": timings,
     }
+    search = outcome.evidence.get("search")
+    if search is not None:
+        report["allocation"] = {
+            "method": "learned", "alpha": search.alpha, "search_steps": len(search.history),
+            "search_epochs": int(config.extra.get("search_epochs", 1)), "search_s": search.wall_s,
+            "final_expected_ratio": search.history[-1]["expected_ratio"] if search.history else None,
+            "kept_ratio": {g["root"]: g["after"] / g["before"] for g in report["groups"]},
+        }
     if data is not None:
         report["accuracy"] = accuracy
         report["history"] = outcome.history
@@ -276,6 +316,12 @@ def run_prune(loaded: LoadedModel, config: PruneConfig, out: Path, *, force: boo
             report["latency"] = latency_ratio(loaded.model, tmp / "model.onnx", loaded.example_input,
                                               loaded.input_shape, config.opset)
             timings["latency_s"] = time.perf_counter() - t0
+        if search is not None:
+            from .report import plot_alpha
+
+            metric = "flops" if config.flops is not None else "params"
+            plot_alpha(search.history, search.roots, tmp / "alpha.png", metric=metric)
+            (tmp / "alpha_history.json").write_text(json.dumps({"groups": search.roots, "steps": search.history}))
         write_weights(pruned, tmp / WEIGHTS)
         recipe = make_recipe({**source, "arch": base_arch}, loaded.input_shape,
                              previous + [p.to_json() for p in outcome.plans])

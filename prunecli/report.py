@@ -272,3 +272,42 @@ def plot_sensitivity(scan, path, *, title: str = "", highlight: int = 8) -> None
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / height))  # room for the suptitle
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def plot_alpha(history: list, roots: list, path, *, metric: str = "flops", label: int = 10) -> None:
+    """The learned allocation's search: each group's keep ratio alpha_k against the step (the ``label``
+    groups ending lowest and highest are named), and the expected cost against its target."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    steps = [h["step"] for h in history]
+    final = history[-1]["alpha"] if history else []
+    order = sorted(range(len(roots)), key=lambda k: final[k])
+    named = set(order[: label // 2] + order[-(label - label // 2):]) if len(roots) > label else set(range(len(roots)))
+    fig, (ax, cost_ax) = plt.subplots(2, 1, figsize=(11, 8), gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+    cmap = plt.get_cmap("viridis")
+    for k, root in enumerate(roots):
+        series = [h["alpha"][k] for h in history]
+        rank = order.index(k) / max(1, len(roots) - 1)
+        if k in named:
+            ax.plot(steps, series, color=cmap(rank), linewidth=1.6, label=f"{root} ({final[k]:.2f})")
+        else:
+            ax.plot(steps, series, color="0.75", linewidth=0.8)
+    ax.set_ylabel("keep ratio alpha_k")
+    ax.set_ylim(0, 1.02)
+    ax.set_title(f"Learned allocation: {len(roots)} groups"
+                 + (f" ({len(named)} named: lowest and highest at the end; others grey)" if len(roots) > label else ""))
+    ax.legend(fontsize=7, loc="lower left", ncol=2)
+    ax.grid(alpha=0.3)
+    cost_ax.plot(steps, [h["expected_ratio"] for h in history], label=f"expected {metric} / dense", color="C0")
+    cost_ax.plot(steps, [h["target_ratio"] for h in history], label="target (falls to the budget)", color="C3",
+                 linestyle="--")
+    cost_ax.set_xlabel("search step (weights on 90% of training data, alphas on the held-out 10%)")
+    cost_ax.set_ylabel(f"{metric} ratio")
+    cost_ax.legend(fontsize=8)
+    cost_ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)

@@ -45,6 +45,7 @@ class Outcome:
     interrupted: bool = False
     best_epoch: int | None = None
     round_to: int = 1
+    evidence: dict = field(default_factory=dict)  # what a data-driven allocator computed (scan, search)
 
 
 @dataclass
@@ -86,10 +87,10 @@ def oneshot(ctx: Context) -> Outcome:
         outcome = Outcome(model, plans, None, ctx.resume["fit_cost"], ctx.resume.get("accuracy_pruned"),
                           round_to=ctx.resume.get("round_to", 1))
     else:
-        plan, analysis, fitted, _, _, round_to = plan_model(ctx.loaded, ctx.config, ctx.timings, batches=ctx.batches,
-                                                                 data=ctx.data, progress=ctx.progress)
-        model = shrink_copy(ctx.loaded, plan)
-        outcome = Outcome(model, [plan], analysis, fitted.cost, _recalibrate_and_measure(ctx, model), round_to=round_to)
+        r = plan_model(ctx.loaded, ctx.config, ctx.timings, batches=ctx.batches, data=ctx.data, progress=ctx.progress)
+        model = shrink_copy(r.source, r.plan)
+        outcome = Outcome(model, [r.plan], r.analysis, r.fit.cost, _recalibrate_and_measure(ctx, model),
+                          round_to=r.round_to, evidence=r.evidence)
     if ctx.on_pruned is not None:
         ctx.on_pruned(outcome)
     result = _fit(ctx, outcome.model, ctx.finetune.epochs, "fine-tune", resume=ctx.resume and ctx.resume.get("state"),
@@ -117,12 +118,12 @@ def agp(ctx: Context) -> Outcome:
     steps = int(ctx.config.extra.get("agp_steps", 4))
     if steps < 1:
         raise UsageError(f"--agp-steps {steps} must be >= 1")
-    final_plan, analysis, fitted, _, _, round_to = plan_model(ctx.loaded, ctx.config, ctx.timings, batches=ctx.batches,
-                                                              data=ctx.data, progress=ctx.progress)
-    final = {g.root: len(g.keep) for g in final_plan.groups}
+    r = plan_model(ctx.loaded, ctx.config, ctx.timings, batches=ctx.batches, data=ctx.data, progress=ctx.progress)
+    analysis = r.analysis
+    final = {g.root: len(g.keep) for g in r.plan.groups}
     epochs = ctx.finetune.epochs
     per_step = [epochs // steps + (1 if i < epochs % steps else 0) for i in range(steps)]
-    current, plans, outcome = ctx.loaded, [], None
+    current, plans, outcome = r.source, [], None
     width = {g.root: g.channels for g in analysis.groups}  # current channels per group
     for t in range(1, steps + 1):
         counts = {g.root: agp_counts(g.channels, final[g.root], g.step, t, steps) for g in analysis.groups}
@@ -136,7 +137,7 @@ def agp(ctx: Context) -> Outcome:
         width.update({g.root: counts[g.root] for g in changing})
         accuracy = _recalibrate_and_measure(ctx, model)
         if outcome is None:
-            outcome = Outcome(model, plans, analysis, fitted.cost, accuracy, round_to=round_to)
+            outcome = Outcome(model, plans, analysis, r.fit.cost, accuracy, round_to=r.round_to, evidence=r.evidence)
         outcome.model, outcome.accuracy_pruned = model, accuracy
         last = t == steps
         if last and ctx.on_pruned is not None:
@@ -159,11 +160,11 @@ def soft(ctx: Context) -> Outcome:
         raise UsageError("--resume works with --schedule oneshot; rerun soft without --resume")
     if ctx.data is None or ctx.finetune.epochs == 0:
         raise UsageError("--schedule soft trains while it prunes: pass --data SPEC and --epochs N (N >= 1)")
-    plan, analysis, fitted, _, _, round_to = plan_model(ctx.loaded, ctx.config, ctx.timings, batches=ctx.batches,
-                                                                 data=ctx.data, progress=ctx.progress)
-    counts = {g.root: len(g.keep) for g in plan.groups}
+    r = plan_model(ctx.loaded, ctx.config, ctx.timings, batches=ctx.batches, data=ctx.data, progress=ctx.progress)
+    analysis = r.analysis
+    counts = {g.root: len(g.keep) for g in r.plan.groups}
     by_root = {g.root: g for g in analysis.groups}
-    model = copy.deepcopy(ctx.loaded.model)
+    model = copy.deepcopy(r.source.model)
     graph = build_graph(model, ctx.loaded.example_input)
 
     def current_plan(net) -> Plan:
@@ -179,7 +180,7 @@ def soft(ctx: Context) -> Outcome:
     final = current_plan(model)
     pruned = shrink_copy(dataclasses.replace(ctx.loaded, model=model), final)
     accuracy = _recalibrate_and_measure(ctx, pruned)
-    outcome = Outcome(pruned, [final], analysis, fitted.cost, accuracy, round_to=round_to)
+    outcome = Outcome(pruned, [final], analysis, r.fit.cost, accuracy, round_to=r.round_to, evidence=r.evidence)
     outcome.history, outcome.interrupted, outcome.best_epoch = result.history, result.interrupted, result.best_epoch
     if ctx.on_pruned is not None:
         ctx.on_pruned(outcome)

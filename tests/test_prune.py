@@ -24,8 +24,8 @@ def plan_for(spec, criterion="l1", allocation="uniform", flops=None, params=None
         params=BudgetTarget("params", params) if params else None,
         criterion=criterion, allocation=allocation, seed=seed, tolerance=tolerance, **kw,
     )
-    plan, analysis, fit, dense, targets, _ = plan_model(loaded, config, {})
-    return loaded, plan, fit, dense, targets
+    r = plan_model(loaded, config, {})
+    return loaded, r.plan, r.fit, r.dense, r.targets
 
 
 def conv1_removed(plan):
@@ -54,7 +54,8 @@ def test_budgets_within_one_percent(flops, params):
     loaded = load_model("torchvision:resnet18", input_shape="1,3,64,64")
     config = PruneConfig(flops=BudgetTarget("flops", flops) if flops else None,
                          params=BudgetTarget("params", params) if params else None)
-    plan, _, fit, dense, targets, _ = plan_model(loaded, config, {})
+    r = plan_model(loaded, config, {})
+    plan, fit, targets = r.plan, r.fit, r.targets
     pruned = shrink_copy(loaded, plan)
     from prunecli.cost import count_flops, count_params
 
@@ -71,7 +72,8 @@ def test_absolute_budget_suffix():
     dense_params = sum(p.numel() for p in loaded.model.parameters())
     budget = BudgetTarget.parse("params", f"{dense_params * 0.5 / 1e3:.3f}K")
     assert budget.absolute
-    plan, _, fit, _, targets, _ = plan_model(loaded, PruneConfig(params=budget, round_to=1), {})
+    r = plan_model(loaded, PruneConfig(params=budget, round_to=1), {})
+    fit, targets = r.fit, r.targets
     assert fit.cost["params"] <= targets["params"] and fit.cost["params"] >= 0.99 * targets["params"]
 
 
@@ -161,7 +163,7 @@ def test_global_prunes_the_weak_group_more_than_uniform():
 def test_bundle_rebuilds_identically_without_pickles(tmp_path, monkeypatch):
     loaded = load_model("tinynets:tiny_resnet", input_shape=SMALL)
     config = PruneConfig(flops=BudgetTarget("flops", 0.5), round_to=1)
-    plan = plan_model(loaded, config, {})[0]
+    plan = plan_model(loaded, config, {}).plan
     in_memory = shrink_copy(loaded, plan)
     assert in_memory.conv_a.weight.shape[0] < loaded.model.conv_a.weight.shape[0]  # physically smaller
     run_prune(loaded, config, tmp_path / "b")

@@ -98,7 +98,8 @@ def test_sensitivity_allocation_prunes_the_sensitive_group_less():
         config = PruneConfig(flops=budget, allocation=allocation, round_to=1,
                              extra={"sensitivity_levels": [0.25, 0.5, 0.75], "sensitivity_batches": 2})
         timings = {}
-        plan, _, fit, dense, targets, _ = plan_model(loaded, config, timings, data=data)
+        r = plan_model(loaded, config, timings, data=data)
+        plan, fit, targets = r.plan, r.fit, r.targets
         assert targets["flops"] * 0.99 <= fit.cost["flops"] <= targets["flops"]
         kept[allocation] = {g.root: len(g.keep) for g in plan.groups}
     assert abs(kept["uniform"]["a"] - kept["uniform"]["b"]) <= 1

@@ -1,0 +1,108 @@
+"""Learned (DSA-style) allocation: threshold solve, expected cost, the loss moves alphas, the budget holds."""
+
+from __future__ import annotations
+
+import copy
+import json
+
+import pytest
+import torch
+
+from test_sensitivity import SHAPE, loaded_two_branch, teacher_loaders
+
+
+@pytest.mark.parametrize("alpha, beta2", [(0.99, 2.0), (0.5, 2.0), (0.3, 50.0), (0.05, 10.0)])
+def test_threshold_solve_hits_the_target_mean(alpha, beta2):
+    from prunecli.allocate.learned import keep_probabilities
+
+    u = torch.randn(64, generator=torch.Generator().manual_seed(0))
+    a = torch.tensor(alpha, requires_grad=True)
+    p = keep_probabilities(u, a, beta2)
+    assert float(p.mean()) == pytest.approx(alpha, abs=1e-4)
+    (grad,) = torch.autograd.grad(p.sum(), a)  # implicit differentiation: d sum(p) / d alpha = n
+    assert float(grad) == pytest.approx(64, rel=1e-3)
+    order = torch.argsort(u)
+    assert torch.all(p[order][1:] >= p[order][:-1] - 1e-7)  # more important channels are kept more
+
+
+@pytest.mark.parametrize("spec, shape", [("tinynets:tiny_resnet:width=32", "1,3,16,16"),
+                                         ("torchvision:mobilenet_v2:width_mult=0.5", "1,3,64,64")])
+@pytest.mark.parametrize("metric", ["flops", "params"])
+def test_expected_cost_matches_the_physically_pruned_model(spec, shape, metric):
+    from prunecli.allocate.learned import ExpectedCost
+    from prunecli.cost import count_flops, count_params
+    from prunecli.inspect import prunable_groups
+    from prunecli.load import load_model
+    from prunecli.shrink import remove_channels_
+
+    loaded = load_model(spec, input_shape=shape)
+    analysis, _ = prunable_groups(loaded, round_to=1)
+    cost = ExpectedCost(loaded.model, loaded.example_input, analysis.groups, metric)
+    dense = count_flops(loaded.model, loaded.example_input) if metric == "flops" else count_params(loaded.model)
+    assert cost.dense == pytest.approx(dense, rel=1e-6)
+    g = torch.Generator().manual_seed(1)
+    ratios = 0.3 + 0.6 * torch.rand(len(analysis.groups), generator=g, dtype=torch.float64)
+    keep = {grp.root: max(grp.min_keep, int(round(float(r) * grp.channels))) for grp, r in zip(analysis.groups, ratios)}
+    alpha = torch.tensor([keep[grp.root] / grp.channels for grp in analysis.groups], dtype=torch.float64)
+    pruned = copy.deepcopy(loaded.model)
+    remove_channels_(pruned, loaded.example_input, {r: list(range(k, grp.channels)) for (r, k), grp
+                                                     in zip(keep.items(), analysis.groups) if k < grp.channels})
+    actual = count_flops(pruned, loaded.example_input) if metric == "flops" else count_params(pruned)
+    assert float(cost(alpha)) == pytest.approx(actual, rel=0.02)
+
+
+def test_the_loss_raises_the_alpha_of_the_group_it_depends_on():
+    from prunecli.allocate.learned import ExpectedCost, SearchConfig, search
+    from prunecli.inspect import prunable_groups
+
+    loaded = loaded_two_branch()
+    data = teacher_loaders(loaded.model, n=512)
+    analysis, _ = prunable_groups(loaded, round_to=1)
+    cost = ExpectedCost(loaded.model, loaded.example_input, analysis.groups, "flops")
+    target = 0.5 * cost.dense
+    before = loaded.model.a.weight.detach().clone()
+    result = search(loaded.model, loaded.example_input, analysis.groups, data.train, "flops", target,
+                    SearchConfig(epochs=6, seed=0))
+    assert result.alpha["a"] > result.alpha["b"] + 0.2, result.alpha
+    final = result.history[-1]
+    assert final["expected_ratio"] <= 0.5 + 1e-6 and final["target_ratio"] == pytest.approx(0.5)
+    assert result.history[0]["alpha"][0] > 0.9  # starts near 0.99 and is pulled down by the budget
+    assert torch.equal(before, loaded.model.a.weight)  # the search trains a copy
+    assert not result.model.a._forward_hooks  # the masks are removed afterwards
+
+
+def test_prune_learned_meets_the_budget_and_writes_the_alpha_plot(cli, tmp_path):
+    result = cli("prune", "tinynets:tiny_resnet:width=32", "--input-shape", "1,3,16,16", "--round-to", "1",
+                 "--data", "synthetic:256", "--batch-size", "32", "--allocation", "learned", "--search-epochs", "1",
+                 "--epochs", "1", "--flops", "0.5", "--no-latency", "--out", tmp_path / "p", "--json")
+    assert result.code == 0, result
+    report = json.loads(result.stdout)
+    assert 0.495 <= report["budget"]["flops"]["achieved_ratio"] <= 0.5
+    assert set(report["allocation"]["alpha"]) == {g["root"] for g in report["groups"]}
+    assert report["allocation"]["search_steps"] > 0
+    assert (tmp_path / "p" / "alpha.png").read_bytes()[:4] == b"\x89PNG"
+    history = json.loads((tmp_path / "p" / "alpha_history.json").read_text())
+    assert len(history["steps"]) == report["allocation"]["search_steps"]
+
+    params = cli("prune", "tinynets:tiny_resnet:width=64", "--input-shape", "1,3,16,16", "--round-to", "1",
+                 "--data", "synthetic:256", "--batch-size", "32", "--allocation", "learned", "--params", "0.5",
+                 "--no-latency", "--out", tmp_path / "q", "--json")
+    assert params.code == 0, params
+    assert 0.495 <= json.loads(params.stdout)["budget"]["params"]["achieved_ratio"] <= 0.5
+
+
+def test_learned_needs_data(cli, tmp_path):
+    result = cli("prune", "tinynets:tiny_resnet", "--input-shape", SHAPE, "--flops", "0.5", "--allocation", "learned",
+                 "--out", tmp_path / "p")
+    assert result.code == 2 and "--data" in result.stderr
+
+
+def test_expected_cost_splits_a_concatenated_input_between_its_groups():
+    from prunecli.allocate.learned import ExpectedCost
+    from prunecli.inspect import prunable_groups
+
+    loaded = loaded_two_branch()
+    analysis, _ = prunable_groups(loaded, round_to=1)
+    cost = ExpectedCost(loaded.model, loaded.example_input, analysis.groups, "params")
+    head = [t for t in cost.terms if len(t[2]) == 2]
+    assert len(head) == 1 and sorted(head[0][2].values()) == [0.5, 0.5]  # head.weight: half from a, half from b

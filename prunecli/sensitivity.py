@@ -56,6 +56,8 @@ class SensitivityConfig:
             raise ValueError(f"--metric {self.metric!r} must be one of {', '.join(METRICS)}")
         if self.batches < 1:
             raise ValueError(f"--batches {self.batches} must be >= 1")
+        if self.criterion != "random":  # the seed changes nothing else: one cache entry for every seed
+            object.__setattr__(self, "seed", 0)
 
     @staticmethod
     def parse_levels(text: str) -> tuple[float, ...]:

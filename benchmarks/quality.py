@@ -58,7 +58,9 @@ def write_table(runs: list[dict], out: Path, header: dict) -> None:
         "seeds. Budgets are FLOPs fractions (FlopCounterMode FLOPs, not MACs); round_to 8 (preset). "
         "`wall s` is the mean wall time of one run (pruning decision, including a sensitivity scan or the learned "
         "search, + fine-tuning; a scan reused from the cache is counted at its original cost) on "
-        f"{header['machine']}, {header['threads']} threads, with nothing else running.",
+        f"{header['machine']}, {header['threads']} threads. Caveat: some flops-0.5 runs of the main grid overlapped "
+        "other work on the machine (their wall times, e.g. fpgm/uniform, are inflated); the flops-0.25 rows and the "
+        "sensitivity/learned rows ran alone, so compare wall times there.",
         "",
         "| budget | criterion | allocation | schedule | epochs | FLOPs ratio | params ratio | top-1 before fine-tune "
         "| top-1 (mean +- std) | seeds | wall s |",

@@ -197,7 +197,10 @@ def test_sigint_keeps_best_bundle_and_resume_continues(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(TESTS)}
     args = [sys.executable, "-m", "prunecli", "prune", "tinynets:tiny_resnet", *SMALL, "--data", "synthetic:256",
             "--flops", "0.5", "--epochs", "20", "--batch-size", "16", "--no-latency", "--out", str(tmp_path / "o")]
-    proc = subprocess.Popen(args, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    # A shell running the suite in the background starts it with SIGINT ignored, which children inherit and
+    # Python then keeps; restore the default so the child turns SIGINT into KeyboardInterrupt as in a terminal.
+    proc = subprocess.Popen(args, env=env, cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     last = tmp_path / "o" / "checkpoints" / "last.pt"
     deadline = time.time() + 240
     while not last.exists() and time.time() < deadline and proc.poll() is None:

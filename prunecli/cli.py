@@ -87,6 +87,12 @@ TrustOpt = typer.Option(False, "--trust-pickle", help="Allow a pickled nn.Module
 ShapeOpt = typer.Option(None, "--input-shape", help="Example input shape, e.g. 1,3,224,224 (default: preset's).")
 PresetOpt = typer.Option(None, "--preset", help="Preset name (see `prunecli presets`); matched automatically by default.")
 JsonOpt = typer.Option(False, "--json", help="Print one JSON document to stdout instead of tables.")
+DataHelp = "digits, imagefolder:DIR, cifar10:DIR, cifar100:DIR, file.py:factory, synthetic[:N]."
+IgnoreOpt = typer.Option([], "--ignore", help="Module name glob kept intact (repeatable).")
+MinChannelsOpt = typer.Option(1, "--min-channels", help="Fewest channels any group keeps.")
+WorkersOpt = typer.Option(0, "--workers", help="Data loader worker processes.")
+CriterionBatchesOpt = typer.Option(8, "--criterion-batches", help="Training batches for taylor/activation criteria.")
+LEVELS = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9"  # prunecli.sensitivity.DEFAULT_LEVELS
 
 
 def _load(model, arch, weights, trust_pickle, input_shape, preset):
@@ -193,14 +199,14 @@ def prune(
                                    "sensitivity (a per-group scan), learned (ratios learned from the task loss); "
                                    "the last two need --data."),
     round_to: Optional[int] = typer.Option(None, "--round-to", help="Kept channels are multiples of N (default: preset's)."),
-    ignore: List[str] = typer.Option([], "--ignore", help="Module name glob kept intact (repeatable)."),
-    min_channels: int = typer.Option(1, "--min-channels", help="Fewest channels any group keeps."),
+    ignore: List[str] = IgnoreOpt,
+    min_channels: int = MinChannelsOpt,
     max_group_prune: float = typer.Option(0.9, "--max-group-prune", help="global: most of a group that may go."),
     seed: int = typer.Option(0, "--seed", help="Seed for random criteria."),
     tolerance: float = typer.Option(0.01, "--tolerance", help="Achieved must be within this relative gap below the target."),
     opset: int = typer.Option(18, "--opset", help="ONNX opset."),
     latency: bool = typer.Option(True, "--latency/--no-latency", help="Record a short dense-vs-pruned onnxruntime latency ratio."),
-    data: Optional[str] = typer.Option(None, "--data", help="digits, imagefolder:DIR, cifar10:DIR, cifar100:DIR, file.py:factory, synthetic[:N]."),
+    data: Optional[str] = typer.Option(None, "--data", help=DataHelp),
     schedule: str = typer.Option("oneshot", "--schedule", help="oneshot, agp (gradual, cubic) or soft (Soft Filter Pruning)."),
     agp_steps: int = typer.Option(4, "--agp-steps", help="agp: pruning steps."),
     epochs: int = typer.Option(0, "--epochs", help="Fine-tuning epochs (needs --data)."),
@@ -208,13 +214,13 @@ def prune(
     optimizer: str = typer.Option("sgd", "--optimizer", help="sgd or adamw."),
     weight_decay: float = typer.Option(5e-4, "--weight-decay", help="Weight decay."),
     batch_size: int = typer.Option(64, "--batch-size", help="Batch size for training and evaluation."),
-    workers: int = typer.Option(0, "--workers", help="Data loader worker processes."),
+    workers: int = WorkersOpt,
     distill: bool = typer.Option(False, "--distill", help="Distil from the dense model (KL on softened logits + task loss)."),
     distill_weight: float = typer.Option(0.7, "--distill-weight", help="Weight of the KL term."),
     temperature: float = typer.Option(4.0, "--temperature", help="Distillation temperature."),
-    criterion_batches: int = typer.Option(8, "--criterion-batches", help="Batches for taylor/activation criteria."),
+    criterion_batches: int = CriterionBatchesOpt,
     search_epochs: int = typer.Option(1, "--search-epochs", help="learned: epochs of the allocation search (before --epochs of fine-tuning)."),
-    sensitivity_levels: str = typer.Option("0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9", "--sensitivity-levels",
+    sensitivity_levels: str = typer.Option(LEVELS, "--sensitivity-levels",
                                            help="sensitivity: scan levels (as `prunecli sensitivity --levels`)."),
     sensitivity_metric: str = typer.Option("loss", "--sensitivity-metric", help="sensitivity: loss or top1."),
     sensitivity_batches: int = typer.Option(10, "--sensitivity-batches", help="sensitivity: validation batches per point."),
@@ -350,8 +356,8 @@ def _progress(enabled: bool):
 @handle_errors
 def sensitivity(
     model: str = ModelArg,
-    data: str = typer.Option(..., "--data", help="digits, imagefolder:DIR, cifar10:DIR, cifar100:DIR, file.py:factory, synthetic[:N]."),
-    levels: str = typer.Option("0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9", "--levels", help="Fractions of each group's channels to remove."),
+    data: str = typer.Option(..., "--data", help=DataHelp),
+    levels: str = typer.Option(LEVELS, "--levels", help="Fractions of each group's channels to remove."),
     criterion: str = typer.Option("l1", "--criterion", help="Which channels go at each level: l1, l2, fpgm, bn, lamp, random, taylor, activation."),
     metric: str = typer.Option("loss", "--metric", help="loss (validation cross-entropy, smooth) or top1."),
     batches: int = typer.Option(10, "--batches", help="Validation batches evaluated per point (the same ones every time)."),
@@ -359,12 +365,12 @@ def sensitivity(
     force: bool = typer.Option(False, "--force", help="Replace a non-empty --out."),
     no_cache: bool = typer.Option(False, "--no-cache", help="Rescan even if the cache holds this scan."),
     round_to: Optional[int] = typer.Option(None, "--round-to", help="Levels round to multiples of N channels (default: preset's)."),
-    ignore: List[str] = typer.Option([], "--ignore", help="Module name glob kept intact (repeatable)."),
-    min_channels: int = typer.Option(1, "--min-channels", help="Fewest channels any group keeps."),
+    ignore: List[str] = IgnoreOpt,
+    min_channels: int = MinChannelsOpt,
     seed: int = typer.Option(0, "--seed", help="Seed for the random criterion and the data order."),
     batch_size: int = typer.Option(64, "--batch-size", help="Evaluation batch size."),
-    workers: int = typer.Option(0, "--workers", help="Data loader worker processes."),
-    criterion_batches: int = typer.Option(8, "--criterion-batches", help="Training batches for taylor/activation."),
+    workers: int = WorkersOpt,
+    criterion_batches: int = CriterionBatchesOpt,
     arch: Optional[str] = ArchOpt,
     weights: Optional[str] = WeightsOpt,
     trust_pickle: bool = TrustOpt,

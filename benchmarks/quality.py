@@ -144,8 +144,12 @@ def main() -> None:
     scratch_modes = [m for m in args.scratch.split(",") if m and m != "none"]
     for budget in [float(b) for b in args.budgets.split(",")]:
         for seed in [int(s) for s in args.seeds.split(",")]:
-            data = load_data(DataConfig("digits"), loaded.input_shape, seed=seed)
-            batches = [b for _, b in zip(range(8), data.train)]
+            def fresh_data(seed=seed):
+                """Loaders made anew for every run: the shuffle generator advances as a loader is iterated,
+                so sharing one between runs would make a run's data order depend on the runs before it."""
+                data = load_data(DataConfig("digits"), loaded.input_shape, seed=seed)
+                return data, [b for _, b in zip(range(8), data.train)]
+
             for criterion in args.criteria.split(","):
                 for allocation in args.allocations.split(","):
                     for schedule in args.schedules.split(","):
@@ -153,6 +157,7 @@ def main() -> None:
                                 "schedule": schedule, "epochs": args.epochs, "seed": seed}
                         if _key(base) in done:
                             continue
+                        data, batches = fresh_data()
                         search = args.search_epochs if allocation == "learned" else 0
                         config = PruneConfig(flops=BudgetTarget("flops", budget), criterion=criterion,
                                              allocation=allocation, seed=seed,
@@ -177,6 +182,7 @@ def main() -> None:
                         "epochs": epochs, "seed": seed}
                 if _key(base) in done:
                     continue
+                data, _ = fresh_data()
                 t0 = time.perf_counter()
                 config = PruneConfig(flops=BudgetTarget("flops", budget), criterion="l1", allocation="uniform", seed=seed)
                 outcome = SCHEDULES.get("oneshot")(Context(loaded, config, FinetuneConfig(epochs=0), None, None, None, {}))

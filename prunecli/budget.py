@@ -139,28 +139,32 @@ def _refill(counts, cost, by_root, targets, oracle, dense_flops, tolerance):
     return counts, cost
 
 
-def _best_swap(counts, cost, by_root, targets, oracle, measured: int = 24):
-    """The (counts, cost) of the best single swap (one step back to a group, one step off another) that
-    meets the budget with less slack, or None.
+def _best_swap(counts, cost, by_root, targets, oracle, measured: int = 24, max_down: int = 3):
+    """The (counts, cost) of the best single swap (one step back to a group, one to ``max_down`` steps off
+    another) that meets the budget with less slack, or None. Several steps off matter when the group
+    that can give is much cheaper per step than the one that takes (e.g. a residual stream held full
+    against a wide inner conv).
 
-    Each group's single-step up and down deltas are measured once (2 per group); pairs are ranked by
+    Each group's single-step up and 1..max_down-step down deltas are measured once; pairs are ranked by
     the sum of their deltas against the slack (interactions between groups are second order) and the
     ``measured`` most promising pairs are measured exactly."""
     metric = min(targets, key=lambda m: (targets[m] - cost[m]) / targets[m])  # the binding budget
     slack = targets[metric] - cost[metric]
     up, down = {}, {}
     for root, k in counts.items():
+        step = by_root[root].step
         if k < by_root[root].channels:
-            up[root] = oracle({**counts, root: k + by_root[root].step})[metric] - cost[metric]
-        if k - by_root[root].step >= by_root[root].min_keep:
-            down[root] = oracle({**counts, root: k - by_root[root].step})[metric] - cost[metric]
-    pairs = sorted((slack - (du + dd), u, d) for u, du in up.items() for d, dd in down.items()
+            up[root] = oracle({**counts, root: k + step})[metric] - cost[metric]
+        for j in range(1, max_down + 1):
+            if k - j * step >= by_root[root].min_keep:
+                down[(root, j)] = oracle({**counts, root: k - j * step})[metric] - cost[metric]
+    pairs = sorted((slack - (du + dd), u, d, j) for u, du in up.items() for (d, j), dd in down.items()
                    if u != d and 0 < du + dd <= slack * 1.05)
     best, best_gap = None, _binding_gap(cost, targets)
-    for _, u, d in pairs[:measured]:
+    for _, u, d, j in pairs[:measured]:
         trial = dict(counts)
         trial[u] += by_root[u].step
-        trial[d] -= by_root[d].step
+        trial[d] -= j * by_root[d].step
         trial_cost = oracle(trial)
         if _meets(trial_cost, targets) and _binding_gap(trial_cost, targets) < best_gap:
             best, best_gap = (trial, trial_cost), _binding_gap(trial_cost, targets)

@@ -16,6 +16,7 @@ def build_graph(model, example_input):
     """Torch-Pruning's DependencyGraph of ``model`` traced at ``example_input``."""
     import torch_pruning as tp
 
+    modes = {m: m.training for m in model.modules()}  # the tracer switches the model to eval mode
     try:
         return tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
     except Exception as exc:  # tracing is the library's; report which model and why
@@ -24,6 +25,9 @@ def build_graph(model, example_input):
             f"Torch-Pruning cannot build the channel dependency graph of {type(model).__name__} "
             f"(an op it does not model, e.g. a channel shuffle or window reshape; {detail}); this model cannot be pruned structurally yet"
         ) from exc
+    finally:
+        for module, training in modes.items():
+            module.train(training)
 
 
 def remove_channels_(model, example_input, remove: Mapping[str, Sequence[int]], graph=None) -> None:

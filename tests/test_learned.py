@@ -106,3 +106,74 @@ def test_expected_cost_splits_a_concatenated_input_between_its_groups():
     cost = ExpectedCost(loaded.model, loaded.example_input, analysis.groups, "params")
     head = [t for t in cost.terms if len(t[2]) == 2]
     assert len(head) == 1 and sorted(head[0][2].values()) == [0.5, 0.5]  # head.weight: half from a, half from b
+
+
+def test_budget_shift_gives_the_uniform_allocation_and_the_reduced_gradient_is_exact():
+    """Equal logits meet the target with equal ratios; reduced_gradient is the derivative of a loss along the
+    budget surface (checked by finite differences through the re-solved shift), zero where g ~ c (KKT)."""
+    from prunecli.allocate.learned import budget_shift, reduced_gradient
+
+    c = torch.tensor([4.0, 1.0, 2.0], dtype=torch.float64)
+    lo = torch.tensor([0.1, 0.1, 0.25], dtype=torch.float64)
+    cost = lambda a: (c * a).sum() + 0.5 * a[0] * a[1]  # noqa: E731  (a bilinear term, as between groups)
+    alpha_of = lambda t: lo + (1 - lo) * torch.sigmoid(t)  # noqa: E731
+    target = 0.4 * float(cost(torch.ones(3, dtype=torch.float64)))
+    theta = torch.zeros(3, dtype=torch.float64)
+    alpha = alpha_of(theta - budget_shift(theta, alpha_of, cost, target))
+    assert float(cost(alpha)) == pytest.approx(target, rel=1e-9)
+    unit = (alpha - lo) / (1 - lo)
+    assert torch.allclose(unit, unit[0].expand(3))  # uniform in the free range above each floor
+
+    w = torch.tensor([-3.0, -0.5, -1.0], dtype=torch.float64)
+    loss = lambda a: (w * a).sum() + (a ** 2).sum()  # noqa: E731
+    theta = torch.tensor([0.3, -0.2, 0.1], dtype=torch.float64)
+
+    def along_budget(t):
+        return float(loss(alpha_of(t - budget_shift(t, alpha_of, cost, target))))
+
+    nu = budget_shift(theta, alpha_of, cost, target)
+    a = alpha_of(theta - nu).clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(loss(a), a)
+    a2 = a.detach().clone().requires_grad_(True)
+    (cg,) = torch.autograd.grad(cost(a2), a2)
+    s = torch.sigmoid(theta - nu)
+    analytic = reduced_gradient(g, cg, (1 - lo) * s * (1 - s))
+    numeric = torch.tensor([(along_budget(theta + e * 1e-5) - along_budget(theta - e * 1e-5)) / 2e-5
+                            for e in torch.eye(3, dtype=torch.float64)], dtype=torch.float64)
+    assert torch.allclose(analytic, numeric, atol=1e-5), (analytic, numeric)
+    assert torch.allclose(reduced_gradient(-2.0 * cg, cg, (1 - lo) * s * (1 - s)), torch.zeros(3, dtype=torch.float64),
+                          atol=1e-12)
+
+
+def test_loss_slopes_see_the_group_the_loss_uses_and_leave_running_statistics_alone():
+    from prunecli.allocate.learned import Masks, loss_slopes
+    from prunecli.graph import channel_roles
+    from prunecli.inspect import prunable_groups
+
+    loaded = loaded_two_branch()
+    data = teacher_loaders(loaded.model, n=256)
+    analysis, _ = prunable_groups(loaded, round_to=1)
+    model = loaded.model.train()
+    roles = channel_roles(model, loaded.example_input, analysis.groups)
+    assert model.training  # tracing the graph must not leave the model in eval mode
+    masks = Masks(model, analysis.groups, roles)
+    masks.refresh()
+    index = {g.root: k for k, g in enumerate(analysis.groups)}
+    lo = torch.tensor([g.min_keep / g.channels for g in analysis.groups], dtype=torch.float64)
+    alpha = torch.full((len(analysis.groups),), 0.5)
+    stats = model.bn_a.running_mean.clone()
+    x, y = next(iter(data.train))
+    slopes, base = loss_slopes(model, masks, alpha, 5.0, x, y, masks.noise(torch.Generator().manual_seed(0)), 0.05, lo,
+                               analysis.groups, range(len(analysis.groups)), torch.nn.functional.cross_entropy)
+    masks.remove()
+    assert slopes[index["a"]] < -0.1  # keeping more of branch a lowers the loss
+    assert slopes[index["b"]] == pytest.approx(0.0, abs=1e-6)  # the head ignores branch b
+    assert base > 0 and torch.equal(stats, model.bn_a.running_mean)
+
+
+def test_search_estimators_are_selectable_and_validated():
+    from prunecli.allocate.learned import SearchConfig
+
+    assert SearchConfig().estimator == "fd"
+    with pytest.raises(ValueError, match="estimator"):
+        SearchConfig(estimator="reinforce")

@@ -295,6 +295,8 @@ def run_prune(loaded: LoadedModel, config: PruneConfig, out: Path, *, force: boo
             "method": "learned", "alpha": search.alpha, "search_steps": len(search.history),
             "search_epochs": int(config.extra.get("search_epochs", 1)), "search_s": search.wall_s,
             "final_expected_ratio": search.history[-1]["expected_ratio"] if search.history else None,
+            "estimator": search.estimator,
+            "loss_slopes": dict(zip(search.roots, search.history[-1]["slope"])) if search.history else {},
             "kept_ratio": {g["root"]: g["after"] / g["before"] for g in report["groups"]},
         }
     if data is not None:

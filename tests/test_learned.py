@@ -80,6 +80,7 @@ def test_prune_learned_meets_the_budget_and_writes_the_alpha_plot(cli, tmp_path)
     assert 0.495 <= report["budget"]["flops"]["achieved_ratio"] <= 0.5
     assert set(report["allocation"]["alpha"]) == {g["root"] for g in report["groups"]}
     assert report["allocation"]["search_steps"] > 0
+    assert report["allocation"]["estimator"] == "fd" and set(report["allocation"]["loss_slopes"]) == set(report["allocation"]["alpha"])
     assert (tmp_path / "p" / "alpha.png").read_bytes()[:4] == b"\x89PNG"
     history = json.loads((tmp_path / "p" / "alpha_history.json").read_text())
     assert len(history["steps"]) == report["allocation"]["search_steps"]

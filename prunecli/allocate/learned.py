@@ -280,6 +280,7 @@ class SearchResult:
     scores: dict  # root -> b_i on the searched weights (numpy), for choosing the kept channels
     wall_s: float
     roots: list = field(default_factory=list)
+    estimator: str = "fd"
 
 
 def _split_loader(loader, held_out: float, seed: int):
@@ -474,7 +475,7 @@ def search(source_model, example_input, groups, train_loader, metric: str, targe
     final = alpha_of(theta - budget_shift(theta, alpha_of, cost, target))
     scores = {g.root: importance(model, g, roles).numpy().astype("float64") for g in groups}
     return SearchResult(model, {g.root: float(final[k]) for k, g in enumerate(groups)}, history, scores,
-                        time.perf_counter() - started, [g.root for g in groups])
+                        time.perf_counter() - started, [g.root for g in groups], config.estimator)
 
 
 @ALLOCATORS.register("learned", needs="search")

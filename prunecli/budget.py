@@ -69,8 +69,9 @@ def _binding_gap(cost: dict[str, int], targets: dict[str, int]) -> float:
 
 
 def fit_budget(groups, order: list[str], targets: dict[str, int], oracle: CostOracle, dense: dict[str, int],
-               *, tolerance: float = 0.01, hint: str = "") -> Fit:
-    """Per-group channel counts meeting every target, the binding one within ``tolerance`` below it."""
+               *, tolerance: float = 0.01, hint: str = "", prefer: dict | None = None) -> Fit:
+    """Per-group channel counts meeting every target, the binding one within ``tolerance`` below it.
+    ``prefer`` ({root: wanted count}) steers which groups get steps back when closing the last gap."""
     full = oracle(_counts_after(groups, order, len(order)))
     for metric, target in targets.items():
         if full[metric] > target:
@@ -91,14 +92,18 @@ def fit_budget(groups, order: list[str], targets: dict[str, int], oracle: CostOr
     cost = oracle(counts)
 
     by_root = {g.root: g for g in groups}
-    counts, cost = _refill(counts, cost, by_root, targets, oracle, dense["flops"], tolerance)
-    for _ in range(3):  # swaps: one step back to a group, one step off another, when refilling alone stalls
+    start = (counts, cost)
+    for preference in ([prefer, None] if prefer else [None]):  # a preference that cannot close the gap gives way
+        counts, cost = _refill(*start, by_root, targets, oracle, dense["flops"], tolerance, preference)
+        for _ in range(3):  # swaps: steps back to one group, steps off another, when refilling alone stalls
+            if _binding_gap(cost, targets) <= tolerance:
+                break
+            swapped = _best_swap(counts, cost, by_root, targets, oracle)
+            if swapped is None:
+                break
+            counts, cost = _refill(*swapped, by_root, targets, oracle, dense["flops"], tolerance, preference)
         if _binding_gap(cost, targets) <= tolerance:
             break
-        swapped = _best_swap(counts, cost, by_root, targets, oracle)
-        if swapped is None:
-            break
-        counts, cost = _refill(*swapped, by_root, targets, oracle, dense["flops"], tolerance)
     if _binding_gap(cost, targets) > tolerance:
         worst = {m: cost[m] / t for m, t in targets.items()}
         raise BudgetNotMet(
@@ -114,8 +119,10 @@ def _estimate(group, keep: int, dense_flops: int) -> float:
     return group.flops_share * dense_flops * group.step / group.channels * (keep / group.channels)
 
 
-def _refill(counts, cost, by_root, targets, oracle, dense_flops, tolerance):
-    """Give steps back to groups, largest that still fits first, until within tolerance or nothing fits."""
+def _refill(counts, cost, by_root, targets, oracle, dense_flops, tolerance, prefer=None):
+    """Give steps back to groups until within tolerance or nothing fits: the largest step that still fits
+    first or, with ``prefer`` ({root: wanted channel count}, e.g. learned ratios), the group furthest
+    below what it wants (in steps) first."""
     tried_out: set[tuple] = set()
     while _binding_gap(cost, targets) > tolerance * 0.25:
         slack = min(t - cost[m] for m, t in targets.items())
@@ -125,6 +132,8 @@ def _refill(counts, cost, by_root, targets, oracle, dense_flops, tolerance):
             reverse=True,
         )
         fitting = [c for c in candidates if c[0] <= 2 * slack] or candidates
+        if prefer:
+            fitting.sort(key=lambda c: (prefer.get(c[1], 0.0) - counts[c[1]]) / by_root[c[1]].step, reverse=True)
         accepted = False
         for _, root in fitting[:24]:
             trial = dict(counts)
@@ -139,33 +148,49 @@ def _refill(counts, cost, by_root, targets, oracle, dense_flops, tolerance):
     return counts, cost
 
 
-def _best_swap(counts, cost, by_root, targets, oracle, measured: int = 24, max_down: int = 3):
-    """The (counts, cost) of the best single swap (one step back to a group, one to ``max_down`` steps off
-    another) that meets the budget with less slack, or None. Several steps off matter when the group
-    that can give is much cheaper per step than the one that takes (e.g. a residual stream held full
-    against a wide inner conv).
+def _best_swap(counts, cost, by_root, targets, oracle, measured: int = 24, max_up: int = 3):
+    """The (counts, cost) of the best single swap (1..``max_up`` steps back to one group, as many steps off
+    another as that takes) that meets the budget with less slack, or None. Uneven swaps matter when the
+    groups' steps differ in cost (a residual stream's step can cost several inner-conv steps).
 
-    Each group's single-step up and 1..max_down-step down deltas are measured once; pairs are ranked by
-    the sum of their deltas against the slack (interactions between groups are second order) and the
-    ``measured`` most promising pairs are measured exactly."""
+    Each group's up deltas (per step count) and single-step down delta are measured once; for every pair
+    the number of steps off is estimated from the down delta, pairs are ranked by their estimated slack, and
+    the ``measured`` most promising are measured exactly, one step either side of the estimate included
+    (groups interact through the convs that join them)."""
+    import math
+
     metric = min(targets, key=lambda m: (targets[m] - cost[m]) / targets[m])  # the binding budget
     slack = targets[metric] - cost[metric]
     up, down = {}, {}
     for root, k in counts.items():
         step = by_root[root].step
-        if k < by_root[root].channels:
-            up[root] = oracle({**counts, root: k + step})[metric] - cost[metric]
-        for j in range(1, max_down + 1):
-            if k - j * step >= by_root[root].min_keep:
-                down[(root, j)] = oracle({**counts, root: k - j * step})[metric] - cost[metric]
-    pairs = sorted((slack - (du + dd), u, d, j) for u, du in up.items() for (d, j), dd in down.items()
-                   if u != d and 0 < du + dd <= slack * 1.05)
+        for i in range(1, max_up + 1):
+            if k + i * step <= by_root[root].channels:
+                up[(root, i)] = oracle({**counts, root: k + i * step})[metric] - cost[metric]
+        if k - step >= by_root[root].min_keep:
+            down[root] = oracle({**counts, root: k - step})[metric] - cost[metric]
+    pairs = []
+    for (u, i), du in up.items():
+        for d, dd in down.items():
+            if u == d or dd >= 0:
+                continue
+            j = max(1, math.ceil((du - slack) / -dd))
+            if counts[d] - j * by_root[d].step >= by_root[d].min_keep:
+                pairs.append((slack - (du + j * dd), u, i, d, j))
+    pairs = sorted(p for p in pairs if p[0] >= -0.05 * abs(slack))
     best, best_gap = None, _binding_gap(cost, targets)
-    for _, u, d, j in pairs[:measured]:
-        trial = dict(counts)
-        trial[u] += by_root[u].step
-        trial[d] -= j * by_root[d].step
-        trial_cost = oracle(trial)
-        if _meets(trial_cost, targets) and _binding_gap(trial_cost, targets) < best_gap:
-            best, best_gap = (trial, trial_cost), _binding_gap(trial_cost, targets)
+    for _, u, i, d, j in pairs[:measured]:
+        for extra in (-1, 0, 1):  # the fewest steps off that meet the budget, around the estimate
+            if j + extra < 1:
+                continue
+            trial = dict(counts)
+            trial[u] += i * by_root[u].step
+            trial[d] -= (j + extra) * by_root[d].step
+            if trial[d] < by_root[d].min_keep:
+                break
+            trial_cost = oracle(trial)
+            if _meets(trial_cost, targets):
+                if _binding_gap(trial_cost, targets) < best_gap:
+                    best, best_gap = (trial, trial_cost), _binding_gap(trial_cost, targets)
+                break
     return best

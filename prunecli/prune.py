@@ -77,7 +77,8 @@ def _evidence(allocator, loaded: LoadedModel, config: PruneConfig, analysis, dat
         result = search(loaded.model, loaded.example_input, analysis.groups, data.train, metric, target, search_config,
                         progress=progress)
         timings["search_allocation_s"] = result.wall_s
-        return {"search": result, "scores": result.scores, "source_model": result.model}
+        wanted = {g.root: result.alpha[g.root] * g.channels for g in analysis.groups}  # the fit's last gap follows these
+        return {"search": result, "scores": result.scores, "source_model": result.model, "prefer": wanted}
     raise RuntimeFailure(f"allocator {config.allocation!r} needs {needs!r}, which prunecli does not provide")
 
 
@@ -125,7 +126,8 @@ def plan_model(loaded: LoadedModel, config: PruneConfig, timings: dict, batches=
             + (f" and --max-group-prune {config.max_group_prune}" if config.allocation == "global" else "")
             + "; lower those (or drop --ignore patterns) to reach further")
     oracle = CostOracle(loaded.model, loaded.example_input, analysis.groups)
-    fit = fit_budget(analysis.groups, order, targets, oracle, dense, tolerance=config.tolerance, hint=hint)
+    fit = fit_budget(analysis.groups, order, targets, oracle, dense, tolerance=config.tolerance, hint=hint,
+                     prefer=evidence.get("prefer"))
     timings["search_s"] = time.perf_counter() - t0
 
     plan = Plan(

@@ -178,3 +178,26 @@ def test_search_estimators_are_selectable_and_validated():
     assert SearchConfig().estimator == "fd"
     with pytest.raises(ValueError, match="estimator"):
         SearchConfig(estimator="reinforce")
+
+
+def test_the_budget_fit_gives_steps_back_to_the_groups_furthest_below_their_learned_count():
+    from prunecli.allocate import removable_steps
+    from prunecli.budget import CostOracle, fit_budget
+    from prunecli.inspect import prunable_groups
+    from prunecli.load import load_model
+
+    loaded = load_model("tinynets:tiny_resnet:width=32", input_shape="1,3,16,16")
+    analysis, _ = prunable_groups(loaded, round_to=1)
+    dense = {"flops": analysis.flops, "params": analysis.params}
+    targets = {"flops": int(0.5 * dense["flops"])}
+    oracle = CostOracle(loaded.model, loaded.example_input, analysis.groups)
+    roots = [g.root for g in analysis.groups]
+    steps = {g.root: removable_steps(g) for g in analysis.groups}
+    order = [r for i in range(max(steps.values())) for r in roots if i < steps[r]]  # the groups' steps in turn
+    for wanted_root in roots:
+        prefer = {g.root: (g.channels if g.root == wanted_root else g.min_keep) for g in analysis.groups}
+        fit = fit_budget(analysis.groups, order, targets, oracle, dense, prefer=prefer)
+        assert fit.cost["flops"] <= targets["flops"] and fit.cost["flops"] >= 0.99 * targets["flops"]
+        plain = fit_budget(analysis.groups, order, targets, oracle, dense)
+        # the preferred group ends with at least as many channels as without a preference
+        assert fit.counts[wanted_root] >= plain.counts[wanted_root]

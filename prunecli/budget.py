@@ -16,6 +16,7 @@ The result is at most the target and, for the binding budget, within ``tolerance
 from __future__ import annotations
 
 import copy
+import math
 from dataclasses import dataclass
 
 from .cost import count_flops, count_params
@@ -157,8 +158,6 @@ def _best_swap(counts, cost, by_root, targets, oracle, measured: int = 24, max_u
     the number of steps off is estimated from the down delta, pairs are ranked by their estimated slack, and
     the ``measured`` most promising are measured exactly, one step either side of the estimate included
     (groups interact through the convs that join them)."""
-    import math
-
     metric = min(targets, key=lambda m: (targets[m] - cost[m]) / targets[m])  # the binding budget
     slack = targets[metric] - cost[metric]
     up, down = {}, {}

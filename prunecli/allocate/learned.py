@@ -158,18 +158,24 @@ def _in_width(module) -> int:
 
 
 # ------------------------------------------------------------------------------------------- keep probabilities
+def _bracket_falling(fn, value: float, lo: float, hi: float, iterations: int = 60) -> tuple[float, float]:
+    """(lo, hi) around x with fn(x) = value, fn falling in x: fn(lo) > value >= fn(hi) (bisection)."""
+    for _ in range(iterations):
+        mid = 0.5 * (lo + hi)
+        if fn(mid) > value:
+            lo = mid
+        else:
+            hi = mid
+    return lo, hi
+
+
 def solve_threshold(u, alpha: float, beta2: float, iterations: int = 60) -> float:
     """log(beta1): the c with mean(sigmoid(beta2 * (u - c))) = alpha (bisection; the mean falls as c rises)."""
     import torch
 
-    lo, hi = float(u.min()) - 40.0 / beta2, float(u.max()) + 40.0 / beta2
     with torch.no_grad():
-        for _ in range(iterations):
-            mid = 0.5 * (lo + hi)
-            if float(torch.sigmoid(beta2 * (u - mid)).mean()) > alpha:
-                lo = mid
-            else:
-                hi = mid
+        lo, hi = _bracket_falling(lambda c: float(torch.sigmoid(beta2 * (u - c)).mean()), alpha,
+                                  float(u.min()) - 40.0 / beta2, float(u.max()) + 40.0 / beta2, iterations)
     return 0.5 * (lo + hi)
 
 
@@ -308,14 +314,7 @@ def budget_shift(theta, alpha_of, cost, target: float) -> float:
     import torch
 
     with torch.no_grad():
-        lo, hi = -40.0, 40.0
-        for _ in range(60):
-            mid = 0.5 * (lo + hi)
-            if float(cost(alpha_of(theta - mid))) > target:
-                lo = mid
-            else:
-                hi = mid
-    return hi
+        return _bracket_falling(lambda nu: float(cost(alpha_of(theta - nu))), target, -40.0, 40.0)[1]
 
 
 def reduced_gradient(slopes, cost_slopes, dalpha_dtheta):

@@ -139,8 +139,11 @@ def main() -> None:
         return
 
     def ratios(model) -> dict:
+        """The model's cost ratios and its conv widths: two plans can cost the same FLOPs, so a recorded run is
+        tied to its architecture (a change of the budget fit that moves channels shows up as a changed width)."""
+        widths = [m.out_channels for m in model.modules() if isinstance(m, torch.nn.modules.conv._ConvNd)]
         return {"flops": count_flops(model, loaded.example_input) / dense_flops,
-                "params": count_params(model) / dense_params}
+                "params": count_params(model) / dense_params, "widths": widths}
 
     scratch_modes = [m for m in args.scratch.split(",") if m and m != "none"]
     for budget in [float(b) for b in args.budgets.split(",")]:

@@ -93,7 +93,7 @@ def main() -> None:
     parser.add_argument("--allocations", default="uniform,global,sensitivity,learned")
     parser.add_argument("--schedules", default="oneshot,agp")
     parser.add_argument("--epochs", type=int, default=5, help="training epochs after the dense model, every method")
-    parser.add_argument("--search-epochs", type=int, default=1, help="of --epochs, spent by --allocation learned")
+    parser.add_argument("--search-epochs", type=int, default=2, help="of --epochs, spent by --allocation learned")
     parser.add_argument("--scratch", default="same,dense", help="from-scratch controls: same epochs, dense epochs, none")
     parser.add_argument("--table-only", action="store_true")
     parser.add_argument("--out", default="benchmarks/results/quality.md")

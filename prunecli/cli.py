@@ -15,6 +15,7 @@ from typing import List, Optional
 
 import typer
 
+from .config import DEFAULT_SEARCH_EPOCHS
 from .errors import PruneCliError
 
 app = typer.Typer(
@@ -219,7 +220,7 @@ def prune(
     distill_weight: float = typer.Option(0.7, "--distill-weight", help="Weight of the KL term."),
     temperature: float = typer.Option(4.0, "--temperature", help="Distillation temperature."),
     criterion_batches: int = CriterionBatchesOpt,
-    search_epochs: int = typer.Option(1, "--search-epochs", help="learned: epochs of the allocation search (before --epochs of fine-tuning)."),
+    search_epochs: int = typer.Option(DEFAULT_SEARCH_EPOCHS, "--search-epochs", help="learned: epochs of the allocation search (before --epochs of fine-tuning)."),
     sensitivity_levels: str = typer.Option(LEVELS, "--sensitivity-levels",
                                            help="sensitivity: scan levels (as `prunecli sensitivity --levels`)."),
     sensitivity_metric: str = typer.Option("loss", "--sensitivity-metric", help="sensitivity: loss or top1."),

@@ -6,6 +6,9 @@ import re
 from dataclasses import asdict, dataclass, field
 
 SUFFIXES = {"K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
+# epochs of the learned allocation search (chosen on validation loss on the digits benchmark; see
+# benchmarks/results/quality.md)
+DEFAULT_SEARCH_EPOCHS = 2
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from pathlib import Path
 from . import allocate
 from .budget import CostOracle, fit_budget
 from .bundle import WEIGHTS, atomic_dir, check_out_dir, make_recipe, write_weights
-from .config import PruneConfig
+from .config import DEFAULT_SEARCH_EPOCHS, PruneConfig
 from .cost import FLOPS_LABEL, MACS_LABEL, PARAMS_LABEL, count_macs, measure
 from .criteria import CRITERIA, channel_scores
 from .errors import RuntimeFailure, UsageError
@@ -71,7 +71,7 @@ def _evidence(allocator, loaded: LoadedModel, config: PruneConfig, analysis, dat
         budget = config.flops if config.flops is not None else config.params
         target = budget.resolve(analysis.flops if metric == "flops" else analysis.params)
         try:
-            search_config = SearchConfig(epochs=int(config.extra.get("search_epochs", 1)), seed=config.seed)
+            search_config = SearchConfig(epochs=int(config.extra.get("search_epochs", DEFAULT_SEARCH_EPOCHS)), seed=config.seed)
         except ValueError as exc:
             raise UsageError(str(exc)) from exc
         result = search(loaded.model, loaded.example_input, analysis.groups, data.train, metric, target, search_config,
@@ -295,7 +295,7 @@ def run_prune(loaded: LoadedModel, config: PruneConfig, out: Path, *, force: boo
     if search is not None:
         report["allocation"] = {
             "method": "learned", "alpha": search.alpha, "search_steps": len(search.history),
-            "search_epochs": int(config.extra.get("search_epochs", 1)), "search_s": search.wall_s,
+            "search_epochs": int(config.extra.get("search_epochs", DEFAULT_SEARCH_EPOCHS)), "search_s": search.wall_s,
             "final_expected_ratio": search.history[-1]["expected_ratio"] if search.history else None,
             "estimator": search.estimator,
             "loss_slopes": dict(zip(search.roots, search.history[-1]["slope"])) if search.history else {},

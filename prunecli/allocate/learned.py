@@ -64,12 +64,13 @@ import math
 import time
 from dataclasses import dataclass, field
 
+from ..config import DEFAULT_SEARCH_EPOCHS
 from . import ALLOCATORS, removable_steps
 
 
 @dataclass(frozen=True)
 class SearchConfig:
-    epochs: int = 1
+    epochs: int = DEFAULT_SEARCH_EPOCHS
     lr: float = 0.01  # weights (SGD, momentum 0.9)
     alpha_lr: float = 0.1  # theta (momentum, one RMS scale shared by all groups)
     estimator: str = "fd"  # dL/dalpha: "fd" central differences of the loss, "ste" DSA's straight-through masks

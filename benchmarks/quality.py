@@ -61,7 +61,8 @@ def write_table(runs: list[dict], out: Path, header: dict) -> None:
         "search, + fine-tuning; a scan reused from the cache is counted at its original cost) on "
         f"{header['machine']}, {header['threads']} threads, nothing else running. Every run gets fresh data loaders, "
         "so at a given seed every method sees the same data order, and a run repeats exactly. With 359 test "
-        "images one image is 0.28 points: differences below about 0.5 are within the seeds' spread.",
+        "images one image is 0.28 points: differences below about 0.5 are within the seeds' spread. Every run records "
+        "its conv widths in the raw runs, so a plan that changes at equal FLOPs shows.",
         "",
         "| budget | criterion | allocation | schedule | epochs | FLOPs ratio | params ratio | top-1 before fine-tune "
         "| top-1 (mean +- std) | seeds | wall s |",

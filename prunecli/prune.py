@@ -78,6 +78,10 @@ def _evidence(allocator, loaded: LoadedModel, config: PruneConfig, analysis, dat
                         progress=progress)
         timings["search_allocation_s"] = result.wall_s
         wanted = {g.root: result.alpha[g.root] * g.channels for g in analysis.groups}  # the fit's last gap follows these
+        if config.extra.get("learned_weights", "searched") == "dense":
+            # a control (benchmarks/quality.py): the learned counts applied to the input's weights, channels chosen by
+            # --criterion, so that the allocation is judged apart from the search's training
+            return {"search": result, "prefer": wanted}
         return {"search": result, "scores": result.scores, "source_model": result.model, "prefer": wanted}
     raise RuntimeFailure(f"allocator {config.allocation!r} needs {needs!r}, which prunecli does not provide")
 

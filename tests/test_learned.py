@@ -201,3 +201,21 @@ def test_the_budget_fit_gives_steps_back_to_the_groups_furthest_below_their_lear
         plain = fit_budget(analysis.groups, order, targets, oracle, dense)
         # the preferred group ends with at least as many channels as without a preference
         assert fit.counts[wanted_root] >= plain.counts[wanted_root]
+
+
+@pytest.mark.parametrize("weights", ["searched", "dense"])
+def test_the_learned_plan_applies_to_the_searched_weights_or_for_the_control_to_the_input(weights):
+    from prunecli.config import BudgetTarget, PruneConfig
+    from prunecli.prune import plan_model
+
+    loaded = loaded_two_branch()
+    data = teacher_loaders(loaded.model)
+    config = PruneConfig(flops=BudgetTarget("flops", 0.5), criterion="l1", allocation="learned", round_to=1,
+                         extra={"search_epochs": 1, "learned_weights": weights})
+    result = plan_model(loaded, config, {}, data=data)
+    assert 0.495 * result.dense["flops"] <= result.fit.cost["flops"] <= 0.5 * result.dense["flops"]
+    if weights == "dense":
+        assert result.source.model is loaded.model  # counts from the search, channels and weights from the input
+    else:
+        assert result.source.model is not loaded.model
+        assert not torch.equal(result.source.model.a.weight, loaded.model.a.weight)  # the search trained a copy

@@ -299,7 +299,7 @@ def run_prune(loaded: LoadedModel, config: PruneConfig, out: Path, *, force: boo
     if search is not None:
         report["allocation"] = {
             "method": "learned", "alpha": search.alpha, "search_steps": len(search.history),
-            "search_epochs": int(config.extra.get("search_epochs", DEFAULT_SEARCH_EPOCHS)), "search_s": search.wall_s,
+            "search_epochs": search.epochs, "search_s": search.wall_s,
             "final_expected_ratio": search.history[-1]["expected_ratio"] if search.history else None,
             "estimator": search.estimator,
             "loss_slopes": dict(zip(search.roots, search.history[-1]["slope"])) if search.history else {},

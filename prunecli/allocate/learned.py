@@ -290,6 +290,7 @@ class SearchResult:
     wall_s: float
     roots: list = field(default_factory=list)
     estimator: str = "fd"
+    epochs: int = DEFAULT_SEARCH_EPOCHS
 
 
 def _split_loader(loader, held_out: float, seed: int):
@@ -477,7 +478,7 @@ def search(source_model, example_input, groups, train_loader, metric: str, targe
     final = alpha_of(theta - budget_shift(theta, alpha_of, cost, target))
     scores = {g.root: importance(model, g, roles).numpy().astype("float64") for g in groups}
     return SearchResult(model, {g.root: float(final[k]) for k, g in enumerate(groups)}, history, scores,
-                        time.perf_counter() - started, [g.root for g in groups], config.estimator)
+                        time.perf_counter() - started, [g.root for g in groups], config.estimator, config.epochs)
 
 
 @ALLOCATORS.register("learned", needs="search")

@@ -57,6 +57,21 @@ Departures from DSA, and why:
   the digits benchmark's validation split, mean loss after fine-tuning over 5 seeds at flops 0.25 / 0.5
   was 0.035 / 0.041 with 2 search epochs of 5; over 3 seeds, 1 gave 0.061 at 0.25 and 3 gave
   0.064 / 0.048) and counts against the epochs a comparison gives every method.
+
+Variants tried and rejected on the same validation measure (mean loss after fine-tuning, 5 epochs in all,
+seeds 0-2, flops 0.5 / 0.25; the defaults scored 0.037 / 0.033): one-sided differences on the removal side
+only (a masked channel gets no gradient, so the side that adds channels back might undervalue them) 0.038 /
+0.043; a pull of the logits toward equal (toward uniform) 0.044 / 0.066 and 0.050 / 0.068 at two strengths;
+weight lr 0.02 during the search 0.046 / 0.031; the target reaching the budget in a quarter of the search
+0.069 / 0.045. Earlier: finite differences at least one round_to step wide, 0.047 / 0.071 (5 seeds); alpha_lr
+0.05, 0.050 / 0.052 (5 seeds).
+
+On the demo benchmark the learned allocation does not beat uniform (benchmarks/results/quality.md), and
+benchmarks/headroom.py suggests why: of 16 fixed allocations given the same dense weights, criterion and
+fine-tuning (uniform, global, stream/inner and stage skews, 10 random), uniform had the lowest validation loss
+at both flops 0.5 and 0.25, and the few that scored above it on test did so by less than their seeds' spread.
+The learned search keeps the last stage's residual stream near full width and narrows its inner convs (the
+stream's loss slope during the search is the steepest); after fine-tuning that skew does not pay on digits.
 """
 
 from __future__ import annotations

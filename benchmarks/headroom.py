@@ -21,13 +21,13 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import random
 import statistics
 import time
 import warnings
 from pathlib import Path
+
+from quality import load_runs, setup_dense
 
 FIXED = "_headroom_fixed"  # a benchmark-local allocator: fixed keep ratios per group
 RATIOS: dict[str, float] = {}
@@ -89,16 +89,12 @@ def main() -> None:
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
 
-    import torch
-
     from prunecli.allocate import ALLOCATORS, removable_steps
     from prunecli.config import BudgetTarget, PruneConfig
     from prunecli.cost import count_flops
     from prunecli.data import DataConfig, load_data
-    from prunecli.demo import dense_checkpoint
     from prunecli.finetune import FinetuneConfig, evaluate
     from prunecli.inspect import prunable_groups
-    from prunecli.load import load_model
     from prunecli.schedule import SCHEDULES, Context
 
     @ALLOCATORS.register(FIXED)
@@ -112,19 +108,13 @@ def main() -> None:
         events.sort()
         return [root for *_, root in events]
 
-    threads = os.cpu_count() or 1
-    torch.set_num_threads(threads)
-    path, _ = dense_checkpoint()
-    loaded = load_model(str(path))
-    dense_flops = count_flops(loaded.model, loaded.example_input)
+    loaded, dense_flops, header = setup_dense()
+    header["epochs"] = args.epochs
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     runs_path = out.with_name(out.stem + "_runs.jsonl")
-    runs = [json.loads(line) for line in runs_path.read_text().splitlines() if line.strip()] if runs_path.is_file() else []
+    runs = load_runs(runs_path)
     done = {(r["budget"], r["name"], r["seed"]) for r in runs}
-    header = {"dense_top1": evaluate(loaded.model, load_data(DataConfig("digits"), loaded.input_shape, seed=0).test)["top1"],
-              "epochs": args.epochs, "threads": threads,
-              "machine": f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores)"}
     if args.table_only:
         write_table(runs, out, header)
         return

@@ -52,6 +52,27 @@ def load_runs(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def setup_dense():
+    """Every thread to torch, the demo's dense model (trained once, cached) and what every table states of it:
+    (loaded model, its FLOPs, header with dense test top-1, threads and machine)."""
+    import torch
+
+    from prunecli.cost import count_flops
+    from prunecli.data import DataConfig, load_data
+    from prunecli.demo import dense_checkpoint
+    from prunecli.finetune import evaluate
+    from prunecli.load import load_model
+
+    threads = os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    path, _ = dense_checkpoint()
+    loaded = load_model(str(path))
+    dense_test = evaluate(loaded.model, load_data(DataConfig("digits"), loaded.input_shape, seed=0).test)
+    header = {"dense_top1": dense_test["top1"], "threads": threads,
+              "machine": f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores)"}
+    return loaded, count_flops(loaded.model, loaded.example_input), header
+
+
 def write_table(runs: list[dict], out: Path, header: dict) -> None:
     groups: dict[tuple, list] = {}
     for run in runs:
@@ -119,25 +140,18 @@ def main() -> None:
     from prunecli.config import BudgetTarget, PruneConfig
     from prunecli.cost import count_flops, count_params
     from prunecli.data import DataConfig, load_data
-    from prunecli.demo import DENSE_RECIPE, dense_checkpoint
+    from prunecli.demo import DENSE_RECIPE
     from prunecli.finetune import FinetuneConfig, evaluate, fit
-    from prunecli.load import load_model
     from prunecli.schedule import SCHEDULES, Context
 
-    threads = os.cpu_count() or 1
-    torch.set_num_threads(threads)
-    path, _ = dense_checkpoint()
-    loaded = load_model(str(path))
-    dense_flops = count_flops(loaded.model, loaded.example_input)
+    loaded, dense_flops, header = setup_dense()
     dense_params = count_params(loaded.model)
+    header["dense_epochs"] = DENSE_RECIPE["epochs"]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     runs_path = out.with_name(out.stem + "_runs.jsonl")
     runs = load_runs(runs_path)
     done = {_key(r) for r in runs}
-    dense_test = evaluate(loaded.model, load_data(DataConfig("digits"), loaded.input_shape, seed=0).test)
-    header = {"dense_epochs": DENSE_RECIPE["epochs"], "dense_top1": dense_test["top1"], "threads": threads,
-              "machine": f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores)"}
 
     def record(run: dict) -> None:
         runs.append(run)

@@ -39,7 +39,8 @@ def main() -> None:
     from prunecli.bench import BenchConfig, cpu_model, physical_cores, run_bench
     from prunecli.config import BudgetTarget, PruneConfig
     from prunecli.load import load_model
-    from prunecli.prune import run_export, run_prune
+    from prunecli.export import run_export
+    from prunecli.prune import run_prune
 
     threads = args.threads or physical_cores()
     header = [

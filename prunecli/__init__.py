@@ -6,8 +6,13 @@ The package import stays light (no torch); the command line lives in :mod:`prune
 __version__ = "0.1.0"
 
 
-def load_bundle(path):
-    """Rebuild a pruned model from a prunecli bundle directory (no pickles). See prunecli.bundle."""
+def load_bundle(path, arch=None):
+    """Rebuild a pruned model from a prunecli bundle directory (no pickles, no code named in the bundle).
+
+    ``arch`` is the architecture spec to rebuild from when the bundle was made from user code
+    (``file.py:factory``): prunecli never runs code named inside a file, so pass the spec you trust.
+    See :mod:`prunecli.bundle`.
+    """
     from .bundle import load_bundle as _load
 
-    return _load(path)
+    return _load(path, arch=arch)

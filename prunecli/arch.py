@@ -1,6 +1,17 @@
-"""Architecture specs: ``torchvision:NAME[:k=v]``, ``file.py:factory[:k=v]``, ``package.module:factory``.
+"""Architecture specs, and which of them may come from a file.
 
-Building from a factory imports and runs that user code.
+Two kinds of spec build a model:
+
+*data specs* name an architecture in a library prunecli already imports, with literal options:
+    ``torchvision:NAME[:k=v,...]`` and ``prunecli:NAME[:k=v,...]`` (the built-in :mod:`prunecli.zoo`).
+    Building one imports nothing new and calls no code chosen by the spec beyond that constructor.
+*code specs* name user code: ``path/file.py:factory[:k=v]`` or ``package.module:factory[:k=v]``.
+    Building one **imports and runs that code**.
+
+The rule (README "Security"): a code spec runs only when the user typed it (a command-line argument or a
+Python argument). A spec read from a file (a checkpoint's ``arch``, safetensors metadata, a bundle's
+``recipe.json``) is data: it must be a data spec, else :func:`build_arch` refuses it with exit 2 and the way
+out (pass ``--arch SPEC`` yourself).
 """
 
 from __future__ import annotations
@@ -16,6 +27,12 @@ from typing import Any
 
 from .errors import UsageError
 
+DATA_SOURCES = ("torchvision", "prunecli")
+# Constructor options that would fetch weights from the network (prunecli never downloads).
+DOWNLOAD_KEYS = frozenset({"weights", "weights_backbone", "pretrained", "pretrained_backbone", "progress"})
+_LITERAL_STRING = re.compile(r"^[\w.\-]{0,64}$")
+_OPTION_KEY = re.compile(r"^[A-Za-z_]\w{0,63}$")
+
 
 def _parse_kwargs(text: str, spec: str) -> dict[str, Any]:
     kwargs: dict[str, Any] = {}
@@ -24,11 +41,28 @@ def _parse_kwargs(text: str, spec: str) -> dict[str, Any]:
             raise UsageError(
                 f"{spec!r}: constructor option {item!r} is not key=value (e.g. torchvision:resnet18:num_classes=10)"
             )
-        key, value = item.split("=", 1)
+        key, value = (part.strip() for part in item.split("=", 1))
         try:
-            kwargs[key.strip()] = ast.literal_eval(value.strip())
+            kwargs[key] = ast.literal_eval(value)
         except (ValueError, SyntaxError):
-            kwargs[key.strip()] = value.strip()
+            kwargs[key] = value
+    return kwargs
+
+
+def _literal_options(opts: str, spec: str, origin: str) -> dict[str, Any]:
+    """Options of a data spec: identifiers mapped to numbers, booleans, None or short plain strings."""
+    kwargs = _parse_kwargs(opts, spec)
+    for key, value in kwargs.items():
+        if not _OPTION_KEY.match(key):
+            raise UsageError(f"{origin} {spec!r}: option name {key!r} is not an identifier")
+        if key in DOWNLOAD_KEYS:
+            raise UsageError(f"{origin} {spec!r}: option {key!r} would download weights, which prunecli never does; "
+                             "drop it and load a local file with --weights FILE")
+        plain = value is None or isinstance(value, (bool, int, float)) or (
+            isinstance(value, str) and _LITERAL_STRING.match(value))
+        if not plain:
+            raise UsageError(f"{origin} {spec!r}: option {key}={value!r} is not a literal (numbers, true/false, "
+                             "short names only)")
     return kwargs
 
 
@@ -37,63 +71,110 @@ def arch_name(spec: str | None) -> str | None:
     if not spec:
         return None
     head, _, rest = spec.partition(":")
-    if head == "torchvision":
-        return rest.split(":", 1)[0]
     return rest.split(":", 1)[0] or None
 
 
-def is_arch_spec(text: str) -> bool:
-    """True for ``torchvision:NAME``, ``file.py:factory`` and ``package.module:factory`` strings."""
-    if text.startswith("torchvision:"):
-        return True
+def is_data_spec(text: str) -> bool:
+    """``torchvision:NAME[...]`` or ``prunecli:NAME[...]``: safe to read from a file."""
+    return bool(re.match(rf"^({'|'.join(DATA_SOURCES)}):[A-Za-z_]\w*(:.*)?$", text))
+
+
+def is_code_spec(text: str) -> bool:
+    """``file.py:factory[...]`` or ``package.module:factory[...]``: runs code."""
     if re.match(r"^.+\.py:[A-Za-z_]\w*(:.*)?$", text):
         return True
-    return bool(re.match(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*(:.*)?$", text)) and not Path(text).exists()
+    return bool(re.match(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*(:.*)?$", text)) and not is_data_spec(text) \
+        and not Path(text).exists()
+
+
+def is_arch_spec(text: str) -> bool:
+    """Either kind of spec."""
+    return isinstance(text, str) and (is_data_spec(text) or is_code_spec(text))
 
 
 def absolute_spec(spec: str) -> str:
-    """``rel/file.py:factory`` -> ``/abs/rel/file.py:factory``, so bundles rebuild from any directory."""
+    """``rel/file.py:factory`` -> ``/abs/rel/file.py:factory``, so a typed spec means the same from any directory."""
     match = re.match(r"^(?P<target>.+?\.py)(?P<rest>:.*)$", spec)
     if match and Path(match["target"]).is_file():
         return f"{Path(match['target']).resolve()}{match['rest']}"
     return spec
 
 
-def build_arch(spec: str, flag: str = "MODEL"):
-    """Instantiate the architecture a spec names (random init)."""
+def refuse_code_from_file(spec: Any, origin: str) -> None:
+    """Raise unless ``spec`` (read from a file, described by ``origin``) is a data spec."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise UsageError(f"{origin} is {spec!r}, not an architecture spec; pass --arch torchvision:NAME")
+    if is_data_spec(spec):
+        return
+    what = "a Python file to import" if ".py:" in spec else "a module to import"
+    raise UsageError(
+        f"{origin} is {spec!r}, which names {what}: prunecli never runs code named inside a file. "
+        f"If you trust it, pass it yourself: --arch {spec} (Python: arch=...)"
+    )
+
+
+def build_arch(spec: str, flag: str = "MODEL", *, from_file: str | None = None):
+    """Instantiate the architecture a spec names (random init).
+
+    ``from_file`` describes where the spec was read (e.g. ``"MODEL m.pt key 'arch'"``); such a spec must be a
+    data spec. ``None`` means the user typed it, and a code spec then runs.
+    """
     import torch
 
+    origin = from_file or flag
+    if from_file is not None:
+        refuse_code_from_file(spec, from_file)
     if spec.startswith("torchvision:"):
-        import torchvision
-
-        name, _, opts = spec[len("torchvision:") :].partition(":")
-        kwargs = _parse_kwargs(opts, spec)
-        known = torchvision.models.list_models(module=torchvision.models)
-        if name not in known:
-            import difflib
-
-            close = difflib.get_close_matches(name, known, n=1)
-            hint = f" (did you mean torchvision:{close[0]}?)" if close else ""
-            raise UsageError(
-                f"{flag} {spec!r}: torchvision has no classification model {name!r}{hint}; "
-                "see torchvision.models.list_models()"
-            )
-        try:
-            model = torchvision.models.get_model(name, weights=None, **kwargs)
-        except TypeError as exc:
-            raise UsageError(f"{flag} {spec!r}: bad constructor option: {exc}") from exc
-        return model
-
+        return _build_torchvision(spec, origin)
+    if spec.startswith("prunecli:"):
+        return _build_zoo(spec, origin)
     model = build_factory_object(spec, flag)
     if not isinstance(model, torch.nn.Module):
         raise UsageError(f"{flag} {spec!r} returned {type(model).__name__}, not a torch.nn.Module")
     return model
 
 
+def _closest(name: str, known: list[str]) -> str:
+    import difflib
+
+    close = difflib.get_close_matches(name, known, n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
+def _build_torchvision(spec: str, origin: str):
+    import torchvision
+
+    name, _, opts = spec[len("torchvision:"):].partition(":")
+    kwargs = _literal_options(opts, spec, origin)
+    known = torchvision.models.list_models(module=torchvision.models)
+    if name not in known:
+        hint = _closest(name, known).replace("(did you mean ", "(did you mean torchvision:")
+        raise UsageError(f"{origin} {spec!r}: torchvision has no classification model {name!r}{hint}; "
+                         "see torchvision.models.list_models()")
+    try:
+        return torchvision.models.get_model(name, weights=None, **kwargs)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"{origin} {spec!r}: bad constructor option: {exc}") from exc
+
+
+def _build_zoo(spec: str, origin: str):
+    from . import zoo
+
+    name, _, opts = spec[len("prunecli:"):].partition(":")
+    kwargs = _literal_options(opts, spec, origin)
+    if name not in zoo.MODELS:
+        raise UsageError(f"{origin} {spec!r}: prunecli has no built-in model {name!r}{_closest(name, list(zoo.MODELS))}; "
+                         f"choices: {', '.join(sorted(zoo.MODELS))}")
+    try:
+        return zoo.MODELS[name](**kwargs)
+    except (TypeError, ValueError) as exc:
+        raise UsageError(f"{origin} {spec!r}: bad constructor option: {exc}") from exc
+
+
 def build_factory_object(spec: str, flag: str):
     """Call ``file.py:factory[:k=v]`` or ``package.module:factory[:k=v]`` and return what it returns.
 
-    This imports and runs user code, as the README says.
+    This imports and runs user code; only specs the user typed reach it.
     """
     match = re.match(r"^(?P<target>.+?):(?P<factory>[A-Za-z_]\w*)(?::(?P<opts>.*))?$", spec)
     if not match:

@@ -13,6 +13,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .bundle import ONNX, RECIPE, is_bundle, read_recipe, verify_file
+from .config import require_finite
 from .errors import RuntimeFailure, UsageError
 
 PROVIDERS = {
@@ -44,14 +46,19 @@ class BenchConfig:
         if self.stat not in GATE_STATS:
             raise ValueError(f"--stat {self.stat!r} is not one of {', '.join(GATE_STATS)}")
         for name in ("warmup", "runs", "block"):
-            if getattr(self, name) < (0 if name == "warmup" else 1):
-                raise ValueError(f"--{name} {getattr(self, name)} must be positive")
+            low = 0 if name == "warmup" else 1
+            if getattr(self, name) < low:
+                raise ValueError(f"--{name} {getattr(self, name)} must be >= {low}")
         if self.threads is not None and self.threads < 1:
             raise ValueError(f"--threads {self.threads} must be >= 1")
         if self.batch is not None and self.batch < 1:
             raise ValueError(f"--batch {self.batch} must be >= 1")
-        if self.seconds is not None and self.seconds <= 0:
-            raise ValueError(f"--seconds {self.seconds} must be positive")
+        if self.seconds is not None:
+            require_finite("--seconds", self.seconds, 0)
+        if self.max_latency_ms is not None:
+            require_finite("--max-latency-ms", self.max_latency_ms, 0)
+        if self.max_latency_ratio is not None:
+            require_finite("--max-latency-ratio", self.max_latency_ratio, 0)
 
 
 def physical_cores() -> int:
@@ -312,13 +319,13 @@ def resolve_onnx(spec: str, tmpdir: Path, load_kwargs: dict, flag: str = "MODEL"
         if not path.is_file():
             raise UsageError(f"{flag} {path}: file not found")
         return path, None
-    if path.is_dir() and (path / "model.onnx").is_file():
-        import json
-
-        recipe = json.loads((path / "recipe.json").read_text()) if (path / "recipe.json").is_file() else {}
-        return path / "model.onnx", tuple(recipe["input_shape"]) if recipe.get("input_shape") else None
+    if path.is_dir() and (path / ONNX).is_file():
+        if not is_bundle(path):
+            raise UsageError(f"{flag} {path} holds {ONNX} but no {RECIPE}; pass the .onnx file itself")
+        recipe = read_recipe(path)
+        return verify_file(path, ONNX, recipe), tuple(recipe["input_shape"])
     from .load import load_model
-    from .prune import run_export
+    from .export import run_export
 
     loaded = load_model(spec, **load_kwargs)
     out = tmpdir / f"{flag.strip('-').lower()}.onnx"

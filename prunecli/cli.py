@@ -53,24 +53,51 @@ def handle_errors(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
+        from . import interrupts
+
         try:
             return fn(*args, **kwargs)
         except (typer.Exit, typer.Abort):
             raise
+        except KeyboardInterrupt:
+            _interrupted()
         except PruneCliError as exc:
+            if interrupts.received():  # a library turned the interrupt into an error of its own
+                _interrupted()
             if _state["debug"]:
                 traceback.print_exc()
             _fail(str(exc), exc.exit_code)
-        except KeyboardInterrupt:
-            sys.stderr.write("error: interrupted\n")
-            raise typer.Exit(130)
         except Exception as exc:  # noqa: BLE001 - the last line of defence
+            if interrupts.received():
+                _interrupted()
             if _state["debug"]:
                 traceback.print_exc()
             first = str(exc).splitlines()[0] if str(exc) else ""
             _fail(f"{type(exc).__name__}: {first} (rerun with --debug for the traceback)", 4)
 
     return wrapper
+
+
+def _interrupted() -> None:
+    sys.stderr.write("error: interrupted (Ctrl-C); nothing was written\n")
+    raise typer.Exit(130)
+
+
+def _typed_inputs(*values) -> list:
+    """Paths among the user's arguments (MODEL, --weights, --arch file.py, --data DIR): no output may touch them."""
+    import re
+    from pathlib import Path
+
+    paths = []
+    for value in values:
+        if not value:
+            continue
+        text = str(value)
+        for candidate in (text, re.sub(r"^(imagefolder|cifar10|cifar100):", "", text), text.split(".py:")[0] + ".py"):
+            if candidate and Path(candidate).exists():
+                paths.append(Path(candidate))
+                break
+    return paths
 
 
 def _console():
@@ -92,6 +119,8 @@ DataHelp = "digits, imagefolder:DIR, cifar10:DIR, cifar100:DIR, file.py:factory,
 IgnoreOpt = typer.Option([], "--ignore", help="Module name glob kept intact (repeatable).")
 MinChannelsOpt = typer.Option(1, "--min-channels", help="Fewest channels any group keeps.")
 WorkersOpt = typer.Option(0, "--workers", help="Data loader worker processes.")
+SkipBadOpt = typer.Option(False, "--skip-bad-images", help="imagefolder: decode every image first and leave out "
+                          "those that fail (listed in report.json); without it a bad image stops the run (exit 2).")
 CriterionBatchesOpt = typer.Option(8, "--criterion-batches", help="Training batches for taylor/activation criteria.")
 LEVELS = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9"  # prunecli.sensitivity.DEFAULT_LEVELS
 
@@ -216,6 +245,7 @@ def prune(
     weight_decay: float = typer.Option(5e-4, "--weight-decay", help="Weight decay."),
     batch_size: int = typer.Option(64, "--batch-size", help="Batch size for training and evaluation."),
     workers: int = WorkersOpt,
+    skip_bad_images: bool = SkipBadOpt,
     distill: bool = typer.Option(False, "--distill", help="Distil from the dense model (KL on softened logits + task loss)."),
     distill_weight: float = typer.Option(0.7, "--distill-weight", help="Weight of the KL term."),
     temperature: float = typer.Option(4.0, "--temperature", help="Distillation temperature."),
@@ -258,9 +288,10 @@ def prune(
                                                                          sensitivity_batches)})
     finetune = _finetune_config(epochs=epochs, lr=lr, optimizer=optimizer, weight_decay=weight_decay, distill=distill,
                                 distill_weight=distill_weight, temperature=temperature, seed=seed)
-    _check_prune_flags(out, force, resume, criterion, allocation, schedule, data, epochs)
+    _check_prune_flags(out, force, resume, criterion, allocation, schedule, data, epochs,
+                       inputs=_typed_inputs(model, weights, arch, data))
     loaded = _load(model, arch, weights, trust_pickle, input_shape, preset)
-    loaders = _data(data, batch_size, workers, loaded, seed) if data else None
+    loaders = _data(data, batch_size, workers, loaded, seed, skip_bad_images) if data else None
     with _progress(enabled=not as_json) as progress:
         report = run_prune(loaded, config, Path(out), force=force, measure_latency=latency, data=loaders,
                            finetune=finetune, schedule=schedule, resume=resume, progress=progress,
@@ -300,18 +331,20 @@ def _finetune_config(**kwargs):
         raise UsageError(str(exc)) from exc
 
 
-def _check_prune_flags(out, force, resume, criterion, allocation, schedule, data, epochs) -> None:
+def _check_prune_flags(out, force, resume, criterion, allocation, schedule, data, epochs, inputs=()) -> None:
     """Everything that can be refused before loading anything."""
     from pathlib import Path
 
     from .allocate import ALLOCATORS
-    from .bundle import check_out_dir
     from .criteria import CRITERIA, DATA_CRITERIA
     from .errors import UsageError
+    from .outputs import check_not_input, check_out_dir
     from .schedule import SCHEDULES
 
-    if not resume:
-        check_out_dir(Path(out), force)
+    if resume:
+        check_not_input(Path(out), inputs)
+    else:
+        check_out_dir(Path(out), force, inputs=inputs)
     CRITERIA.get(criterion)
     ALLOCATORS.get(allocation)
     SCHEDULES.get(schedule)
@@ -324,12 +357,12 @@ def _check_prune_flags(out, force, resume, criterion, allocation, schedule, data
         raise UsageError(f"--epochs {epochs} needs --data SPEC to fine-tune on (e.g. --data digits)")
 
 
-def _data(spec, batch_size, workers, loaded, seed):
+def _data(spec, batch_size, workers, loaded, seed, skip_bad_images=False):
     from .data import DataConfig, load_data
     from .errors import UsageError
 
     try:
-        config = DataConfig(spec=spec, batch_size=batch_size, workers=workers)
+        config = DataConfig(spec=spec, batch_size=batch_size, workers=workers, skip_bad_images=skip_bad_images)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     outputs = loaded.output_classes()
@@ -371,6 +404,7 @@ def sensitivity(
     seed: int = typer.Option(0, "--seed", help="Seed for the random criterion and the data order."),
     batch_size: int = typer.Option(64, "--batch-size", help="Evaluation batch size."),
     workers: int = WorkersOpt,
+    skip_bad_images: bool = SkipBadOpt,
     criterion_batches: int = CriterionBatchesOpt,
     arch: Optional[str] = ArchOpt,
     weights: Optional[str] = WeightsOpt,
@@ -394,12 +428,12 @@ def sensitivity(
     """
     from pathlib import Path
 
-    from .bundle import check_out_dir
     from .criteria import CRITERIA, DATA_CRITERIA
     from .errors import UsageError
+    from .outputs import check_out_dir
     from .sensitivity import SensitivityConfig, scan_document, scan_model, write_outputs
 
-    check_out_dir(Path(out), force)
+    check_out_dir(Path(out), force, inputs=_typed_inputs(model, weights, arch, data))
     CRITERIA.get(criterion)
     try:
         config = SensitivityConfig(levels=SensitivityConfig.parse_levels(levels), criterion=criterion, metric=metric,
@@ -407,7 +441,7 @@ def sensitivity(
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     loaded = _load(model, arch, weights, trust_pickle, input_shape, preset)
-    loaders = _data(data, batch_size, workers, loaded, seed)
+    loaders = _data(data, batch_size, workers, loaded, seed, skip_bad_images)
     with _progress(enabled=not as_json) as progress:
         scan, _ = scan_model(loaded, loaders, config, ignore=tuple(ignore), round_to=round_to, min_channels=min_channels,
                              criterion_batches=criterion_batches if criterion in DATA_CRITERIA else 0,
@@ -449,14 +483,22 @@ def export(
     """
     from pathlib import Path
 
-    from .prune import run_export
+    from .errors import UsageError
+    from .export import run_export
+    from .outputs import check_out_file
 
+    inputs = _typed_inputs(model, weights, arch)
+    check_out_file(Path(out), force, inputs=inputs, suffix=".onnx")
+    if not 7 <= opset <= 23:
+        raise UsageError(f"--opset {opset} must be between 7 and 23 (18 is the default)")
     loaded = _load(model, arch, weights, trust_pickle, input_shape, preset)
-    info = run_export(loaded, Path(out), opset=opset, force=force)
+    info = run_export(loaded, Path(out), opset=opset, force=force, inputs=inputs)
     if as_json:
         typer.echo(json.dumps(info, indent=2))
     else:
-        typer.echo(f"wrote {info['file']}: onnxruntime vs PyTorch max abs diff {info['max_abs_diff']:.2e} "
+        where = ("weights inside: the file stands alone" if info["self_contained"]
+                 else f"weights over 2 GB in {info['files'][1]}: copy both files together")
+        typer.echo(f"wrote {info['file']} ({where}): onnxruntime vs PyTorch max abs diff {info['max_abs_diff']:.2e} "
                    f"(opset {opset}, batches {', '.join(map(str, info['per_batch']))})")
 
 
@@ -558,11 +600,9 @@ def demo(
     """
     from pathlib import Path
 
-    from .demo import run_demo
-    from .errors import UsageError
+    from .demo import check_demo_flags, run_demo
 
-    if not 0 < flops <= 1:
-        raise UsageError(f"--flops {flops}: a fraction must be in (0, 1]")
+    check_demo_flags(Path(out) if out else None, flops=flops, epochs=epochs)
     with _progress(enabled=not as_json) as progress:
         summary = run_demo(Path(out) if out else None, flops=flops, epochs=epochs, progress=progress)
     if as_json:
@@ -574,7 +614,9 @@ def demo(
 
 
 def main() -> None:
-    app(prog_name="prunecli")
+    from .entry import main as entry_main
+
+    entry_main()
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass, field
 
@@ -9,6 +10,21 @@ SUFFIXES = {"K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
 # epochs of the learned allocation search (chosen on validation loss on the digits benchmark; see
 # benchmarks/results/quality.md)
 DEFAULT_SEARCH_EPOCHS = 2
+
+
+def _with_suffix(number: float) -> str:
+    for suffix, scale in sorted(SUFFIXES.items(), key=lambda kv: -kv[1]):
+        if number >= scale:
+            return f"{number / scale:g}{suffix}"
+    return f"{number / 1e3:g}K"
+
+
+def require_finite(name: str, value: float, low: float | None = None, *, strict: bool = True) -> None:
+    """Raise ValueError unless ``value`` is a finite number above ``low`` (or at least it, when not strict)."""
+    if not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ValueError(f"{name} {value} must be a finite number")
+    if low is not None and (value <= low if strict else value < low):
+        raise ValueError(f"{name} {value:g} must be {'>' if strict else '>='} {low:g}")
 
 
 @dataclass(frozen=True)
@@ -33,7 +49,7 @@ class BudgetTarget:
 
     @staticmethod
     def parse(metric: str, text: str) -> "BudgetTarget":
-        """``0.5`` -> fraction; ``2.1G``, ``5M``, ``300K``, ``1e9`` -> absolute count."""
+        """``0.5`` -> fraction of dense; ``2.1G``, ``5M``, ``300K`` -> absolute count (a count needs a suffix)."""
         raw = text.strip()
         m = re.fullmatch(r"([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*([KMGTkmgt]?)", raw)
         if not m:
@@ -42,7 +58,8 @@ class BudgetTarget:
         if suffix:
             return BudgetTarget(metric, number * SUFFIXES[suffix], absolute=True)
         if number > 1:
-            return BudgetTarget(metric, number, absolute=True)
+            raise ValueError(f"--{metric} {text}: a bare number is a fraction of the dense model and must be in (0, 1]; "
+                             f"for an absolute count add a suffix, e.g. {_with_suffix(number)}")
         return BudgetTarget(metric, number)
 
     def describe(self) -> str:
@@ -73,9 +90,9 @@ class PruneConfig:
             raise ValueError(f"--round-to {self.round_to} must be >= 1")
         if self.min_channels < 1:
             raise ValueError(f"--min-channels {self.min_channels} must be >= 1")
-        if not 0 < self.max_group_prune <= 1:
+        if not (math.isfinite(self.max_group_prune) and 0 < self.max_group_prune <= 1):
             raise ValueError(f"--max-group-prune {self.max_group_prune} must be in (0, 1]")
-        if not 0 < self.tolerance < 0.5:
+        if not (math.isfinite(self.tolerance) and 0 < self.tolerance < 0.5):
             raise ValueError(f"tolerance {self.tolerance} must be in (0, 0.5)")
         if not 7 <= self.opset <= 23:
             raise ValueError(f"--opset {self.opset} must be between 7 and 23 (18 is the default)")

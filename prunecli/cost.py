@@ -12,6 +12,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from .interrupts import torch_pruning
+
 FLOPS_LABEL = "FLOPs (FlopCounterMode: 2 per multiply-add in conv/linear/matmul; elementwise ops not counted)"
 MACS_LABEL = "MACs (Torch-Pruning count_ops_and_params: conv/linear/norm multiply-accumulates)"
 PARAMS_LABEL = "params (elements of model.parameters())"
@@ -70,8 +72,7 @@ def count_params(model) -> int:
 
 def count_macs(model, example_input) -> int:
     import torch
-    import torch_pruning as tp
-
+    tp = torch_pruning()
     with torch.no_grad():
         macs, _ = tp.utils.count_ops_and_params(model, example_input)
     return int(macs)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from .errors import UsageError
 from .registry import Registry
+from .interrupts import torch_pruning
 
 CRITERIA: Registry = Registry("criterion", "--criterion")
 
@@ -15,56 +16,49 @@ CRITERIA: Registry = Registry("criterion", "--criterion")
 @CRITERIA.register("l1")
 def _l1():
     """L1 norm of each channel's weights (magnitude)."""
-    import torch_pruning as tp
-
+    tp = torch_pruning()
     return tp.importance.MagnitudeImportance(p=1)
 
 
 @CRITERIA.register("l2")
 def _l2():
     """L2 norm of each channel's weights (magnitude)."""
-    import torch_pruning as tp
-
+    tp = torch_pruning()
     return tp.importance.MagnitudeImportance(p=2)
 
 
 @CRITERIA.register("fpgm")
 def _fpgm():
     """Distance from the geometric median of the group's filters (FPGM): redundant filters go first."""
-    import torch_pruning as tp
-
+    tp = torch_pruning()
     return tp.importance.FPGMImportance(p=2)
 
 
 @CRITERIA.register("bn")
 def _bn():
     """|gamma| of the BatchNorm after the conv (network slimming); groups without BN fall back to l1."""
-    import torch_pruning as tp
-
+    tp = torch_pruning()
     return tp.importance.BNScaleImportance()
 
 
 @CRITERIA.register("lamp")
 def _lamp():
     """Layer-adaptive magnitude (LAMP) scores."""
-    import torch_pruning as tp
-
+    tp = torch_pruning()
     return tp.importance.LAMPImportance(p=2)
 
 
 @CRITERIA.register("random")
 def _random():
     """Random scores: the control baseline (ShrinkBench). Seeded by --seed."""
-    import torch_pruning as tp
-
+    tp = torch_pruning()
     return tp.importance.RandomImportance()
 
 
 @CRITERIA.register("taylor")
 def _taylor():
     """|gradient x weight| (first-order Taylor) accumulated over --criterion-batches of training data."""
-    import torch_pruning as tp
-
+    tp = torch_pruning()
     return tp.importance.TaylorImportance()
 
 
@@ -82,8 +76,7 @@ def _accumulating_activation():
     import contextlib
 
     import torch
-    import torch_pruning as tp
-
+    tp = torch_pruning()
     class AccumulatingActivationImportance(tp.importance.ActivationImportance):
         @contextlib.contextmanager
         def compute_importance(self, model):

@@ -27,10 +27,24 @@ from pathlib import Path
 from typing import Any
 
 from .errors import UsageError
+from .formats import first_line
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 SPLIT_SEED = 1234  # the train/val/test split never depends on --seed
+
+
+MIN_SYNTHETIC = 10
+
+
+class DataFault(UsageError):
+    """A data file that cannot be read (exit 2), named; DataLoader workers' re-raised copies keep the one line."""
+
+    def __init__(self, message: str) -> None:
+        if message.startswith("Caught DataFault"):  # torch's ExceptionWrapper: "Caught ... Original Traceback ..."
+            lines = [line for line in message.splitlines() if "DataFault: " in line]
+            message = lines[-1].split("DataFault: ", 1)[1] if lines else message.splitlines()[0]
+        super().__init__(message)
 
 
 @dataclass(frozen=True)
@@ -39,6 +53,7 @@ class DataConfig:
     batch_size: int = 64
     workers: int = 0  # a 2-core machine gains nothing from loader processes on small data
     val_fraction: float = 0.1
+    skip_bad_images: bool = False  # imagefolder: decode every image first and leave out those that fail
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -56,11 +71,12 @@ class Loaders:
     test: Any | None
     num_classes: int
     name: str
+    skipped: tuple[str, ...] = ()  # files left out by --skip-bad-images
 
     def describe(self) -> dict:
         size = lambda loader: len(loader.dataset) if loader is not None and hasattr(loader, "dataset") else None  # noqa: E731
         return {"spec": self.name, "train": size(self.train), "val": size(self.val), "test": size(self.test),
-                "num_classes": self.num_classes}
+                "num_classes": self.num_classes, "skipped_images": list(self.skipped)}
 
 
 def _split(dataset, fraction: float):
@@ -123,25 +139,69 @@ def _image_transforms(input_shape, train: bool):
     return transforms.Compose(steps)
 
 
+class ImageReader:
+    """ImageFolder's loader, but a file that fails to decode is a DataFault naming it (picklable for workers)."""
+
+    def __init__(self, spec: str) -> None:
+        self.spec = spec
+
+    def __call__(self, path: str):
+        from PIL import Image
+
+        try:
+            with open(path, "rb") as fh:
+                image = Image.open(fh)
+                image.load()
+                return image.convert("RGB")
+        except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as exc:
+            raise DataFault(f"--data {self.spec}: {path} cannot be decoded ({first_line(exc)}); fix or remove it, "
+                            "or pass --skip-bad-images") from exc
+
+
+def _drop_bad_images(datasets_: list, reader: ImageReader) -> tuple[str, ...]:
+    """Decode every image once; remove those that fail from each dataset (same file list in each)."""
+    bad = set()
+    for dataset in datasets_:
+        for path, _ in dataset.samples:
+            if path in bad:
+                continue
+            try:
+                reader(path)
+            except DataFault:
+                bad.add(path)
+    for dataset in datasets_:
+        dataset.samples = [(p, c) for p, c in dataset.samples if p not in bad]
+        dataset.imgs = dataset.samples
+        dataset.targets = [c for _, c in dataset.samples]
+    return tuple(sorted(bad))
+
+
 def _imagefolder(root: Path, config: DataConfig, input_shape, seed: int) -> Loaders:
     import torch
     from torchvision import datasets
 
+    spec = f"imagefolder:{root}"
     for sub in ("train", "val"):
         if not (root / sub).is_dir():
-            raise UsageError(f"--data imagefolder:{root}: {root / sub} is missing; expected DIR/train/<class>/... and DIR/val/<class>/...")
+            raise UsageError(f"--data {spec}: {root / sub} is missing; expected DIR/train/<class>/... and DIR/val/<class>/...")
+    reader = ImageReader(spec)
     try:
-        train_full = datasets.ImageFolder(str(root / "train"), transform=_image_transforms(input_shape, True))
-        eval_train = datasets.ImageFolder(str(root / "train"), transform=_image_transforms(input_shape, False))
-        test = datasets.ImageFolder(str(root / "val"), transform=_image_transforms(input_shape, False))
+        train_full = datasets.ImageFolder(str(root / "train"), transform=_image_transforms(input_shape, True), loader=reader)
+        eval_train = datasets.ImageFolder(str(root / "train"), transform=_image_transforms(input_shape, False), loader=reader)
+        test = datasets.ImageFolder(str(root / "val"), transform=_image_transforms(input_shape, False), loader=reader)
     except (FileNotFoundError, OSError) as exc:
-        raise UsageError(f"--data imagefolder:{root}: {exc}") from exc
+        raise UsageError(f"--data {spec}: {first_line(exc)}") from exc
     if train_full.classes != test.classes:
-        raise UsageError(f"--data imagefolder:{root}: train and val have different classes")
+        raise UsageError(f"--data {spec}: train and val have different classes")
+    skipped = _drop_bad_images([train_full, eval_train], reader) + _drop_bad_images([test], reader) \
+        if config.skip_bad_images else ()
+    if len(train_full) < 2 or len(test) < 1:
+        raise UsageError(f"--data {spec}: too few readable images (train {len(train_full)}, val {len(test)})")
     train_idx, val_idx = _split(range(len(train_full)), config.val_fraction)
     train = torch.utils.data.Subset(train_full, list(train_idx))
     val = torch.utils.data.Subset(eval_train, list(val_idx))  # validation without augmentation
-    return Loaders(*_loaders(train, val, test, config, seed), num_classes=len(train_full.classes), name=f"imagefolder:{root}")
+    return Loaders(*_loaders(train, val, test, config, seed), num_classes=len(train_full.classes), name=spec,
+                   skipped=skipped)
 
 
 class _NumpyOnlyUnpickler:
@@ -213,13 +273,45 @@ def _synthetic(count: int, config: DataConfig, input_shape, num_classes: int, se
     return Loaders(*_loaders(train, val, None, config, seed), num_classes=num_classes, name=f"synthetic:{count}")
 
 
-def _factory(spec: str, config: DataConfig) -> Loaders:
+def _check_loader(loader, spec: str, which: str, input_shape) -> None:
+    """A loader must be re-iterable (not a one-shot generator) and yield (images, labels) batches that fit."""
+    import torch
+
+    if not hasattr(loader, "__iter__") or iter(loader) is loader:
+        raise UsageError(f"--data {spec}: the {which} loader is {type(loader).__name__}, not a re-iterable loader; "
+                         "return torch.utils.data.DataLoader objects")
+    try:
+        batch = next(iter(loader))
+    except StopIteration:
+        raise UsageError(f"--data {spec}: the {which} loader yields no batch") from None
+    except UsageError:
+        raise
+    except Exception as exc:
+        raise UsageError(f"--data {spec}: the {which} loader fails on its first batch "
+                         f"({type(exc).__name__}: {first_line(exc)})") from exc
+    ok = isinstance(batch, (tuple, list)) and len(batch) == 2 and all(isinstance(t, torch.Tensor) for t in batch)
+    if not ok:
+        raise UsageError(f"--data {spec}: the {which} loader must yield (images, labels) tensor pairs, "
+                         f"got {type(batch).__name__}")
+    images, labels = batch
+    if tuple(images.shape[1:]) != tuple(input_shape[1:]):
+        raise UsageError(f"--data {spec}: {which} images are {tuple(images.shape[1:])} but the model takes "
+                         f"{tuple(input_shape[1:])}; resize in the factory or pass --input-shape")
+    if labels.dtype not in (torch.int64, torch.int32) or labels.dim() != 1:
+        raise UsageError(f"--data {spec}: {which} labels must be a 1-D integer tensor of class indices")
+
+
+def _factory(spec: str, config: DataConfig, input_shape) -> Loaders:
     from .arch import build_factory_object
 
     result = build_factory_object(spec, "--data")
     if not isinstance(result, (tuple, list)) or len(result) not in (2, 3):
-        raise UsageError(f"--data {spec}: the factory must return (train_loader, val_loader) or (train, val, test)")
+        raise UsageError(f"--data {spec}: the factory must return (train_loader, val_loader) or (train, val, test), "
+                         f"not {type(result).__name__}")
     train, val, test = (list(result) + [None])[:3]
+    for which, loader in (("train", train), ("val", val), ("test", test)):
+        if loader is not None or which != "test":
+            _check_loader(loader, spec, which, input_shape)
     num_classes = getattr(train.dataset, "classes", None)
     return Loaders(train, val, test, num_classes=len(num_classes) if num_classes else 0, name=spec)
 
@@ -231,14 +323,17 @@ def load_data(config: DataConfig, input_shape, *, num_classes: int = 10, seed: i
         return _digits(config, input_shape, seed)
     match = re.fullmatch(r"synthetic(?::(\d+))?", spec)
     if match:
-        return _synthetic(int(match.group(1) or 256), config, input_shape, num_classes, seed)
+        count = int(match.group(1) or 256)
+        if count < MIN_SYNTHETIC:
+            raise UsageError(f"--data {spec}: synthetic:N needs N >= {MIN_SYNTHETIC} images (train and validation splits)")
+        return _synthetic(count, config, input_shape, num_classes, seed)
     kind, _, rest = spec.partition(":")
     if kind == "imagefolder" and rest:
         return _imagefolder(Path(rest), config, input_shape, seed)
     if kind in ("cifar10", "cifar100") and rest:
         return _cifar(kind, Path(rest), config, input_shape, seed)
     if re.match(r"^.+\.py:[A-Za-z_]\w*$", spec) or re.match(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", spec):
-        return _factory(spec, config)
+        return _factory(spec, config, input_shape)
     raise UsageError(
         f"--data {spec!r} is not a data spec; use digits, imagefolder:DIR, cifar10:DIR, cifar100:DIR, file.py:factory or synthetic[:N]"
     )

@@ -1,6 +1,6 @@
 """`prunecli demo`: the whole job on real data that ships offline.
 
-Trains a CIFAR-style ResNet-20 (prunecli.zoo:cifar_resnet) on scikit-learn's digits at 16x16 (cached
+Trains a CIFAR-style ResNet-20 (prunecli:cifar_resnet) on scikit-learn's digits at 16x16 (cached
 in the user cache directory, so a second run skips training), prunes it to a FLOPs budget, fine-tunes
 with distillation from the dense model, exports and verifies ONNX, and benches dense vs pruned.
 """
@@ -15,10 +15,10 @@ from pathlib import Path
 
 from .cache import cache_dir
 
-DEMO_ARCH = "prunecli.zoo:cifar_resnet:depth=20,width=16,num_classes=10"
+DEMO_ARCH = "prunecli:cifar_resnet:depth=20,width=16,num_classes=10"
 DEMO_SHAPE = (1, 3, 16, 16)
 DENSE_RECIPE = {"epochs": 30, "lr": 0.1, "optimizer": "sgd", "weight_decay": 5e-4, "seed": 0, "batch_size": 64}
-CACHE_NAME = "demo-digits-resnet20-v1.pt"
+CACHE_NAME = "demo-digits-resnet20-v2.pt"  # v2: arch is the data spec prunecli:cifar_resnet
 
 
 def dense_checkpoint(progress=None) -> tuple[Path, bool]:
@@ -46,19 +46,33 @@ def dense_checkpoint(progress=None) -> tuple[Path, bool]:
     return path, False
 
 
+def check_demo_flags(out: Path | None, *, flops: float, epochs: int) -> None:
+    """Every demo flag, before the dense model trains."""
+    import math
+
+    from .errors import UsageError
+    from .outputs import check_out_dir
+
+    if not (math.isfinite(flops) and 0 < flops < 1):
+        raise UsageError(f"--flops {flops}: the demo's budget is a fraction of the dense FLOPs in (0, 1), e.g. 0.5")
+    if epochs < 0:
+        raise UsageError(f"--epochs {epochs} must be >= 0 (0 skips fine-tuning)")
+    if out is not None:
+        check_out_dir(out, force=False)
+
+
 def run_demo(out: Path | None, *, flops: float = 0.5, epochs: int = 15, progress=None) -> dict:
     from .bench import BenchConfig, run_bench
     from .config import BudgetTarget, PruneConfig
     from .data import DataConfig, load_data
     from .finetune import FinetuneConfig
     from .load import load_model
-    from .prune import run_export, run_prune
+    from .export import run_export
+    from .prune import run_prune
 
     started = time.perf_counter()
     out = Path(out) if out else Path(f"prunecli-demo-{time.strftime('%Y%m%d-%H%M%S')}")
-    from .bundle import check_out_dir
-
-    check_out_dir(out, force=False)
+    check_demo_flags(out, flops=flops, epochs=epochs)
     out.mkdir(parents=True, exist_ok=True)
     cached_path, cached = dense_checkpoint(progress)
     shutil.copyfile(cached_path, out / "dense.pt")

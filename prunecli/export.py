@@ -15,26 +15,89 @@ RTOL = 1e-3
 RELATIVE_TOL = 1e-3
 
 
-def export_onnx(model, example_input, path: Path, opset: int = 18) -> str:
-    """Export with a dynamic batch axis; returns which exporter produced the file."""
+# protobuf cannot serialise one message over 2 GiB: above this, weights go to ``<file>.onnx.data``
+EXTERNAL_DATA_BYTES = 2**31 - 2**26
+
+
+def external_data_name(path: Path) -> str:
+    """The side file holding the weights of an ONNX model too large to hold them itself."""
+    return Path(path).name + ".data"
+
+
+def _weights_bytes(model) -> int:
+    return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
+
+
+def _to_proto(model, example_input, opset: int):
+    """(ModelProto, exporter): the dynamo exporter first, TorchScript's when it fails; nothing touches disk."""
     import torch
 
-    model = model.eval()
     errors = []
     for dynamo in (True, False):
         try:
             kwargs = dict(input_names=["input"], output_names=["output"], opset_version=opset, dynamo=dynamo)
-            if dynamo:
-                kwargs["dynamic_shapes"] = ({0: torch.export.Dim("batch", min=1, max=1024)},)
-                kwargs["verbose"] = False
-            else:
-                kwargs["dynamic_axes"] = {"input": {0: "batch"}, "output": {0: "batch"}}
             with contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
-                torch.onnx.export(model, (example_input,), str(path), **kwargs)
-            return "dynamo" if dynamo else "torchscript"
+                if dynamo:
+                    program = torch.onnx.export(model, (example_input,), None, verbose=False,
+                                                dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1024)},),
+                                                **kwargs)
+                    return program.model_proto, "dynamo"
+                import onnx
+
+                buffer = io.BytesIO()
+                torch.onnx.export(model, (example_input,), buffer,
+                                  dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, **kwargs)
+                return onnx.load_model_from_string(buffer.getvalue()), "torchscript"
+        except KeyboardInterrupt:
+            raise
         except Exception as exc:  # try the other exporter, then report both
             errors.append(f"{'dynamo' if dynamo else 'torchscript'}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300])
     raise RuntimeFailure(f"ONNX export failed ({'; '.join(errors)})")
+
+
+def export_onnx(model, example_input, path: Path, opset: int = 18) -> str:
+    """Write ``path``: an ONNX model with a dynamic batch axis and its weights inside, or, when the weights
+    exceed protobuf's 2 GiB, beside it in ``<name>.data`` (the only side file ever written). Returns which
+    exporter produced it. ``path`` should be in a staging location (see :func:`run_export`)."""
+    import onnx
+
+    model = model.eval()
+    proto, exporter = _to_proto(model, example_input, opset)
+    large = _weights_bytes(model) > EXTERNAL_DATA_BYTES
+    path = Path(path)
+    if large:
+        onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=external_data_name(path), size_threshold=1024)
+    else:
+        onnx.save_model(proto, str(path))
+    return exporter
+
+
+def run_export(loaded, out: Path, *, opset: int = 18, force: bool = False, inputs=()) -> dict:
+    """Export ``loaded`` to ``out`` (an .onnx path) with the same checks as `prune`.
+
+    Staged in a hidden sibling directory under the final file name (so external data, if any, is named
+    after ``out``), verified, then moved into place; nothing is left beside ``out`` on error or Ctrl-C.
+    """
+    import os
+
+    from .cost import count_macs
+    from .outputs import check_out_file, staging_dir
+
+    out = Path(out)
+    check_out_file(out, force, inputs=inputs, suffix=".onnx")
+    side = out.with_name(external_data_name(out))
+    with staging_dir(out) as tmp:
+        exporter = export_onnx(loaded.model, loaded.example_input, tmp / out.name, opset)
+        check = verify_onnx(loaded.model, tmp / out.name, loaded.input_shape)
+        if (tmp / side.name).exists():
+            os.replace(tmp / side.name, side)
+        else:
+            side.unlink(missing_ok=True)  # a stale side file of an earlier, larger export under --force
+        os.replace(tmp / out.name, out)
+    files = [str(out)] + ([str(side)] if side.exists() else [])
+    return {"file": str(out), "files": files, "self_contained": len(files) == 1, "opset": opset, "exporter": exporter,
+            "input_shape": list(loaded.input_shape), "macs": count_macs(loaded.model, loaded.example_input), **check}
 
 
 def verify_onnx(model, path: Path, input_shape, batch_sizes=(1, 2), seed: int = 0) -> dict:

@@ -15,6 +15,8 @@ import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
+from .config import require_finite
+from .data import DataFault
 from .errors import RuntimeFailure
 
 LAST = "last.pt"
@@ -39,14 +41,16 @@ class FinetuneConfig:
     def __post_init__(self) -> None:
         if self.epochs < 0:
             raise ValueError(f"--epochs {self.epochs} must be >= 0")
-        if self.lr <= 0:
-            raise ValueError(f"--lr {self.lr} must be positive")
+        require_finite("--lr", self.lr, 0)
+        require_finite("--weight-decay", self.weight_decay, 0, strict=False)
+        require_finite("momentum", self.momentum, 0, strict=False)
         if self.optimizer not in ("sgd", "adamw"):
             raise ValueError(f"--optimizer {self.optimizer!r} must be sgd or adamw")
         if not 0 <= self.distill_weight <= 1:
             raise ValueError(f"--distill-weight {self.distill_weight} must be in [0, 1]")
-        if self.temperature <= 0:
-            raise ValueError(f"--temperature {self.temperature} must be positive")
+        require_finite("--temperature", self.temperature, 0)
+        if self.bn_batches < 0:
+            raise ValueError(f"bn_batches {self.bn_batches} must be >= 0")
 
 
 class TrainingDiverged(RuntimeFailure):
@@ -249,6 +253,11 @@ def fit(model, train_loader, val_loader, config: FinetuneConfig, checkpoints: Pa
                               "config": json.dumps(asdict(config))}, checkpoints / LAST)
     except KeyboardInterrupt:
         result.interrupted = True
+    except DataFault as exc:
+        kept = f"{checkpoints / LAST} (epoch {epoch})" if checkpoints is not None and (checkpoints / LAST).exists() else None
+        raise DataFault(f"{exc}. Stopped in epoch {epoch + 1}; "
+                        + (f"last good checkpoint {kept}: rerun with --resume after the fix" if kept
+                           else "no checkpoint yet")) from exc
     model.load_state_dict(best_state)
     model.eval()
     return result

@@ -4,13 +4,27 @@ from __future__ import annotations
 
 from .cost import FLOPS_LABEL, MACS_LABEL, PARAMS_LABEL, count_macs
 from .graph import analyse
+from .errors import UsageError
 from .load import LoadedModel
 
 SCHEMA_VERSION = 1
 
 
+def check_ignore(loaded: LoadedModel, ignore: tuple[str, ...]) -> None:
+    """Every --ignore pattern must name at least one module (a typo would otherwise be silently void)."""
+    import fnmatch
+
+    names = [name for name, _ in loaded.model.named_modules() if name]
+    for pattern in ignore:
+        if not any(fnmatch.fnmatchcase(name, pattern) for name in names):
+            close = [n for n in names if fnmatch.fnmatchcase(n, f"*{pattern.strip('*')}*")][:3] or names[:3]
+            raise UsageError(f"--ignore {pattern!r} matches no module of {loaded.display_name} "
+                             f"(module names look like {', '.join(close)}); see `prunecli inspect`")
+
+
 def constraints_for(loaded: LoadedModel, ignore: tuple[str, ...], round_to: int | None) -> tuple[tuple[str, ...], int]:
     """--ignore patterns plus the preset's, and --round-to or the preset's (else 1)."""
+    check_ignore(loaded, tuple(ignore))
     preset = loaded.preset
     patterns = tuple(ignore) + (preset.ignore if preset else ())
     step = round_to if round_to is not None else (preset.round_to if preset else 1)

@@ -17,6 +17,9 @@ Every command loads through :func:`load_model`. What a MODEL argument may be:
 A prunecli bundle directory
     Rebuilt from its JSON recipe and safetensors weights (see :mod:`prunecli.bundle`).
 
+A spec read from a file (a checkpoint's ``arch``, safetensors metadata, a bundle's recipe) may only be a
+data spec (``torchvision:NAME``, ``prunecli:NAME``): specs naming code run only when typed (:mod:`prunecli.arch`).
+
 Refused: a pickled ``nn.Module`` (``torch.save(model)``) unless the user passes ``--trust-pickle``,
 because unpickling it executes code from the file; TorchScript archives and ONNX files, which
 cannot be structurally pruned.
@@ -24,20 +27,23 @@ cannot be structurally pruned.
 
 from __future__ import annotations
 
-import hashlib
 import re
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from .arch import absolute_spec, arch_name, build_arch, is_arch_spec
+from .bundle import is_bundle, load_bundle_model
 from .errors import UsageError
+from .formats import (check_file, check_finite, first_line, load_weights_into, read_safetensors, read_weights,
+                      refuse_unprunable_formats, sha256_of, torch_load, unwrap_state_dict)
 from .preset import Preset, get_preset, match_preset
 
 DEFAULT_INPUT_SHAPE = (1, 3, 224, 224)
 CHECKPOINT_ARCH_KEY = "arch"
 SAFETENSORS_ARCH_KEY = "prunecli.arch"
+# An example input or its activations above this share of the available memory is refused before allocating.
+MEMORY_SHARE = 0.5
 
 
 @dataclass
@@ -80,157 +86,64 @@ def parse_input_shape(text: str, flag: str = "--input-shape") -> tuple[int, ...]
     return shape
 
 
-def sha256_of(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+def _stored_shape(value: Any, origin: str) -> tuple[int, ...]:
+    """An input shape read from a file: a list of positive integers, nothing else."""
+    if isinstance(value, str):
+        return parse_input_shape(value, origin)
+    if isinstance(value, (list, tuple)) and len(value) >= 2 and all(
+            isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in value):
+        return tuple(int(d) for d in value)
+    raise UsageError(f"{origin} is {value!r}, not a list of positive integers; pass --input-shape")
 
 
-# --------------------------------------------------------------------------- files
-def _check_file(path: Path, flag: str) -> None:
-    if not path.exists():
-        raise UsageError(f"{flag} {path}: file not found")
-    if path.is_file() and path.stat().st_size == 0:
-        raise UsageError(f"{flag} {path}: the file is empty (an interrupted save?); pass a complete file")
-
-
-def _is_torchscript(path: Path) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
+def available_memory_bytes() -> int:
+    """MemAvailable from /proc/meminfo (Linux), else a conservative 8 GiB."""
     try:
-        with zipfile.ZipFile(path) as zf:
-            names = zf.namelist()
-    except zipfile.BadZipFile:
-        return False
-    return any(n.endswith("constants.pkl") or "/code/" in n for n in names)
+        for line in Path("/proc/meminfo").read_text().splitlines():
+            if line.startswith("MemAvailable:"):
+                return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    return 8 << 30
 
 
-def _is_onnx(path: Path) -> bool:
-    return path.suffix.lower() == ".onnx"
+def _gib(n: float) -> str:
+    return f"{n / 2**30:.1f} GiB"
 
 
-def _refuse_unprunable_formats(path: Path, flag: str) -> None:
-    if _is_onnx(path):
-        raise UsageError(
-            f"{flag} {path} is an ONNX graph, which cannot be structurally pruned; "
-            "pass the PyTorch model it was exported from (checkpoint plus --arch, or file.py:factory)"
-        )
-    if _is_torchscript(path):
-        raise UsageError(
-            f"{flag} {path} is a TorchScript archive, which cannot be structurally pruned; "
-            "pass the eager model instead: a state_dict with --arch, or file.py:factory"
-        )
-
-
-def _torch_load(path: Path, flag: str, trust_pickle: bool):
-    """torch.load with weights_only=True unless the user typed --trust-pickle."""
-    import pickle
+def check_shape_fits(model, shape: tuple[int, ...], flag: str = "--input-shape") -> None:
+    """Refuse an input whose tensor, or whose forward pass's activations (summed over layers, measured on
+    the meta device: shapes only, nothing allocated), would not fit in the available memory."""
+    import copy
+    import math
 
     import torch
 
-    try:
-        return torch.load(path, map_location="cpu", weights_only=not trust_pickle)
-    except pickle.UnpicklingError as exc:
-        text = str(exc)
-        found = re.search(r"GLOBAL ([\w.]+)", text)
-        if "Weights only load failed" in text or found:
-            what = f" ({found.group(1)})" if found else ""
-            raise UsageError(
-                f"{flag} {path} holds a pickled Python object{what}, not only weights: loading it would execute "
-                "code from the file. If you trust its source, pass --trust-pickle; better, re-save it with "
-                "torch.save(model.state_dict(), ...) and pass --arch"
-            ) from exc
-        raise UsageError(f"{flag} {path} is not a readable PyTorch checkpoint ({_first_line(exc)}): corrupted?") from exc
-    except Exception as exc:  # torch raises many types for damaged files (RuntimeError, EOFError, IndexError, ...)
-        raise UsageError(
-            f"{flag} {path} is not a readable PyTorch checkpoint ({_first_line(exc)}): truncated or corrupted? "
-            "re-save it and try again"
-        ) from exc
+    budget = MEMORY_SHARE * available_memory_bytes()
+    text = ",".join(map(str, shape))
+    input_bytes = 4 * math.prod(shape)
+    if input_bytes > budget:
+        raise UsageError(f"{flag} {text}: the input alone is {_gib(input_bytes)}, more than half the available "
+                         f"{_gib(2 * budget)}; pass a smaller shape (e.g. 1,3,224,224)")
+    total = [0]
 
-
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip().splitlines()
-    return text[0][:200] if text else type(exc).__name__
-
-
-def read_safetensors(path: Path, flag: str) -> tuple[dict, dict]:
-    """(state_dict, metadata) of a safetensors file."""
-    from safetensors import SafetensorError, safe_open
+    def count(_module, _inputs, output) -> None:
+        for t in output if isinstance(output, (tuple, list)) else (output,):
+            if isinstance(t, torch.Tensor):
+                total[0] += t.numel() * t.element_size()
 
     try:
-        tensors = {}
-        with safe_open(str(path), framework="pt", device="cpu") as fh:
-            metadata = fh.metadata() or {}
-            for key in fh.keys():
-                tensors[key] = fh.get_tensor(key)
-        return tensors, metadata
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise UsageError(f"{flag} {path} is not a readable safetensors file ({_first_line(exc)})") from exc
-
-
-def _is_tensor_dict(obj: Any) -> bool:
-    import torch
-
-    return isinstance(obj, dict) and len(obj) > 0 and all(
-        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in obj.items()
-    )
-
-
-def _unwrap_state_dict(obj: Any) -> dict | None:
-    """The state_dict inside common checkpoint layouts, or None."""
-    if _is_tensor_dict(obj):
-        sd = obj
-    elif isinstance(obj, dict):
-        sd = next((obj[k] for k in ("state_dict", "model_state_dict", "model") if _is_tensor_dict(obj.get(k))), None)
-        if sd is None:
-            return None
-    else:
-        return None
-    if all(k.startswith("module.") for k in sd):  # saved from DataParallel / DDP
-        sd = {k[len("module.") :]: v for k, v in sd.items()}
-    return sd
-
-
-def read_weights(path: Path, flag: str = "--weights") -> dict:
-    """A state_dict from a .safetensors or torch checkpoint file (always weights_only=True)."""
-    _check_file(path, flag)
-    _refuse_unprunable_formats(path, flag)
-    if path.suffix.lower() == ".safetensors":
-        return read_safetensors(path, flag)[0]
-    obj = _torch_load(path, flag, trust_pickle=False)
-    sd = _unwrap_state_dict(obj)
-    if sd is None:
-        raise UsageError(f"{flag} {path} holds no state_dict (found {type(obj).__name__}); save model.state_dict()")
-    return sd
-
-
-def load_weights_into(model, state_dict: dict, source: str, arch: str | None) -> None:
-    """Strict load that fails with one line naming the first mismatching keys."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state_dict]
-    unexpected = [k for k in state_dict if k not in own]
-    shapes = [
-        f"{k} {tuple(state_dict[k].shape)} in file vs {tuple(own[k].shape)} in model"
-        for k in own
-        if k in state_dict and tuple(state_dict[k].shape) != tuple(own[k].shape)
-    ]
-    parts = []
-    if missing:
-        parts.append(f"missing keys {', '.join(missing[:3])}" + (f" (+{len(missing) - 3} more)" if len(missing) > 3 else ""))
-    if unexpected:
-        parts.append(
-            f"unexpected keys {', '.join(unexpected[:3])}" + (f" (+{len(unexpected) - 3} more)" if len(unexpected) > 3 else "")
-        )
-    if shapes:
-        parts.append("shape mismatch " + "; ".join(shapes[:2]) + (f" (+{len(shapes) - 2} more)" if len(shapes) > 2 else ""))
-    if parts:
-        raise UsageError(
-            f"{source} does not fit {arch or type(model).__name__}: {'; '.join(parts)}. "
-            "Check --arch and its options (e.g. torchvision:resnet18:num_classes=10)"
-        )
-    model.load_state_dict(state_dict, strict=True)
+        meta = copy.deepcopy(model).to("meta")
+        hooks = [m.register_forward_hook(count) for m in meta.modules() if not list(m.children())]
+        with torch.no_grad():
+            meta(torch.empty(*shape, device="meta"))
+        for h in hooks:
+            h.remove()
+    except Exception:  # some ops have no meta kernel; the real forward pass below still checks the shape
+        return
+    if total[0] > budget:
+        raise UsageError(f"{flag} {text}: one forward pass holds about {_gib(total[0])} of activations, more than "
+                         f"half the available {_gib(2 * budget)}; pass a smaller shape (e.g. 1,3,224,224)")
 
 
 # --------------------------------------------------------------------------- the entry point
@@ -244,7 +157,11 @@ def load_model(
     preset: str | None = None,
     check_forward: bool = True,
 ) -> LoadedModel:
-    """Load MODEL (see module docstring); raise :class:`UsageError` with one actionable line on bad input."""
+    """Load MODEL (see module docstring); raise :class:`UsageError` with one actionable line on bad input.
+
+    ``spec``, ``arch`` and ``weights`` are what the user typed: a code spec among them runs. Specs read from
+    files run only if they are data specs.
+    """
     import torch
 
     if isinstance(input_shape, str):
@@ -256,36 +173,37 @@ def load_model(
     stored_shape: tuple[int, ...] | None = None
     recipe = None  # set for bundles
     if path.is_dir():
-        from .bundle import is_bundle, load_bundle_model
-
         if not is_bundle(path):
             raise UsageError(f"MODEL {path} is a directory but not a prunecli bundle (no recipe.json in it)")
-        if weights is not None or arch is not None:
-            raise UsageError("--weights/--arch cannot be used with a bundle MODEL: the bundle carries both")
-        model, recipe = load_bundle_model(path)
-        kind, arch_spec, stored_shape = "bundle", recipe["source"].get("arch"), tuple(recipe["input_shape"])
+        if weights is not None:
+            raise UsageError("--weights cannot be used with a bundle MODEL: the bundle carries its weights")
+        model, recipe = load_bundle_model(path, arch=absolute_spec(arch) if arch else None)
+        kind, stored_shape = "bundle", tuple(recipe["input_shape"])
+        arch_spec = absolute_spec(arch) if arch else recipe["source"].get("arch")
     elif path.exists() or (not is_arch_spec(spec) and path.suffix):
-        _check_file(path, "MODEL")
-        _refuse_unprunable_formats(path, "MODEL")
+        check_file(path, "MODEL")
+        refuse_unprunable_formats(path, "MODEL")
         if weights is not None:
             raise UsageError(f"--weights is for architecture MODELs (torchvision:NAME, file.py:factory); {path} is a file already")
+        typed = absolute_spec(arch) if arch else None
         if path.suffix.lower() == ".safetensors":
             sd, meta = read_safetensors(path, "MODEL")
-            arch_spec = arch or meta.get(SAFETENSORS_ARCH_KEY)
+            arch_spec = typed or meta.get(SAFETENSORS_ARCH_KEY)
             if not arch_spec:
                 raise UsageError(f"MODEL {path} holds weights only; pass --arch torchvision:NAME (or file.py:factory) to name the architecture")
-            model = build_arch(arch_spec, "--arch")
+            model = build_arch(arch_spec, "--arch",
+                               from_file=None if typed else f"MODEL {path} metadata '{SAFETENSORS_ARCH_KEY}'")
             load_weights_into(model, sd, str(path), arch_spec)
             kind = "safetensors"
             if meta.get("prunecli.input_shape"):
-                stored_shape = parse_input_shape(meta["prunecli.input_shape"])
+                stored_shape = _stored_shape(meta["prunecli.input_shape"], f"MODEL {path} metadata 'prunecli.input_shape'")
         else:
-            obj = _torch_load(path, "MODEL", trust_pickle)
+            obj = torch_load(path, "MODEL", trust_pickle)
             if isinstance(obj, torch.nn.Module):  # only reachable with --trust-pickle
-                model, arch_spec, kind = obj, arch, "pickle"
+                model, arch_spec, kind = obj, typed, "pickle"
             else:
-                arch_spec = arch or (obj.get(CHECKPOINT_ARCH_KEY) if isinstance(obj, dict) else None)
-                sd = _unwrap_state_dict(obj)
+                arch_spec = typed or (obj.get(CHECKPOINT_ARCH_KEY) if isinstance(obj, dict) else None)
+                sd = unwrap_state_dict(obj)
                 if sd is None:
                     raise UsageError(
                         f"MODEL {path} holds {type(obj).__name__} but no state_dict; save {{'arch': SPEC, 'state_dict': model.state_dict()}}"
@@ -295,36 +213,36 @@ def load_model(
                         f"MODEL {path} is a plain state_dict with no architecture; pass --arch torchvision:NAME "
                         "(or file.py:factory), or save it as {'arch': SPEC, 'state_dict': ...}"
                     )
-                if not isinstance(arch_spec, str) or not is_arch_spec(arch_spec):
-                    raise UsageError(f"MODEL {path}: its 'arch' entry {arch_spec!r} is not an architecture spec")
-                model = build_arch(arch_spec, "--arch" if arch else f"MODEL {path} 'arch'")
+                model = build_arch(arch_spec, "--arch", from_file=None if typed else f"MODEL {path} key 'arch'")
                 load_weights_into(model, sd, str(path), arch_spec)
                 kind = "checkpoint"
-                if isinstance(obj, dict) and obj.get("input_shape"):
-                    stored_shape = tuple(int(v) for v in obj["input_shape"])
+                if isinstance(obj, dict) and obj.get("input_shape") is not None:
+                    stored_shape = _stored_shape(obj["input_shape"], f"MODEL {path} key 'input_shape'")
     else:
         if not is_arch_spec(spec):
             raise UsageError(
                 f"MODEL {spec!r} is neither an existing file nor an architecture spec "
-                "(torchvision:NAME, file.py:factory, package.module:factory)"
+                "(torchvision:NAME, prunecli:NAME, file.py:factory, package.module:factory)"
             )
         if arch is not None:
-            raise UsageError(f"--arch is for weight files; MODEL {spec!r} names the architecture already")
+            raise UsageError(f"--arch is for weight files and bundles; MODEL {spec!r} names the architecture already")
         model = build_arch(spec)
-        arch_spec, kind = absolute_spec(spec), ("torchvision" if spec.startswith("torchvision:") else "factory")
+        arch_spec, kind = absolute_spec(spec), ("factory" if not spec.startswith(("torchvision:", "prunecli:")) else spec.split(":")[0])
         if weights is not None:
             wpath = Path(weights)
             load_weights_into(model, read_weights(wpath), str(wpath), spec)
 
     model = model.cpu().eval()
+    source = path if path.exists() else (Path(weights) if weights else None)
+    check_finite(model, f"MODEL {source or spec}")
     name = arch_name(arch_spec)
     chosen = get_preset(preset) if preset else match_preset(name, type(model).__name__)
     shape = input_shape or stored_shape or (chosen.input_shape_for(name) if chosen else DEFAULT_INPUT_SHAPE)
+    check_shape_fits(model, tuple(shape), "--input-shape" if input_shape else "input shape (pass --input-shape)")
     generator = torch.Generator().manual_seed(0)
     example = torch.randn(*shape, generator=generator)
     if check_forward:
         check_accepts(model, example, shape)
-    source = path if path.exists() else (Path(weights) if weights else None)
     digest = None
     if source is not None:
         digest = sha256_of(source / "model.safetensors") if source.is_dir() else sha256_of(source)
@@ -349,6 +267,6 @@ def check_accepts(model, example, shape) -> None:
             model(example)
     except Exception as exc:
         raise UsageError(
-            f"--input-shape {','.join(map(str, shape))} is rejected by the model ({type(exc).__name__}: {_first_line(exc)}); "
+            f"--input-shape {','.join(map(str, shape))} is rejected by the model ({type(exc).__name__}: {first_line(exc)}); "
             "pass the shape it expects, e.g. --input-shape 1,3,224,224"
         ) from exc

@@ -7,6 +7,10 @@ from dataclasses import dataclass
 import numpy as np
 
 
+class PlanFormatError(ValueError):
+    """A plan read from JSON that is not a valid plan."""
+
+
 @dataclass(frozen=True)
 class GroupPlan:
     root: str
@@ -37,11 +41,22 @@ class Plan:
 
     @staticmethod
     def from_json(data: dict) -> "Plan":
-        return Plan(
-            groups=tuple(GroupPlan(g["root"], int(g["channels"]), tuple(int(i) for i in g["keep"])) for g in data["groups"]),
-            criterion=data.get("criterion", ""),
-            allocation=data.get("allocation", ""),
-        )
+        """Parse and validate: every group names a layer, keeps 1..channels distinct indices in range."""
+        if not isinstance(data, dict) or not isinstance(data.get("groups"), list):
+            raise PlanFormatError("a plan is an object with a 'groups' list")
+        groups = []
+        for g in data["groups"]:
+            try:
+                root, channels, keep = g["root"], int(g["channels"]), tuple(sorted(int(i) for i in g["keep"]))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise PlanFormatError(f"group {g!r} needs root, channels and keep") from exc
+            if not isinstance(root, str) or not root:
+                raise PlanFormatError(f"group root {root!r} is not a layer name")
+            if channels < 1 or not keep or len(set(keep)) != len(keep) or keep[0] < 0 or keep[-1] >= channels:
+                raise PlanFormatError(f"group {root}: keep must be 1..{channels} distinct indices in [0, {channels})")
+            groups.append(GroupPlan(root, channels, keep))
+        return Plan(groups=tuple(groups), criterion=str(data.get("criterion", "")),
+                    allocation=str(data.get("allocation", "")))
 
 
 def select_keep(scores: np.ndarray, keep: int, channel_groups: int = 1) -> tuple[int, ...]:

@@ -15,14 +15,15 @@ from pathlib import Path
 
 from . import allocate
 from .budget import CostOracle, fit_budget
-from .bundle import WEIGHTS, atomic_dir, check_out_dir, make_recipe, write_weights
+from .bundle import ONNX, RECIPE, WEIGHTS, make_recipe, write_weights
 from .config import DEFAULT_SEARCH_EPOCHS, PruneConfig
 from .cost import FLOPS_LABEL, MACS_LABEL, PARAMS_LABEL, count_macs, measure
 from .criteria import CRITERIA, channel_scores
 from .errors import RuntimeFailure, UsageError
-from .export import export_onnx, verify_onnx
+from .export import export_onnx, external_data_name, verify_onnx
 from .inspect import constraints_for, prunable_groups
 from .load import LoadedModel
+from .outputs import atomic_dir, check_out_dir
 from .plan import GroupPlan, Plan, select_keep
 from .shrink import remove_channels_
 
@@ -86,6 +87,26 @@ def _evidence(allocator, loaded: LoadedModel, config: PruneConfig, analysis, dat
     raise RuntimeFailure(f"allocator {config.allocation!r} needs {needs!r}, which prunecli does not provide")
 
 
+def check_budgets(config: PruneConfig, dense: dict) -> dict:
+    """The targets as counts; a target at or above the dense model leaves nothing to prune (exit 2)."""
+    targets = {}
+    for budget in config.budgets():
+        target = budget.resolve(dense[budget.metric])
+        if target >= dense[budget.metric]:
+            raise UsageError(f"--{budget.metric} {budget.describe()} is at or above the dense model "
+                             f"({dense[budget.metric]:,} {budget.metric}): nothing to prune; give a fraction below 1 "
+                             "or a smaller count (`prunecli export` writes the dense model as it is)")
+        targets[budget.metric] = target
+    return targets
+
+
+def dense_flops_params(loaded: LoadedModel) -> dict:
+    """FLOPs and params of the dense model (no MACs: cheap enough to run before any other work)."""
+    from .cost import count_flops, count_params
+
+    return {"flops": count_flops(loaded.model, loaded.example_input), "params": count_params(loaded.model)}
+
+
 @dataclass
 class PlanResult:
     """What `plan_model` decided. ``source`` is the model the plan applies to: the input, or for
@@ -112,9 +133,12 @@ def plan_model(loaded: LoadedModel, config: PruneConfig, timings: dict, batches=
     analysis, round_to = prunable_groups(loaded, ignore=config.ignore, round_to=config.round_to,
                                          min_channels=config.min_channels)
     if not analysis.groups:
+        if config.ignore:
+            raise UsageError(f"--ignore {' --ignore '.join(config.ignore)} leaves no prunable channel group in "
+                             f"{loaded.display_name}; keep fewer layers intact (see `prunecli inspect`)")
         raise UsageError(f"MODEL {loaded.display_name} has no prunable channel groups (see `prunecli inspect`)")
     dense = {"flops": analysis.flops, "params": analysis.params}
-    targets = {b.metric: b.resolve(dense[b.metric]) for b in config.budgets()}
+    targets = check_budgets(config, dense)
     timings["graph_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
@@ -214,7 +238,8 @@ def run_prune(loaded: LoadedModel, config: PruneConfig, out: Path, *, force: boo
     run_schedule = SCHEDULES.get(schedule)
     training = data is not None and finetune.epochs > 0
     if not resume:
-        check_out_dir(out, force)
+        check_out_dir(out, force, inputs=input_paths(loaded))
+    check_budgets(config, dense_flops_params(loaded))
     if not loaded.arch:
         raise UsageError(
             "the pruned model cannot be saved pickle-free: the source has no architecture spec; "
@@ -222,7 +247,7 @@ def run_prune(loaded: LoadedModel, config: PruneConfig, out: Path, *, force: boo
         )
     checkpoints = out / "checkpoints" if training else None
     previous = loaded.recipe["plans"] if loaded.kind == "bundle" and loaded.recipe else []
-    base_arch = loaded.recipe["source"]["arch"] if loaded.kind == "bundle" else loaded.arch
+    base_arch = loaded.arch  # typed by the user, or a data spec read from the model file
     resume_state = None
     if resume:
         if not training:
@@ -311,17 +336,19 @@ def run_prune(loaded: LoadedModel, config: PruneConfig, out: Path, *, force: boo
     if outcome.interrupted:
         report["interrupted"] = True
 
-    with atomic_dir(out, force, merge=training) as tmp:
+    with atomic_dir(out, force, merge=training, keep=(RECIPE,)) as tmp:
         t0 = time.perf_counter()
-        exporter = export_onnx(pruned, loaded.example_input, tmp / "model.onnx", config.opset)
+        exporter = export_onnx(pruned, loaded.example_input, tmp / ONNX, config.opset)
         timings["export_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        check = verify_onnx(pruned, tmp / "model.onnx", loaded.input_shape)
+        check = verify_onnx(pruned, tmp / ONNX, loaded.input_shape)
         timings["verify_s"] = time.perf_counter() - t0
-        report["onnx"] = {"file": "model.onnx", "opset": config.opset, "exporter": exporter, "dynamic_batch": True, **check}
+        files = [ONNX] + ([external_data_name(tmp / ONNX)] if (tmp / external_data_name(tmp / ONNX)).exists() else [])
+        report["onnx"] = {"file": ONNX, "files": files, "self_contained": len(files) == 1, "opset": config.opset,
+                          "exporter": exporter, "dynamic_batch": True, **check}
         if measure_latency:
             t0 = time.perf_counter()
-            report["latency"] = latency_ratio(loaded.model, tmp / "model.onnx", loaded.example_input,
+            report["latency"] = latency_ratio(loaded.model, tmp / ONNX, loaded.example_input,
                                               loaded.input_shape, config.opset)
             timings["latency_s"] = time.perf_counter() - t0
         if search is not None:
@@ -331,15 +358,20 @@ def run_prune(loaded: LoadedModel, config: PruneConfig, out: Path, *, force: boo
             plot_alpha(search.history, search.roots, tmp / "alpha.png", metric=metric)
             (tmp / "alpha_history.json").write_text(json.dumps({"groups": search.roots, "steps": search.history}))
         write_weights(pruned, tmp / WEIGHTS)
-        recipe = make_recipe({**source, "arch": base_arch}, loaded.input_shape,
-                             previous + [p.to_json() for p in outcome.plans])
-        (tmp / "recipe.json").write_text(json.dumps(recipe, indent=1))
         timings["total_s"] = time.perf_counter() - started
         (tmp / "report.json").write_text(json.dumps(report, indent=2))
         from .report import prune_markdown
 
         (tmp / "report.md").write_text(prune_markdown(report))
+        recipe = make_recipe({**source, "arch": base_arch}, loaded.input_shape,
+                             previous + [p.to_json() for p in outcome.plans], directory=tmp)
+        (tmp / RECIPE).write_text(json.dumps(recipe, indent=1))
     return report
+
+
+def input_paths(loaded: LoadedModel) -> list[Path]:
+    """The files a run reads, which no output may replace or sit inside."""
+    return [loaded.source] if loaded.source is not None else []
 
 
 def _group_rows(first_plan: Plan, pruned) -> list[dict]:
@@ -355,36 +387,31 @@ def _group_rows(first_plan: Plan, pruned) -> list[dict]:
 
 
 def _resume_state(out: Path, base_arch: str, previous: list) -> dict:
-    """Rebuild the pruned structure recorded in out/checkpoints/recipe.json for --resume."""
+    """Rebuild the pruned structure recorded in out/checkpoints/recipe.json for --resume.
+
+    The structure is rebuilt from this run's MODEL (``base_arch``, what the user typed or a data spec read
+    from the model file), never from the spec in the checkpoint's recipe, which must name the same one.
+    """
     from .bundle import read_recipe_file, rebuild_structure
 
     checkpoints = out / "checkpoints"
-    recipe = read_recipe_file(checkpoints / "recipe.json")
-    state = json.loads((checkpoints / "state.json").read_text())
-    model = rebuild_structure(recipe)
+    recipe_file = checkpoints / RECIPE
+    if not recipe_file.is_file():
+        raise UsageError(f"--resume: {recipe_file} not found; run without --resume first")
+    recipe = read_recipe_file(recipe_file)
+    recorded = recipe["source"].get("arch")
+    if recorded != base_arch:
+        raise UsageError(f"--resume: {recipe_file} was made from {recorded!r}, not MODEL's {base_arch!r}; "
+                         "pass the MODEL of the first run")
+    try:
+        state = json.loads((checkpoints / "state.json").read_text())
+        state = {"fit_cost": dict(state["fit_cost"]), "round_to": int(state["round_to"]),
+                 "accuracy_pruned": state.get("accuracy_pruned")}
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise UsageError(f"--resume: {checkpoints / 'state.json'} is missing or damaged ({exc}); "
+                         "rerun without --resume") from exc
+    if previous != recipe["plans"][:len(previous)]:
+        raise UsageError(f"--resume: {recipe_file} does not start with MODEL's own plans; pass the MODEL of the first run")
+    model = rebuild_structure(recipe, base_arch)
     return {"model_structure": model, "plans": [Plan.from_json(p) for p in recipe["plans"][len(previous):]],
             "fit_cost": state["fit_cost"], "round_to": state["round_to"], "accuracy_pruned": state["accuracy_pruned"]}
-
-
-def run_export(loaded: LoadedModel, out: Path, *, opset: int = 18, force: bool = False) -> dict:
-    """Export ``loaded`` to ``out`` (an .onnx path) with the same checks as `prune`; atomic."""
-    import os
-    import tempfile
-
-    out = Path(out)
-    if out.suffix.lower() != ".onnx":
-        raise UsageError(f"--out {out}: give a path ending in .onnx")
-    if out.exists() and not force:
-        raise UsageError(f"--out {out} exists; pass --force to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
-    try:
-        exporter = export_onnx(loaded.model, loaded.example_input, tmp, opset)
-        check = verify_onnx(loaded.model, tmp, loaded.input_shape)
-        os.replace(tmp, out)
-    finally:
-        tmp.unlink(missing_ok=True)
-    return {"file": str(out), "opset": opset, "exporter": exporter, "input_shape": list(loaded.input_shape),
-            "macs": count_macs(loaded.model, loaded.example_input), **check}

@@ -280,7 +280,7 @@ def write_outputs(scan: Scan, out, *, model: str, force: bool = False) -> list[s
     """sensitivity.csv, sensitivity.json and sensitivity.png into ``out`` (atomically)."""
     from pathlib import Path
 
-    from .bundle import atomic_dir
+    from .outputs import atomic_dir
     from .report import plot_sensitivity
 
     names = ["sensitivity.csv", "sensitivity.json", "sensitivity.png"]

@@ -10,15 +10,15 @@ from __future__ import annotations
 from typing import Mapping, Sequence
 
 from .errors import RuntimeFailure
+from .interrupts import torch_pruning
 
 
 def build_graph(model, example_input):
     """Torch-Pruning's DependencyGraph of ``model`` traced at ``example_input``."""
-    import torch_pruning as tp
-
+    tp = torch_pruning()
     modes = {m: m.training for m in model.modules()}  # the tracer switches the model to eval mode
     try:
-        return tp.DependencyGraph().build_dependency(model, example_inputs=example_input)
+        return tp.DependencyGraph().build_dependency(model, example_inputs=example_input, verbose=False)
     except Exception as exc:  # tracing is the library's; report which model and why
         detail = f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
         raise RuntimeFailure(

@@ -1,4 +1,8 @@
-"""Small built-in architectures (for the demo and quality benchmarks), loadable as ``prunecli.zoo:NAME``."""
+"""Small built-in architectures (for the demo and quality benchmarks), loadable as ``prunecli:NAME[:k=v]``.
+
+A ``prunecli:NAME`` spec is a data spec (see :mod:`prunecli.arch`): it may be read from a checkpoint or a
+bundle, because it can only reach the constructors registered in :data:`MODELS`.
+"""
 
 from __future__ import annotations
 
@@ -51,3 +55,7 @@ class CifarResNet(nn.Module):
 
 def cifar_resnet(depth: int = 20, width: int = 16, num_classes: int = 10, in_channels: int = 3) -> nn.Module:
     return CifarResNet(depth=depth, width=width, num_classes=num_classes, in_channels=in_channels)
+
+
+# name -> constructor; the only callables a ``prunecli:NAME`` spec can reach
+MODELS = {"cifar_resnet": cifar_resnet}

@@ -59,7 +59,8 @@ def test_prune_with_real_loaders(cli, tmp_path, kind):
     assert report["accuracy"]["split"] == "test"
     assert report["config"]["data"]["test"] == (6 if kind == "imagefolder" else 10)
     assert 0.495 <= report["achieved"]["flops_ratio"] <= 0.5
-    assert prunecli.load_bundle(tmp_path / "o")(torch.randn(2, 3, 16, 16)).shape == (2, classes)
+    rebuilt = prunecli.load_bundle(tmp_path / "o", arch=f"tinynets:tiny_resnet:num_classes={classes}")
+    assert rebuilt(torch.randn(2, 3, 16, 16)).shape == (2, classes)
 
 
 def test_cifar_loader_refuses_code_in_pickles(tmp_path):
@@ -75,7 +76,8 @@ def test_cifar_loader_refuses_code_in_pickles(tmp_path):
 def test_digits_split_is_fixed_and_disjoint():
     a = load_data(DataConfig("digits"), (1, 3, 8, 8), seed=0)
     b = load_data(DataConfig("digits"), (1, 3, 8, 8), seed=5)
-    assert a.describe() == b.describe() == {"spec": "digits", "train": 1294, "val": 144, "test": 359, "num_classes": 10}
+    assert a.describe() == b.describe() == {"spec": "digits", "train": 1294, "val": 144, "test": 359, "num_classes": 10,
+                                          "skipped_images": []}
     assert a.val.dataset.indices == b.val.dataset.indices  # selection split does not move with --seed
 
 
@@ -98,7 +100,7 @@ def test_every_schedule_ends_on_budget(cli, tmp_path, schedule):
     assert len(recipe["plans"]) == (2 if schedule == "agp" else 1)
     from prunecli.cost import count_flops
 
-    rebuilt = prunecli.load_bundle(tmp_path / "o")
+    rebuilt = prunecli.load_bundle(tmp_path / "o", arch="tinynets:tiny_resnet")
     assert count_flops(rebuilt, torch.randn(1, 3, 16, 16)) == budget["achieved"]
 
 
@@ -212,7 +214,7 @@ def test_sigint_keeps_best_bundle_and_resume_continues(tmp_path):
     assert "--resume" in err
     report = json.loads((tmp_path / "o" / "report.json").read_text())
     assert report["interrupted"] is True
-    model = prunecli.load_bundle(tmp_path / "o")  # a loadable bundle from the best checkpoint
+    model = prunecli.load_bundle(tmp_path / "o", arch="tinynets:tiny_resnet")  # a loadable bundle from the best checkpoint
     assert model(torch.randn(1, 3, 16, 16)).shape == (1, 10)
     done = torch.load(last, weights_only=True)["epoch"]
     assert 1 <= done < 20

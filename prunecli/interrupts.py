@@ -1,0 +1,67 @@
+"""Ctrl-C that always works.
+
+Some libraries swallow ``KeyboardInterrupt`` (Torch-Pruning wraps ``import timm`` in a bare ``except:``) or wrap
+it in their own exception types. prunecli's SIGINT handler therefore records every interrupt before raising,
+so that :func:`received` tells the CLI the truth whatever exception reaches it, and :func:`deferred` holds an
+interrupt back while a library that would swallow it runs, raising it right after.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+
+_state = {"received": False, "deferring": 0, "pending": False, "installed": False}
+
+
+def _handler(signum, frame) -> None:
+    _state["received"] = True
+    if _state["deferring"]:
+        _state["pending"] = True
+        return
+    raise KeyboardInterrupt
+
+
+def install() -> None:
+    """Route SIGINT through :func:`_handler` (main thread only; a no-op elsewhere)."""
+    if threading.current_thread() is not threading.main_thread():
+        return
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        return  # started with interrupts ignored (nohup, a background job): leave it so
+    signal.signal(signal.SIGINT, _handler)
+    _state["installed"] = True
+
+
+def received() -> bool:
+    """True once SIGINT arrived in this process (even if a library swallowed or wrapped the exception)."""
+    return _state["received"]
+
+
+def reset() -> None:
+    _state.update(received=False, pending=False, deferring=0)
+
+
+@contextlib.contextmanager
+def deferred():
+    """Hold SIGINT back during the block (if prunecli's handler is installed) and raise it right after."""
+    _state["deferring"] += 1
+    try:
+        yield
+    finally:
+        _state["deferring"] -= 1
+    if _state["pending"] and not _state["deferring"]:
+        _state["pending"] = False
+        raise KeyboardInterrupt
+
+
+_modules: dict = {}
+
+
+def torch_pruning():
+    """``import torch_pruning`` with interrupts deferred: its import swallows KeyboardInterrupt."""
+    if "tp" not in _modules:
+        with deferred():
+            import torch_pruning as tp
+        _modules["tp"] = tp
+    return _modules["tp"]

@@ -231,7 +231,7 @@ def run_prune(loaded: LoadedModel, config: PruneConfig, out: Path, *, force: boo
     """
     import shutil
 
-    from .finetune import FinetuneConfig, evaluate, read_resume_state
+    from .finetune import LAST, FinetuneConfig, evaluate, read_resume_state
     from .schedule import SCHEDULES, Context
 
     finetune = finetune or FinetuneConfig()
@@ -254,10 +254,6 @@ def run_prune(loaded: LoadedModel, config: PruneConfig, out: Path, *, force: boo
             raise UsageError("--resume continues fine-tuning: pass the same --data and --epochs as the first run")
         resume_state = _resume_state(out, base_arch, previous)
         resume_state["state"] = read_resume_state(checkpoints)
-    elif training:
-        if out.exists() and force:
-            shutil.rmtree(out)
-        checkpoints.mkdir(parents=True, exist_ok=True)
 
     timings: dict = {}
     started = time.perf_counter()
@@ -269,6 +265,10 @@ def run_prune(loaded: LoadedModel, config: PruneConfig, out: Path, *, force: boo
         eval_loader = data.test if data.test is not None else data.val
         accuracy["split"] = "test" if data.test is not None else "val"
         accuracy["dense"] = evaluate(loaded.model, eval_loader)
+    if training and not resume:
+        if out.exists() and force:
+            shutil.rmtree(out)
+        checkpoints.mkdir(parents=True, exist_ok=True)
 
     def on_pruned(outcome) -> None:  # the final structure exists: make it resumable
         if checkpoints is not None and resume_state is None:
@@ -279,7 +279,12 @@ def run_prune(loaded: LoadedModel, config: PruneConfig, out: Path, *, force: boo
 
     ctx = Context(loaded, config, finetune, data, batches, checkpoints, timings, progress, resume_state, on_pruned)
     t0 = time.perf_counter()
-    outcome = run_schedule(ctx)
+    try:
+        outcome = run_schedule(ctx)
+    except BaseException:
+        if checkpoints is not None and not resume and not (checkpoints / LAST).exists():
+            shutil.rmtree(out, ignore_errors=True)  # nothing resumable yet: leave nothing behind
+        raise
     timings["schedule_s"] = time.perf_counter() - t0
     pruned = outcome.model.eval()
     if data is not None:

@@ -1,0 +1,155 @@
+"""Artifacts stand alone, outputs get the user's umask, Ctrl-C always works, libraries stay quiet."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+TESTS = Path(__file__).parent
+SMALL = ["--input-shape", "1,3,16,16"]
+TINY = "tinynets:tiny_resnet:width=8"
+
+
+def _runs_alone(onnx_file: Path, tmp_path: Path, shape=(2, 3, 16, 16)) -> np.ndarray:
+    """Copy the one file to an empty directory and run it there."""
+    import onnxruntime as ort
+
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copyfile(onnx_file, alone / "copied.onnx")
+    session = ort.InferenceSession(str(alone / "copied.onnx"), providers=["CPUExecutionProvider"])
+    return session.run(None, {session.get_inputs()[0].name: np.ones(shape, dtype=np.float32)})[0]
+
+
+def test_export_is_one_self_contained_file(cli, tmp_path):
+    out = tmp_path / "exp"
+    result = cli("export", TINY, *SMALL, "--out", out / "dense.onnx", "--json")
+    assert result.code == 0, result
+    info = json.loads(result.stdout)
+    assert info["self_contained"] and info["files"] == [str(out / "dense.onnx")]
+    assert sorted(p.name for p in out.iterdir()) == ["dense.onnx"]  # no side file, no temp debris
+    assert _runs_alone(out / "dense.onnx", tmp_path).shape == (2, 10)
+
+
+def test_bundle_onnx_stands_alone_and_files_get_the_umask(cli, tmp_path):
+    old = os.umask(0o022)
+    try:
+        assert cli("prune", TINY, *SMALL, "--flops", "0.5", "--no-latency", "--out", tmp_path / "b").code == 0
+    finally:
+        os.umask(old)
+    bundle = tmp_path / "b"
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name != "_home") == ["b"]
+    assert oct(bundle.stat().st_mode & 0o777) == oct(0o755)
+    for f in bundle.iterdir():
+        assert oct(f.stat().st_mode & 0o777) == oct(0o644), f.name
+    recipe = json.loads((bundle / "recipe.json").read_text())
+    from conftest import sha256
+
+    assert recipe["files"] == {"model.onnx": sha256(bundle / "model.onnx"),
+                               "model.safetensors": sha256(bundle / "model.safetensors")}
+    import prunecli
+
+    model = prunecli.load_bundle(bundle, arch=TINY)
+    with torch.no_grad():
+        expected = model(torch.ones(2, 3, 16, 16)).numpy()
+    np.testing.assert_allclose(_runs_alone(bundle / "model.onnx", tmp_path), expected, atol=1e-4, rtol=1e-3)
+
+
+def test_large_models_get_one_named_side_file(cli, tmp_path, monkeypatch):
+    """Above protobuf's 2 GB the weights go to <file>.onnx.data (simulated with a zero threshold)."""
+    import prunecli.export as export
+
+    monkeypatch.setattr(export, "EXTERNAL_DATA_BYTES", 0)
+    result = cli("export", TINY, *SMALL, "--out", tmp_path / "e" / "m.onnx")
+    assert result.code == 0, result
+    assert sorted(p.name for p in (tmp_path / "e").iterdir()) == ["m.onnx", "m.onnx.data"]
+    assert "m.onnx.data: copy both files together" in result.stdout
+    import onnx
+
+    proto = onnx.load(str(tmp_path / "e" / "m.onnx"), load_external_data=False)
+    locations = {entry.value for t in proto.graph.initializer for entry in t.external_data if entry.key == "location"}
+    assert locations == {"m.onnx.data"}  # never a temporary name
+
+
+def test_failed_export_leaves_nothing(cli, tmp_path, monkeypatch):
+    import prunecli.export as export
+
+    monkeypatch.setattr(export, "ATOL", -1.0)
+    (tmp_path / "e").mkdir()
+    assert cli("export", TINY, *SMALL, "--out", tmp_path / "e" / "m.onnx").code == 3
+    assert list((tmp_path / "e").iterdir()) == []
+
+
+def test_deferred_interrupt_is_raised_after_the_block():
+    from prunecli import interrupts
+
+    previous = signal.getsignal(signal.SIGINT)
+    signal.signal(signal.SIGINT, interrupts._handler)
+    interrupts.reset()
+    reached = []
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            with interrupts.deferred():
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(0.05)
+                try:
+                    pass
+                except BaseException:  # noqa: BLE001 - what Torch-Pruning's bare except does
+                    pass
+                reached.append("end of block")
+        assert reached == ["end of block"] and interrupts.received()
+    finally:
+        signal.signal(signal.SIGINT, previous)
+        interrupts.reset()
+
+
+def _child(args, tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(TESTS)}
+    return subprocess.Popen([sys.executable, "-m", "prunecli", *args], env=env, cwd=tmp_path, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+
+
+@pytest.mark.parametrize("delay", [0.3, 1.0, 2.0, 3.5, 5.0])
+def test_ctrl_c_anywhere_exits_130_and_leaves_nothing(tmp_path, delay):
+    """SIGINT during imports, tracing, planning or export: exit 130, one line, no output, no debris."""
+    work = tmp_path / "w"
+    work.mkdir()
+    proc = _child(["prune", "torchvision:resnet18", "--flops", "0.5", "--no-latency", "--out", str(work / "o")], work)
+    time.sleep(delay)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=300)
+    lines = [line for line in err.splitlines() if line.strip()]
+    if proc.returncode == 0:  # finished before the signal: a complete bundle, nothing else
+        assert sorted(p.name for p in work.iterdir()) == ["o"]
+        return
+    assert proc.returncode == 130, err
+    assert len(lines) == 1 and lines[0].startswith("error: interrupted"), err
+    assert list(work.iterdir()) == [], sorted(p.name for p in work.iterdir())
+
+
+QUIET_CASES = [
+    ["inspect", "torchvision:vit_b_16", "--input-shape", "1,3,64,64"],  # Torch-Pruning's "Unwrapped parameters"
+    ["prune", "torchvision:mobilenet_v3_small", "--input-shape", "1,3,64,64", "--flops", "0.5", "--no-latency"],
+    ["prune", TINY, *SMALL, "--flops", "0.5", "--data", "synthetic:64", "--epochs", "1"],
+    ["export", "torchvision:squeezenet1_0", "--input-shape", "1,3,64,64"],
+]
+
+
+@pytest.mark.parametrize("args", QUIET_CASES, ids=[a[1] + "-" + a[0] for a in QUIET_CASES])
+def test_no_library_warning_on_stderr(tmp_path, args):
+    out = ["--out", str(tmp_path / ("m.onnx" if args[0] == "export" else "o"))] if args[0] != "inspect" else []
+    proc = _child([*args, *out, "--json"], tmp_path)
+    _, err = proc.communicate(timeout=600)
+    assert proc.returncode == 0, err
+    assert err == "", err

@@ -82,7 +82,7 @@ def run_export(loaded, out: Path, *, opset: int = 18, force: bool = False, input
     import os
 
     from .cost import count_macs
-    from .outputs import check_out_file, staging_dir
+    from .outputs import apply_umask, check_out_file, staging_dir
 
     out = Path(out)
     check_out_file(out, force, inputs=inputs, suffix=".onnx")
@@ -90,6 +90,8 @@ def run_export(loaded, out: Path, *, opset: int = 18, force: bool = False, input
     with staging_dir(out) as tmp:
         exporter = export_onnx(loaded.model, loaded.example_input, tmp / out.name, opset)
         check = verify_onnx(loaded.model, tmp / out.name, loaded.input_shape)
+        for path in tmp.iterdir():
+            apply_umask(path, directory=False)
         if (tmp / side.name).exists():
             os.replace(tmp / side.name, side)
         else:

@@ -154,8 +154,11 @@ def _save_atomic(obj, path: Path) -> None:
 def _save_best(model, directory: Path, epoch: int, val: dict) -> None:
     from safetensors.torch import save_model
 
+    from .outputs import apply_umask
+
     tmp = directory / (BEST + ".tmp")
     save_model(model, str(tmp))
+    apply_umask(tmp, directory=False)  # safetensors writes 0600
     os.replace(tmp, directory / BEST)
     (directory / "best.json").write_text(json.dumps({"epoch": epoch, "val": val}))
 

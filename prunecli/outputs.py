@@ -125,6 +125,8 @@ def atomic_dir(out: Path, force: bool, *, merge: bool = False, keep: Iterable[st
     last = set(keep)
     with staging_dir(out) as tmp:
         yield tmp
+        for path in tmp.rglob("*"):  # some writers (safetensors) create 0600 files
+            apply_umask(path, directory=path.is_dir())
         if merge and out.is_dir():
             for name in last:
                 (out / name).unlink(missing_ok=True)

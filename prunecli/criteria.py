@@ -98,11 +98,24 @@ def _accumulating_activation():
     return AccumulatingActivationImportance()
 
 
-def channel_scores(model, example_input, roots_and_channels, criterion: str, seed: int = 0, batches=None) -> dict:
+def _root_l1(module, channels: int):
+    """L1 norm of each output filter of the group's root layer alone: the fallback when Torch-Pruning's group
+    importance cannot score a group (it fails on some grouped convolutions)."""
+    import torch
+
+    weight = module.weight.detach()
+    if isinstance(module, torch.nn.modules.conv._ConvTransposeNd):
+        weight = weight.transpose(0, 1)
+    return weight.reshape(weight.shape[0], -1).abs().sum(dim=1)[:channels]
+
+
+def channel_scores(model, example_input, roots_and_channels, criterion: str, seed: int = 0, batches=None,
+                   notes: list | None = None) -> dict:
     """{root: numpy array of one score per channel} for every group root, on the unpruned model.
 
     ``batches`` (a list of (inputs, labels)) feeds the data-driven criteria: ``taylor`` accumulates
-    gradients of the cross-entropy over them, ``activation`` averages activations over them.
+    gradients of the cross-entropy over them, ``activation`` averages activations over them. A group the
+    criterion cannot score is ranked by its root's filter L1 norms, and ``notes`` (if given) says so.
     """
     import numpy as np
     import torch
@@ -133,9 +146,16 @@ def channel_scores(model, example_input, roots_and_channels, criterion: str, see
         pruner = graph.get_pruner_of_module(module)
         group = graph.get_pruning_group(module, pruner.prune_out_channels, list(range(channels)))
         with torch.no_grad():
-            value = importance(group)
-            if value is None:  # e.g. `bn` on a group without BatchNorm
-                value = fallback(group)
+            try:
+                value = importance(group)
+                if value is None:  # e.g. `bn` on a group without BatchNorm
+                    value = fallback(group)
+            except (IndexError, RuntimeError, ValueError) as exc:
+                value = _root_l1(module, channels)
+                if notes is not None:
+                    notes.append(f"{root}: --criterion {criterion} failed in Torch-Pruning ({type(exc).__name__}: "
+                                 f"{str(exc).splitlines()[0][:120] if str(exc) else ''}); scored by the L1 norm of "
+                                 f"{root}'s own filters instead")
         scores[root] = np.asarray(value.detach().cpu().double().numpy(), dtype=np.float64)
     if criterion == "taylor":
         model.zero_grad(set_to_none=True)

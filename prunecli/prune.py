@@ -142,10 +142,13 @@ def plan_model(loaded: LoadedModel, config: PruneConfig, timings: dict, batches=
     timings["graph_s"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
+    notes: list[str] = []
     scores = channel_scores(loaded.model, loaded.example_input, [(g.root, g.channels) for g in analysis.groups],
-                            config.criterion, seed=config.seed, batches=batches)
+                            config.criterion, seed=config.seed, batches=batches, notes=notes)
     timings["score_s"] = time.perf_counter() - t0
     evidence = _evidence(allocator, loaded, config, analysis, data, batches, progress, timings)
+    if notes:
+        evidence["criterion_fallbacks"] = notes
     order = allocator(analysis.groups, scores, config, evidence)
     scores = evidence.get("scores", scores)  # learned: keep the channels its search ranked highest
 
@@ -325,6 +328,8 @@ def run_prune(loaded: LoadedModel, config: PruneConfig, out: Path, *, force: boo
         "groups": _group_rows(first_plan, pruned),
         "timings": timings,
     }
+    if outcome.evidence.get("criterion_fallbacks"):
+        report["criterion_fallbacks"] = outcome.evidence["criterion_fallbacks"]
     search = outcome.evidence.get("search")
     if search is not None:
         report["allocation"] = {

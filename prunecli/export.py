@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-import io
 import contextlib
+import io
+import warnings
 from pathlib import Path
 
 from .errors import RuntimeFailure, VerificationFailed
@@ -28,49 +29,84 @@ def _weights_bytes(model) -> int:
     return sum(t.numel() * t.element_size() for t in list(model.parameters()) + list(model.buffers()))
 
 
-def _to_proto(model, example_input, opset: int):
-    """(ModelProto, exporter): the dynamo exporter first, TorchScript's when it fails; nothing touches disk."""
+# Tried in this order; the first whose file passes verification is kept (report.json ``onnx.exporter``).
+# TorchScript's exporter is 3-5x faster on CNNs (benchmarks/results/export_time.md); the dynamo exporter
+# covers what tracing cannot express, and whatever TorchScript's exporter gets wrong fails verification.
+EXPORTERS = ("torchscript", "dynamo")
+
+
+def _to_proto(model, example_input, opset: int, exporter: str):
+    """The ModelProto one exporter makes; nothing touches disk."""
+    import onnx
     import torch
 
-    errors = []
-    for dynamo in (True, False):
-        try:
-            kwargs = dict(input_names=["input"], output_names=["output"], opset_version=opset, dynamo=dynamo)
-            with contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
-                if dynamo:
-                    program = torch.onnx.export(model, (example_input,), None, verbose=False,
-                                                dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1024)},),
-                                                **kwargs)
-                    return program.model_proto, "dynamo"
-                import onnx
-
-                buffer = io.BytesIO()
-                torch.onnx.export(model, (example_input,), buffer,
-                                  dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, **kwargs)
-                return onnx.load_model_from_string(buffer.getvalue()), "torchscript"
-        except KeyboardInterrupt:
-            raise
-        except Exception as exc:  # try the other exporter, then report both
-            errors.append(f"{'dynamo' if dynamo else 'torchscript'}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300])
-    raise RuntimeFailure(f"ONNX export failed ({'; '.join(errors)})")
+    kwargs = dict(input_names=["input"], output_names=["output"], opset_version=opset)
+    with contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
+        if exporter == "dynamo":
+            program = torch.onnx.export(model, (example_input,), None, dynamo=True, verbose=False,
+                                        dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1024)},), **kwargs)
+            return program.model_proto
+        buffer = io.BytesIO()
+        with warnings.catch_warnings():  # its deprecation notice: prunecli chose it knowingly (EXPORTERS)
+            warnings.simplefilter("ignore")
+            torch.onnx.export(model, (example_input,), buffer, dynamo=False,
+                              dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}}, **kwargs)
+        return onnx.load_model_from_string(buffer.getvalue())
 
 
-def export_onnx(model, example_input, path: Path, opset: int = 18) -> str:
-    """Write ``path``: an ONNX model with a dynamic batch axis and its weights inside, or, when the weights
-    exceed protobuf's 2 GiB, beside it in ``<name>.data`` (the only side file ever written). Returns which
-    exporter produced it. ``path`` should be in a staging location (see :func:`run_export`)."""
+def _save(proto, path: Path, large: bool) -> None:
     import onnx
 
-    model = model.eval()
-    proto, exporter = _to_proto(model, example_input, opset)
-    large = _weights_bytes(model) > EXTERNAL_DATA_BYTES
-    path = Path(path)
     if large:
         onnx.save_model(proto, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
                         location=external_data_name(path), size_threshold=1024)
     else:
         onnx.save_model(proto, str(path))
-    return exporter
+
+
+def _reason(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"[:300]
+
+
+def export_onnx(model, example_input, path: Path, opset: int = 18, exporter: str | None = None) -> str:
+    """Write ``path`` without verifying it (see :func:`export_verified`): ONNX with a dynamic batch axis and its
+    weights inside, or, when they exceed protobuf's 2 GiB, beside it in ``<name>.data`` (the only side file
+    ever written). ``exporter`` picks one; None tries :data:`EXPORTERS` in order. Returns the one used."""
+    model = model.eval()
+    large = _weights_bytes(model) > EXTERNAL_DATA_BYTES
+    errors = []
+    for name in (exporter,) if exporter else EXPORTERS:
+        try:
+            _save(_to_proto(model, example_input, opset, name), Path(path), large)
+            return name
+        except KeyboardInterrupt:
+            raise
+        except Exception as exc:  # try the next exporter, then report all
+            errors.append(f"{name}: {_reason(exc)}")
+    raise RuntimeFailure(f"ONNX export failed ({'; '.join(errors)})")
+
+
+def export_verified(model, example_input, path: Path, opset: int, input_shape) -> tuple[str, dict]:
+    """(exporter, verification) for the first exporter whose file passes :func:`verify_onnx`.
+
+    Raises VerificationFailed (exit 3) when every export that succeeded failed verification, RuntimeFailure
+    (exit 4) when no exporter could export at all.
+    """
+    errors, mismatch = [], None
+    for name in EXPORTERS:
+        try:
+            export_onnx(model, example_input, path, opset, exporter=name)
+        except RuntimeFailure as exc:
+            errors.append(str(exc))
+            continue
+        try:
+            return name, verify_onnx(model, path, input_shape)
+        except VerificationFailed as exc:
+            mismatch = exc
+            errors.append(f"{name}: {exc}")
+    if mismatch is not None:
+        raise VerificationFailed(f"{mismatch} (every exporter: {'; '.join(errors)})") from mismatch
+    raise RuntimeFailure(f"ONNX export failed ({'; '.join(errors)})")
 
 
 def run_export(loaded, out: Path, *, opset: int = 18, force: bool = False, inputs=()) -> dict:
@@ -88,8 +124,7 @@ def run_export(loaded, out: Path, *, opset: int = 18, force: bool = False, input
     check_out_file(out, force, inputs=inputs, suffix=".onnx")
     side = out.with_name(external_data_name(out))
     with staging_dir(out) as tmp:
-        exporter = export_onnx(loaded.model, loaded.example_input, tmp / out.name, opset)
-        check = verify_onnx(loaded.model, tmp / out.name, loaded.input_shape)
+        exporter, check = export_verified(loaded.model, loaded.example_input, tmp / out.name, opset, loaded.input_shape)
         for path in tmp.iterdir():
             apply_umask(path, directory=False)
         if (tmp / side.name).exists():

@@ -20,7 +20,7 @@ from .config import DEFAULT_SEARCH_EPOCHS, PruneConfig
 from .cost import FLOPS_LABEL, MACS_LABEL, PARAMS_LABEL, count_macs, measure
 from .criteria import CRITERIA, channel_scores
 from .errors import RuntimeFailure, UsageError
-from .export import export_onnx, external_data_name, verify_onnx
+from .export import export_onnx, export_verified, external_data_name
 from .inspect import constraints_for, prunable_groups
 from .load import LoadedModel
 from .outputs import atomic_dir, check_out_dir
@@ -205,15 +205,17 @@ def budget_report(config: PruneConfig, dense: dict, targets: dict, achieved: dic
     return out
 
 
-def latency_ratio(dense_model, pruned_onnx: Path, example_input, input_shape, opset: int, runs: int = 20) -> dict:
-    """A short interleaved onnxruntime measurement of dense vs pruned (CPU, batch of the input shape)."""
+def latency_ratio(dense_model, pruned_onnx: Path, example_input, input_shape, opset: int, exporter: str,
+                  runs: int = 20) -> dict:
+    """A short interleaved onnxruntime measurement of dense vs pruned (CPU, batch of the input shape); the dense
+    model goes through the same exporter as the pruned one, so the ratio compares like with like."""
     import tempfile
 
     from .bench import BenchConfig, run_bench
 
     with tempfile.TemporaryDirectory(prefix="prunecli-dense-") as tmp:
         dense_onnx = Path(tmp) / "dense.onnx"
-        export_onnx(dense_model, example_input, dense_onnx, opset)
+        export_onnx(dense_model, example_input, dense_onnx, opset, exporter=exporter)
         doc = run_bench(pruned_onnx, dense_onnx, BenchConfig(warmup=3, runs=runs, block=5), tuple(input_shape))
     return {
         "provider": doc["provider"], "threads": doc["threads"], "runs": doc["runs"], "batch": doc["model"]["batch"],
@@ -348,18 +350,15 @@ def run_prune(loaded: LoadedModel, config: PruneConfig, out: Path, *, force: boo
 
     with atomic_dir(out, force, merge=training, keep=(RECIPE,)) as tmp:
         t0 = time.perf_counter()
-        exporter = export_onnx(pruned, loaded.example_input, tmp / ONNX, config.opset)
-        timings["export_s"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        check = verify_onnx(pruned, tmp / ONNX, loaded.input_shape)
-        timings["verify_s"] = time.perf_counter() - t0
+        exporter, check = export_verified(pruned, loaded.example_input, tmp / ONNX, config.opset, loaded.input_shape)
+        timings["export_verify_s"] = time.perf_counter() - t0
         files = [ONNX] + ([external_data_name(tmp / ONNX)] if (tmp / external_data_name(tmp / ONNX)).exists() else [])
         report["onnx"] = {"file": ONNX, "files": files, "self_contained": len(files) == 1, "opset": config.opset,
                           "exporter": exporter, "dynamic_batch": True, **check}
         if measure_latency:
             t0 = time.perf_counter()
             report["latency"] = latency_ratio(loaded.model, tmp / ONNX, loaded.example_input,
-                                              loaded.input_shape, config.opset)
+                                              loaded.input_shape, config.opset, exporter)
             timings["latency_s"] = time.perf_counter() - t0
         if search is not None:
             from .report import plot_alpha

@@ -63,6 +63,18 @@ def render_presets(console: Console, presets: list) -> None:
     console.print(table)
 
 
+def _loading_lines(arch: str | None) -> list[str]:
+    """How to rebuild the bundle: a data spec rebuilds by itself; user code needs the user to name it."""
+    from .arch import is_data_spec
+
+    if arch and is_data_spec(arch):
+        return ["`prunecli.load_bundle(\"DIR\")` in Python, or DIR as MODEL for any command: the recipe's "
+                f"architecture `{arch}` is rebuilt without running code from the bundle."]
+    return [f"The model was built by user code (`{arch}`). prunecli never runs code named inside a file, so "
+            f"rebuilding needs the spec passed by you: `--arch {arch}` on the command line, "
+            f"`prunecli.load_bundle(\"DIR\", arch=\"{arch}\")` in Python. `model.onnx` needs neither."]
+
+
 def prune_markdown(report: dict) -> str:
     """report.md: the same facts as report.json, for people."""
     lines = [
@@ -98,9 +110,15 @@ def prune_markdown(report: dict) -> str:
         "## ONNX verification",
         "",
         f"- opset {report['onnx']['opset']} ({report['onnx']['exporter']} exporter), dynamic batch, onnx.checker full check",
+        ("- `model.onnx` holds its weights: copy it alone" if report["onnx"].get("self_contained", True)
+         else f"- weights over 2 GB live in `{report['onnx']['files'][-1]}`: copy it together with `model.onnx`"),
         f"- onnxruntime CPU vs PyTorch: max abs diff {report['onnx']['max_abs_diff']:.3g} "
         f"(batches {', '.join(map(str, report['onnx']['per_batch']))}; allowed {report['onnx']['atol']:g} + "
         f"{report['onnx']['rtol']:g}*|x|)",
+        "",
+        "## Loading",
+        "",
+        *_loading_lines(report["source"].get("arch")),
         "",
         "## Channels per group",
         "",

@@ -199,7 +199,7 @@ def test_bundle_is_a_model_for_inspect_export_and_prune(cli, tmp_path):
 
 
 def test_interrupt_leaves_no_partial_bundle(tmp_path, monkeypatch):
-    import prunecli.prune as stage
+    import prunecli.export as stage
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt

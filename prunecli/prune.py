@@ -17,7 +17,7 @@ from . import allocate
 from .budget import CostOracle, fit_budget
 from .bundle import ONNX, RECIPE, WEIGHTS, make_recipe, write_weights
 from .config import DEFAULT_SEARCH_EPOCHS, PruneConfig
-from .cost import FLOPS_LABEL, MACS_LABEL, PARAMS_LABEL, count_macs, measure
+from .cost import FLOPS_LABEL, MACS_LABEL, PARAMS_LABEL, measure
 from .criteria import CRITERIA, channel_scores
 from .errors import RuntimeFailure, UsageError
 from .export import export_onnx, export_verified, external_data_name

@@ -183,3 +183,56 @@ def test_no_library_warning_for_core_models(tmp_path, name):
         _, err = proc.communicate(timeout=1200)
         assert proc.returncode in (0, 1), err  # exit 1: a coarse model that cannot land within 1% says so
         assert len([line for line in err.splitlines() if line.strip()]) <= int(proc.returncode != 0), err
+
+
+FAULTY_DATA = '''
+import os
+import torch
+from prunecli.data import ImageReader
+
+class Faulty(torch.utils.data.Dataset):
+    """Reads a broken image on call {limit} (in epoch 2) unless FIXED is set: a disk fault mid-training."""
+    calls = 0
+
+    def __init__(self, n):
+        g = torch.Generator().manual_seed(0)
+        self.x, self.y = torch.randn(n, 3, 16, 16, generator=g), torch.randint(0, 10, (n,), generator=g)
+
+    def __len__(self):
+        return len(self.y)
+
+    def __getitem__(self, i):
+        Faulty.calls += 1
+        if Faulty.calls == {limit} and not os.environ.get("FIXED"):
+            ImageReader("faulty.py:loaders")({bad!r})
+        return self.x[i], self.y[i]
+
+def loaders():
+    train = torch.utils.data.DataLoader(Faulty(64), batch_size=16, shuffle=True)
+    val = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(torch.randn(16, 3, 16, 16),
+                                      torch.randint(0, 10, (16,))), batch_size=16)
+    return train, val
+'''
+
+
+def test_data_fault_names_the_file_keeps_the_checkpoint_and_resume_continues(cli, tmp_path, monkeypatch):
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"\x89PNG\r\n\x1a\n broken")
+    # 128 calls before training (criterion batches, BatchNorm recalibration), 64 per epoch: call 230 is in epoch 2
+    (tmp_path / "faulty.py").write_text(FAULTY_DATA.format(limit=230, bad=str(bad)))
+    args = ["prune", *PRUNABLE, "--flops", "0.5", "--data", "faulty.py:loaders", "--epochs", "3", "--no-latency",
+            "--out", tmp_path / "o"]
+    monkeypatch.delenv("FIXED", raising=False)
+    first = cli(*args)
+    assert first.code == 2, first
+    lines = first.stderr.strip().splitlines()
+    assert len(lines) == 1 and str(bad) in lines[0] and "cannot be decoded" in lines[0], first.stderr
+    assert "epoch 2" in lines[0] and "--resume" in lines[0], lines[0]
+    last = tmp_path / "o" / "checkpoints" / "last.pt"
+    assert torch.load(last, weights_only=True)["epoch"] == 1
+    assert not (tmp_path / "o" / "recipe.json").exists()  # not a bundle yet
+    monkeypatch.setenv("FIXED", "1")  # the user fixed the file
+    resumed = cli(*args, "--resume", "--json")
+    assert resumed.code == 0, resumed
+    report = json.loads(resumed.stdout)
+    assert [h["epoch"] for h in report["history"]] == [1, 2, 3]

@@ -48,6 +48,9 @@ def _fail(message: str, code: int) -> None:
     raise typer.Exit(code)
 
 
+LIGHT_COMMANDS = {"presets"}  # need no native library: no preload
+
+
 def handle_errors(fn):
     """Map the PruneCliError family to its exit code; anything unexpected is exit 4 with a hint."""
 
@@ -56,6 +59,8 @@ def handle_errors(fn):
         from . import interrupts
 
         try:
+            if fn.__name__ not in LIGHT_COMMANDS:
+                interrupts.preload()
             return fn(*args, **kwargs)
         except (typer.Exit, typer.Abort):
             raise

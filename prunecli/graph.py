@@ -92,21 +92,36 @@ def output_layers(model, graph) -> set:
     return found
 
 
-def _channel_step(graph, group, round_to: int) -> tuple[int, int]:
+class Unalignable(Exception):
+    """A group whose channels cannot be cut into whole conv groups of a grouped convolution it touches."""
+
+
+def _channel_step(graph, group, round_to: int, names: dict) -> tuple[int, int]:
+    """(step, channel groups): kept counts are multiples of ``step``; removed positions repeat in every one of
+    ``channel groups`` equal blocks, the least common multiple of every grouped conv's group count, so that each
+    grouped conv the group touches keeps equal groups. Raises :class:`Unalignable` when the group covers only
+    part of a grouped conv's channels (a branch of a concatenation feeding it) or does not divide into its groups:
+    removing channels there would leave the conv's groups unequal."""
     import torch
 
     ch_groups = 1
-    for dep, _ in group:
+    channels = len(group[0].idxs)
+    for dep, idxs in group:
         module = dep.target.module
         if isinstance(module, torch.nn.modules.conv._ConvNd) and module.groups == module.out_channels:
             continue  # depthwise: pruned with its input, no per-group constraint
         pruner = graph.get_pruner_of_module(module)
         if pruner is None:
             continue
-        if graph.is_out_channel_pruning_fn(dep.handler):
-            ch_groups = max(ch_groups, int(pruner.get_out_channel_groups(module) or 1))
-        else:
-            ch_groups = max(ch_groups, int(pruner.get_in_channel_groups(module) or 1))
+        out = graph.is_out_channel_pruning_fn(dep.handler)
+        groups = int((pruner.get_out_channel_groups(module) if out else pruner.get_in_channel_groups(module)) or 1)
+        if groups > 1:
+            width = int(getattr(module, "out_channels" if out else "in_channels", channels))
+            if len(idxs) != width or channels % groups:
+                raise Unalignable(f"its {channels} channels cover {len(idxs)} of the {width} "
+                                  f"{'output' if out else 'input'} channels of grouped conv {names.get(module, '?')} "
+                                  f"({groups} groups), so removing any would leave its groups unequal")
+        ch_groups = math.lcm(ch_groups, groups)
     return math.lcm(max(1, round_to), ch_groups), ch_groups
 
 
@@ -155,6 +170,11 @@ def analyse(
     for group in raw_groups:
         root_module = group[0].dep.target.module
         channels = len(group[0].idxs)
+        try:
+            step, ch_groups = _channel_step(graph, group, round_to, names)
+        except Unalignable as why:
+            reasons[names[root_module]] = str(why)
+            continue
         touched = []
         for dep, _ in group:
             module = dep.target.module
@@ -166,7 +186,6 @@ def analyse(
         params_touched = sum(
             p.numel() for n in touched for p in dict(model.named_modules())[n].parameters(recurse=False)
         )
-        step, ch_groups = _channel_step(graph, group, round_to)
         groups.append(
             GroupInfo(
                 root=names[root_module],

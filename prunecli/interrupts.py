@@ -55,6 +55,18 @@ def deferred():
         raise KeyboardInterrupt
 
 
+def preload() -> None:
+    """Import the native libraries with interrupts deferred: a KeyboardInterrupt raised inside their C++ start-up
+    (pybind11) aborts the process instead of unwinding (seen with ``import torch``)."""
+    with deferred():
+        import onnx  # noqa: F401
+        import onnxruntime  # noqa: F401
+        import torch  # noqa: F401
+        import torchvision  # noqa: F401
+
+        torch_pruning()
+
+
 _modules: dict = {}
 
 

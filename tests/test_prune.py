@@ -266,3 +266,29 @@ def test_bundle_from_factory_file_rebuilds_elsewhere(cli, tmp_path, monkeypatch)
     monkeypatch.chdir(elsewhere)
     arch = recipe["source"]["arch"]
     assert prunecli.load_bundle(tmp_path / "b", arch=arch)(torch.randn(1, 3, 16, 16)).shape == (1, 10)
+
+
+def test_groups_that_would_unbalance_a_grouped_conv_are_not_prunable(cli, tmp_path):
+    """Found by benchmarks/fuzz.py: a branch feeding part of a grouped conv through a concatenation crashed the
+    global allocator (reshape) or produced an invalid grouped conv."""
+    doc = json.loads(cli("inspect", "tinynets:concat_into_grouped", "--input-shape", SMALL, "--json").stdout)
+    reasons = {n["layer"]: n["reason"] for n in doc["not_prunable"]}
+    assert "cover 12 of the 18 input channels of grouped conv grouped (9 groups)" in reasons["a"]
+    assert "cover 6 of the 18 input channels" in reasons["b"]
+    assert {g["root"] for g in doc["groups"]} == {"grouped", "mix"}
+    result = cli("prune", "tinynets:concat_into_grouped", "--input-shape", SMALL, "--flops", "0.6", "--round-to", "1",
+                 "--allocation", "global", "--tolerance", "0.3", "--no-latency", "--out", tmp_path / "o", "--json")
+    assert result.code == 0, result
+    assert json.loads(result.stdout)["onnx"]["max_abs_diff"] <= 1e-4
+
+
+def test_two_group_counts_share_one_lcm_step():
+    loaded = load_model("tinynets:two_groupings", input_shape=SMALL)
+    from prunecli.inspect import prunable_groups
+
+    analysis, _ = prunable_groups(loaded, round_to=1)
+    stem = analysis.group("stem")
+    assert (stem.channel_groups, stem.step) == (18, 18)  # lcm(6, 9); max() gave 9 and broke the 6-group conv
+    pruned = shrink_copy(loaded, plan_model(loaded, PruneConfig(params=BudgetTarget("params", 0.8), round_to=1,
+                                                                tolerance=0.45), {}).plan)
+    assert pruned(torch.randn(1, 3, 16, 16)).shape == (1, 4)

@@ -122,3 +122,46 @@ def two_branch_one_sensitive() -> nn.Module:
         model.head.weight[:, :16] = 3 * torch.randn(4, 16)
         model.head.weight[:, 16:] = 0.0
     return model
+
+
+class ConcatIntoGrouped(nn.Module):
+    """Branches of 12 and 6 channels concatenated into a conv with 9 groups (2 input channels per group): neither
+    branch can lose channels alone without leaving the grouped conv's groups unequal."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a = nn.Conv2d(3, 12, 3, padding=1, bias=False)
+        self.b = nn.Conv2d(3, 6, 3, padding=1, bias=False)
+        self.grouped = nn.Conv2d(18, 27, 3, padding=1, groups=9, bias=False)
+        self.bn = nn.BatchNorm2d(27)
+        self.mix = nn.Conv2d(27, 24, 1, bias=False)
+        self.head = nn.Linear(24, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(torch.cat([self.a(x), self.b(x)], dim=1))
+        x = torch.relu(self.mix(torch.relu(self.bn(self.grouped(x)))))
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def concat_into_grouped() -> nn.Module:
+    return ConcatIntoGrouped()
+
+
+class TwoGroupings(nn.Module):
+    """One 36-channel group read by a 6-group and a 9-group conv: removable positions repeat in lcm(6, 9) = 18 blocks."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 36, 3, padding=1, bias=False)
+        self.g6 = nn.Conv2d(36, 12, 3, padding=1, groups=6, bias=False)
+        self.g9 = nn.Conv2d(36, 18, 3, padding=1, groups=9, bias=False)
+        self.head = nn.Linear(30, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.stem(x))
+        x = torch.cat([self.g6(x), self.g9(x)], dim=1)
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def two_groupings() -> nn.Module:
+    return TwoGroupings()

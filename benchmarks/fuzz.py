@@ -25,6 +25,7 @@ import json
 import os
 import platform
 import random
+import re
 import shutil
 import subprocess
 import sys
@@ -148,7 +149,11 @@ def write_table(runs: list[dict]) -> str:
     from collections import Counter
 
     counts = Counter(r["outcome"] for r in runs)
-    refusals = Counter(r["stderr"].split(":")[1].strip()[:60] if r["outcome"] == "refused" else None for r in runs)
+    def kind(message: str) -> str:  # the message with numbers and paths blanked: one row per kind of refusal
+        text = re.sub(r"/\S+", "PATH", message.removeprefix("error: "))
+        return re.sub(r"\d[\d,.]*", "N", text)[:70]
+
+    refusals = Counter(kind(r["stderr"]) if r["outcome"] == "refused" else None for r in runs)
     lines = [
         "# Fuzz: `prunecli prune` on random CNNs",
         "",

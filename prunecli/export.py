@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import os
 import warnings
 from pathlib import Path
 
@@ -35,14 +36,43 @@ def _weights_bytes(model) -> int:
 EXPORTERS = ("torchscript", "dynamo")
 
 
+@contextlib.contextmanager
+def _native_output_captured():
+    """Send what C++ code writes to file descriptors 1 and 2 (TorchScript's exporter dumps whole graphs there when
+    it fails) to a scratch file instead of the user's terminal; Python-level output likewise."""
+    import sys
+    import tempfile
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = []
+    try:
+        fds = [sys.stdout.fileno(), sys.stderr.fileno()]
+    except (AttributeError, OSError, io.UnsupportedOperation):  # captured streams (tests): Python level only
+        fds = []
+    with tempfile.TemporaryFile() as scratch:
+        try:
+            for fd in fds:
+                saved.append((fd, os.dup(fd)))
+                os.dup2(scratch.fileno(), fd)
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                yield
+        finally:
+            for fd, copy in saved:
+                os.dup2(copy, fd)
+                os.close(copy)
+
+
 def _to_proto(model, example_input, opset: int, exporter: str):
     """The ModelProto one exporter makes; nothing touches disk."""
     import onnx
     import torch
 
     kwargs = dict(input_names=["input"], output_names=["output"], opset_version=opset)
-    with contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
+    with _native_output_captured(), torch.no_grad():
         if exporter == "dynamo":
+            if example_input.shape[0] == 1:  # torch.export specialises a size-1 dim to a constant: trace at batch 2
+                example_input = torch.cat([example_input, example_input])
             program = torch.onnx.export(model, (example_input,), None, dynamo=True, verbose=False,
                                         dynamic_shapes=({0: torch.export.Dim("batch", min=1, max=1024)},), **kwargs)
             return program.model_proto
@@ -152,7 +182,10 @@ def verify_onnx(model, path: Path, input_shape, batch_sizes=(1, 2), seed: int = 
         onnx.checker.check_model(str(path), full_check=True)
     except Exception as exc:
         raise VerificationFailed(f"onnx.checker rejected {path}: {str(exc).splitlines()[0]}") from exc
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    try:
+        session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    except Exception as exc:  # an export onnxruntime cannot even load
+        raise VerificationFailed(f"onnxruntime cannot load {path}: {_reason(exc)}") from exc
     input_name = session.get_inputs()[0].name
     generator = torch.Generator().manual_seed(seed)
     worst, per_batch, scale = 0.0, {}, 0.0
@@ -160,7 +193,10 @@ def verify_onnx(model, path: Path, input_shape, batch_sizes=(1, 2), seed: int = 
         x = torch.randn(batch, *input_shape[1:], generator=generator)
         with torch.no_grad():
             expected = model.eval()(x).numpy()
-        got = session.run(None, {input_name: x.numpy()})[0]
+        try:
+            got = session.run(None, {input_name: x.numpy()})[0]
+        except Exception as exc:  # e.g. a batch size the exporter baked in
+            raise VerificationFailed(f"{path}: onnxruntime fails at batch {batch}: {_reason(exc)}") from exc
         if got.shape != expected.shape:
             raise VerificationFailed(f"{path}: onnxruntime output shape {got.shape} != PyTorch {expected.shape} at batch {batch}")
         diff = float(np.max(np.abs(got - expected)))

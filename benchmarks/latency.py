@@ -36,7 +36,8 @@ def main() -> None:
     import onnxruntime as ort
     import torch
 
-    from prunecli.bench import BenchConfig, cpu_model, physical_cores, run_bench
+    from prunecli.bench import BenchConfig, run_bench
+    from prunecli.latency import cpu_model, physical_cores
     from prunecli.config import BudgetTarget, PruneConfig
     from prunecli.load import load_model
     from prunecli.export import run_export

@@ -142,7 +142,8 @@ def main() -> None:
     from prunecli.data import DataConfig, load_data
     from prunecli.demo import DENSE_RECIPE
     from prunecli.finetune import FinetuneConfig, evaluate, fit
-    from prunecli.schedule import SCHEDULES, Context
+    from prunecli.allocate.learned import SearchConfig
+    from prunecli.schedule import SCHEDULES, AgpConfig, Context
 
     loaded, dense_flops, header = setup_dense()
     dense_params = count_params(loaded.model)
@@ -197,8 +198,10 @@ def main() -> None:
                         search = args.search_epochs if learned else 0
                         config = PruneConfig(flops=BudgetTarget("flops", budget), criterion=criterion,
                                              allocation="learned" if learned else allocation, seed=seed,
-                                             extra={"agp_steps": 3, "search_epochs": search,
-                                                    "learned_weights": "dense" if allocation == "learned-arch" else "searched"})
+                                             allocation_settings=SearchConfig(
+                                                 epochs=search, weights="dense" if allocation == "learned-arch" else "searched")
+                                             if learned else None,
+                                             schedule_settings=AgpConfig(steps=3) if schedule == "agp" else None)
                         spent = search if allocation == "learned" else 0  # the control does not count its search
                         finetune = FinetuneConfig(epochs=args.epochs - spent, lr=0.02, seed=seed, progress=False)
                         t0 = time.perf_counter()

@@ -1,28 +1,21 @@
-"""onnxruntime latency: sessions, interleaved timing, statistics and budget gates.
+"""`prunecli bench`: budget gates on measured latency, and their reports (JSON, JUnit, GitHub summary).
 
-With a baseline, both models are timed in the same process in alternating blocks of runs, so that
-machine noise (frequency changes, other processes) lands on both; ratios are model / baseline per
-statistic. Latency is wall time of ``session.run`` for one batch, in milliseconds.
+The measurement itself (sessions, interleaved timing, statistics) lives in :mod:`prunecli.latency`. With a
+baseline, ratios are model / baseline per statistic.
 """
 
 from __future__ import annotations
 
-import os
 import platform
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from .bundle import ONNX, RECIPE, is_bundle, read_recipe, verify_file
 from .config import require_finite
-from .errors import RuntimeFailure, UsageError
+from .errors import UsageError
+from .latency import STATS, RuntimeConfig, cpu_model, measure, open_session, peak_rss_mb, physical_cores, statistics
 
-PROVIDERS = {
-    "cpu": "CPUExecutionProvider",
-    "cuda": "CUDAExecutionProvider",
-    "tensorrt": "TensorrtExecutionProvider",
-}
-STATS = ("min", "mean", "std", "p50", "p90", "p95", "p99")
 GATE_STATS = ("p50", "p90", "p99", "mean")
 SCHEMA_VERSION = 1
 
@@ -41,18 +34,12 @@ class BenchConfig:
     max_latency_ratio: float | None = None
 
     def __post_init__(self) -> None:
-        if self.provider not in PROVIDERS:
-            raise ValueError(f"--provider {self.provider!r} is not one of {', '.join(PROVIDERS)}")
+        self.runtime  # noqa: B018 - validates provider, threads, batch, warm-up
         if self.stat not in GATE_STATS:
             raise ValueError(f"--stat {self.stat!r} is not one of {', '.join(GATE_STATS)}")
-        for name in ("warmup", "runs", "block"):
-            low = 0 if name == "warmup" else 1
-            if getattr(self, name) < low:
-                raise ValueError(f"--{name} {getattr(self, name)} must be >= {low}")
-        if self.threads is not None and self.threads < 1:
-            raise ValueError(f"--threads {self.threads} must be >= 1")
-        if self.batch is not None and self.batch < 1:
-            raise ValueError(f"--batch {self.batch} must be >= 1")
+        for name in ("runs", "block"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name} {getattr(self, name)} must be >= 1")
         if self.seconds is not None:
             require_finite("--seconds", self.seconds, 0)
         if self.max_latency_ms is not None:
@@ -60,150 +47,9 @@ class BenchConfig:
         if self.max_latency_ratio is not None:
             require_finite("--max-latency-ratio", self.max_latency_ratio, 0)
 
-
-def physical_cores() -> int:
-    """Physical cores from /proc/cpuinfo (Linux), else the logical CPU count."""
-    try:
-        pairs = set()
-        physical = core = None
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("physical id"):
-                physical = line.split(":")[1].strip()
-            elif line.startswith("core id"):
-                core = line.split(":")[1].strip()
-                pairs.add((physical, core))
-        if pairs:
-            return len(pairs)
-    except OSError:
-        pass
-    return os.cpu_count() or 1
-
-
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _rss_mb() -> float:
-    try:
-        pages = int(Path("/proc/self/statm").read_text().split()[1])
-        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError):
-        return float("nan")
-
-
-def peak_rss_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
-@dataclass
-class Timed:
-    """One model under test."""
-
-    label: str
-    path: Path
-    session: object
-    runner: object  # zero-argument callable running one batch
-    batch: int
-    input_shape: tuple
-    rss_delta_mb: float = 0.0
-    samples_ms: list = field(default_factory=list)
-
-    def run_once(self) -> None:
-        start = time.perf_counter_ns()
-        self.runner()
-        self.samples_ms.append((time.perf_counter_ns() - start) / 1e6)
-
-
-def open_session(label: str, path: Path, config: BenchConfig, input_shape: tuple | None) -> Timed:
-    import numpy as np
-    import onnxruntime as ort
-
-    wanted = PROVIDERS[config.provider]
-    if wanted not in ort.get_available_providers():
-        raise RuntimeFailure(
-            f"--provider {config.provider}: {wanted} is not available in this onnxruntime "
-            f"(available: {', '.join(ort.get_available_providers())}); install onnxruntime-gpu or use --provider cpu"
-        )
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = config.threads or physical_cores()
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    providers = [wanted] if wanted == "CPUExecutionProvider" else [wanted, "CPUExecutionProvider"]
-    before = _rss_mb()
-    try:
-        session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
-    except Exception as exc:
-        raise RuntimeFailure(f"onnxruntime cannot load {path}: {str(exc).splitlines()[0] if str(exc) else exc}") from exc
-    active = session.get_providers()[0]
-    if active != wanted:
-        raise RuntimeFailure(f"--provider {config.provider}: onnxruntime fell back to {active} for {path}; "
-                             "the requested provider is not usable on this machine")
-    inp = session.get_inputs()[0]
-    shape = list(input_shape) if input_shape else [d if isinstance(d, int) else 1 for d in inp.shape]
-    if config.batch:
-        shape[0] = config.batch
-    rng = np.random.default_rng(0)
-    feeds = {inp.name: rng.standard_normal(shape).astype(np.float32)}
-    if wanted == "CPUExecutionProvider":
-        runner = lambda: session.run(None, feeds)  # noqa: E731
-    else:
-        binding = _gpu_binding(session, feeds)
-        runner = lambda: session.run_with_iobinding(binding)  # noqa: E731
-    timed = Timed(label, Path(path), session, runner, int(shape[0]), tuple(shape))
-    try:
-        for _ in range(config.warmup):
-            runner()
-    except Exception as exc:
-        raise UsageError(f"{path} rejects input {tuple(shape)} ({str(exc).splitlines()[0]}); pass --input-shape") from exc
-    timed.rss_delta_mb = _rss_mb() - before
-    return timed
-
-
-def _gpu_binding(session, feeds):
-    """IO binding for GPU providers: inputs copied to the device once, outputs left there."""
-    import onnxruntime as ort
-
-    binding = session.io_binding()
-    for name, value in feeds.items():
-        binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(value, "cuda", 0))
-    for out in session.get_outputs():
-        binding.bind_output(out.name, "cuda")
-    return binding
-
-
-def measure(models: list[Timed], config: BenchConfig) -> None:
-    """Time every model in alternating blocks until --runs each, or --seconds, whichever comes first."""
-    deadline = time.perf_counter() + config.seconds if config.seconds else None
-    while min(len(t.samples_ms) for t in models) < config.runs:
-        for timed in models:
-            for _ in range(min(config.block, config.runs - len(timed.samples_ms))):
-                timed.run_once()
-        if deadline is not None and time.perf_counter() >= deadline:
-            break
-
-
-def statistics(samples_ms: list[float], batch: int) -> dict:
-    import numpy as np
-
-    a = np.asarray(samples_ms, dtype=np.float64)
-    stats = {
-        "min_ms": float(a.min()),
-        "mean_ms": float(a.mean()),
-        "std_ms": float(a.std(ddof=1)) if len(a) > 1 else 0.0,
-    }
-    for q in (50, 90, 95, 99):
-        stats[f"p{q}_ms"] = float(np.percentile(a, q))
-    stats["throughput_items_per_s"] = batch / (stats["mean_ms"] / 1000.0)
-    return stats
+    @property
+    def runtime(self) -> RuntimeConfig:
+        return RuntimeConfig(provider=self.provider, threads=self.threads, batch=self.batch, warmup=self.warmup)
 
 
 def judge(result: dict, config: BenchConfig) -> list[dict]:
@@ -229,11 +75,11 @@ def run_bench(model_path: Path, baseline_path: Path | None, config: BenchConfig,
 
     if config.max_latency_ratio is not None and baseline_path is None:
         raise UsageError("--max-latency-ratio needs --baseline MODEL to compare against")
-    models = [open_session("model", model_path, config, input_shape)]
+    models = [open_session("model", model_path, config.runtime, input_shape)]
     if baseline_path is not None:
-        models.append(open_session("baseline", baseline_path, config, input_shape))
+        models.append(open_session("baseline", baseline_path, config.runtime, input_shape))
     started = time.perf_counter()
-    measure(models, config)
+    measure(models, config.runs, config.block, config.seconds)
     wall = time.perf_counter() - started
     doc: dict = {
         "schema_version": SCHEMA_VERSION,

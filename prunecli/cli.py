@@ -289,8 +289,9 @@ def prune(
     config = _config(flops=_budget("flops", flops), params=_budget("params", params), criterion=criterion,
                      allocation=allocation, round_to=round_to, ignore=tuple(ignore), min_channels=min_channels,
                      max_group_prune=max_group_prune, seed=seed, tolerance=tolerance, opset=opset,
-                     extra={"agp_steps": agp_steps, "search_epochs": search_epochs, **_sensitivity_extra(sensitivity_levels, sensitivity_metric,
-                                                                         sensitivity_batches)})
+                     allocation_settings=_allocation_settings(allocation, search_epochs, sensitivity_levels,
+                                                              sensitivity_metric, sensitivity_batches),
+                     schedule_settings=_schedule_settings(schedule, agp_steps))
     finetune = _finetune_config(epochs=epochs, lr=lr, optimizer=optimizer, weight_decay=weight_decay, distill=distill,
                                 distill_weight=distill_weight, temperature=temperature, seed=seed)
     _check_prune_flags(out, force, resume, criterion, allocation, schedule, data, epochs,
@@ -313,17 +314,36 @@ def prune(
         raise typer.Exit(130)
 
 
-def _sensitivity_extra(levels: str, metric: str, batches: int) -> dict:
+def _allocation_settings(allocation: str, search_epochs: int, levels: str, metric: str, batches: int):
+    """The chosen allocator's own frozen settings from its flags (None for allocators that have none)."""
     from .errors import UsageError
-    from .sensitivity import SensitivityConfig
 
     try:
-        config = SensitivityConfig(levels=SensitivityConfig.parse_levels(levels), metric=metric, batches=batches)
+        if allocation == "sensitivity":
+            from .sensitivity import SensitivityConfig
+
+            return SensitivityConfig(levels=SensitivityConfig.parse_levels(levels), metric=metric, batches=batches)
+        if allocation == "learned":
+            from .allocate.learned import SearchConfig
+
+            return SearchConfig(epochs=search_epochs)
     except ValueError as exc:
         raise UsageError(str(exc).replace("--levels", "--sensitivity-levels").replace("--metric", "--sensitivity-metric")
                          .replace("--batches", "--sensitivity-batches")) from exc
-    return {"sensitivity_levels": list(config.levels), "sensitivity_metric": config.metric,
-            "sensitivity_batches": config.batches}
+    return None
+
+
+def _schedule_settings(schedule: str, agp_steps: int):
+    from .errors import UsageError
+
+    if schedule != "agp":
+        return None
+    from .schedule import AgpConfig
+
+    try:
+        return AgpConfig(steps=agp_steps)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
 
 
 def _finetune_config(**kwargs):

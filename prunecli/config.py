@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import math
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
+from typing import Any
 
 SUFFIXES = {"K": 1e3, "M": 1e6, "G": 1e9, "T": 1e12}
 # epochs of the learned allocation search (chosen on validation loss on the digits benchmark; see
@@ -81,7 +82,10 @@ class PruneConfig:
     seed: int = 0
     tolerance: float = 0.01  # achieved must be within this relative gap below the target
     opset: int = 18
-    extra: dict = field(default_factory=dict)
+    # the allocator's and the schedule's own frozen settings (e.g. SearchConfig for learned, AgpConfig for agp),
+    # declared by each where it is registered (``settings=``) and checked by prunecli.planner; None: their defaults
+    allocation_settings: Any = None
+    schedule_settings: Any = None
 
     def __post_init__(self) -> None:
         if self.flops is None and self.params is None:

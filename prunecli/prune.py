@@ -1,31 +1,27 @@
-"""The `prune` pipeline: graph -> scores -> allocate -> fit budget -> shrink -> export -> bundle.
+"""The `prune` pipeline: plan (graph -> scores -> allocate -> fit budget) -> schedule (shrink, fine-tune) ->
+export -> bundle.
 
-Each step is a stage module; this one only sequences them and assembles the report.
+Each step is a stage module; this one only sequences them and assembles the report. No stage imports it.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import platform
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
-from . import allocate
-from .budget import CostOracle, fit_budget
 from .bundle import ONNX, RECIPE, WEIGHTS, make_recipe, write_weights
-from .config import DEFAULT_SEARCH_EPOCHS, PruneConfig
+from .config import PruneConfig
 from .cost import FLOPS_LABEL, MACS_LABEL, PARAMS_LABEL, measure
-from .criteria import CRITERIA, channel_scores
-from .errors import RuntimeFailure, UsageError
+from .errors import UsageError
 from .export import export_onnx, export_verified, external_data_name
-from .inspect import constraints_for, prunable_groups
+from .inspect import constraints_for
 from .load import LoadedModel
 from .outputs import atomic_dir, check_out_dir
-from .plan import GroupPlan, Plan, select_keep
-from .shrink import remove_channels_
+from .plan import Plan
+from .planner import allocation_settings, check_budgets, dense_flops_params
 
 SCHEMA_VERSION = 1
 
@@ -40,152 +36,6 @@ def versions() -> dict:
         except PackageNotFoundError:
             out[pkg] = None
     return out
-
-
-def sensitivity_config(config: PruneConfig):
-    """The scan settings `--allocation sensitivity` uses: its criterion, the rest from ``config.extra``."""
-    from .sensitivity import DEFAULT_LEVELS, SensitivityConfig
-
-    return SensitivityConfig(levels=tuple(config.extra.get("sensitivity_levels", DEFAULT_LEVELS)),
-                             criterion=config.criterion, metric=config.extra.get("sensitivity_metric", "loss"),
-                             batches=int(config.extra.get("sensitivity_batches", 10)), seed=config.seed)
-
-
-def _evidence(allocator, loaded: LoadedModel, config: PruneConfig, analysis, data, batches, progress, timings) -> dict:
-    """What a data-driven allocator declared it needs (``needs``), computed here so allocators stay pure."""
-    needs = getattr(allocator, "needs", None)
-    if needs is None:
-        return {}
-    if data is None:
-        raise UsageError(f"--allocation {config.allocation} evaluates the model: pass --data SPEC (e.g. --data digits)")
-    if needs == "sensitivity":
-        from .sensitivity import cached_scan
-
-        scan = cached_scan(loaded.model, loaded.example_input, analysis.groups, data.val, sensitivity_config(config),
-                           criterion_batches=batches, progress=progress)
-        timings["sensitivity"] = {"scan_s": scan.wall_s, "cached": scan.cached, "key": scan.key}
-        return {"sensitivity": scan}
-    if needs == "search":
-        from .allocate.learned import SearchConfig, search
-
-        metric = "flops" if config.flops is not None else "params"
-        budget = config.flops if config.flops is not None else config.params
-        target = budget.resolve(analysis.flops if metric == "flops" else analysis.params)
-        try:
-            search_config = SearchConfig(epochs=int(config.extra.get("search_epochs", DEFAULT_SEARCH_EPOCHS)), seed=config.seed)
-        except ValueError as exc:
-            raise UsageError(str(exc)) from exc
-        result = search(loaded.model, loaded.example_input, analysis.groups, data.train, metric, target, search_config,
-                        progress=progress)
-        timings["search_allocation_s"] = result.wall_s
-        wanted = {g.root: result.alpha[g.root] * g.channels for g in analysis.groups}  # the fit's last gap follows these
-        if config.extra.get("learned_weights", "searched") == "dense":
-            # a control (benchmarks/quality.py): the learned counts applied to the input's weights, channels chosen by
-            # --criterion, so that the allocation is judged apart from the search's training
-            return {"search": result, "prefer": wanted}
-        return {"search": result, "scores": result.scores, "source_model": result.model, "prefer": wanted}
-    raise RuntimeFailure(f"allocator {config.allocation!r} needs {needs!r}, which prunecli does not provide")
-
-
-def check_budgets(config: PruneConfig, dense: dict) -> dict:
-    """The targets as counts; a target at or above the dense model leaves nothing to prune (exit 2)."""
-    targets = {}
-    for budget in config.budgets():
-        target = budget.resolve(dense[budget.metric])
-        if target >= dense[budget.metric]:
-            raise UsageError(f"--{budget.metric} {budget.describe()} is at or above the dense model "
-                             f"({dense[budget.metric]:,} {budget.metric}): nothing to prune; give a fraction below 1 "
-                             "or a smaller count (`prunecli export` writes the dense model as it is)")
-        targets[budget.metric] = target
-    return targets
-
-
-def dense_flops_params(loaded: LoadedModel) -> dict:
-    """FLOPs and params of the dense model (no MACs: cheap enough to run before any other work)."""
-    from .cost import count_flops, count_params
-
-    return {"flops": count_flops(loaded.model, loaded.example_input), "params": count_params(loaded.model)}
-
-
-@dataclass
-class PlanResult:
-    """What `plan_model` decided. ``source`` is the model the plan applies to: the input, or for
-    allocators that train while they search (learned) the searched copy of it."""
-
-    plan: Plan
-    analysis: object
-    fit: object  # budget.Fit
-    dense: dict
-    targets: dict
-    round_to: int
-    source: LoadedModel
-    evidence: dict
-
-
-def plan_model(loaded: LoadedModel, config: PruneConfig, timings: dict, batches=None, data=None, progress=None):
-    """Decide which channels go (a PlanResult). Never changes ``loaded``.
-
-    ``data`` (Loaders) is needed by data-driven allocators (sensitivity); ``batches`` by data-driven criteria.
-    """
-    CRITERIA.get(config.criterion)  # unknown names fail before any work
-    allocator = allocate.ALLOCATORS.get(config.allocation)
-    t0 = time.perf_counter()
-    analysis, round_to = prunable_groups(loaded, ignore=config.ignore, round_to=config.round_to,
-                                         min_channels=config.min_channels)
-    if not analysis.groups:
-        if config.ignore:
-            raise UsageError(f"--ignore {' --ignore '.join(config.ignore)} leaves no prunable channel group in "
-                             f"{loaded.display_name}; keep fewer layers intact (see `prunecli inspect`)")
-        raise UsageError(f"MODEL {loaded.display_name} has no prunable channel groups (see `prunecli inspect`)")
-    dense = {"flops": analysis.flops, "params": analysis.params}
-    targets = check_budgets(config, dense)
-    timings["graph_s"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    notes: list[str] = []
-    scores = channel_scores(loaded.model, loaded.example_input, [(g.root, g.channels) for g in analysis.groups],
-                            config.criterion, seed=config.seed, batches=batches, notes=notes)
-    timings["score_s"] = time.perf_counter() - t0
-    evidence = _evidence(allocator, loaded, config, analysis, data, batches, progress, timings)
-    if notes:
-        evidence["criterion_fallbacks"] = notes
-    order = allocator(analysis.groups, scores, config, evidence)
-    scores = evidence.get("scores", scores)  # learned: keep the channels its search ranked highest
-
-    t0 = time.perf_counter()
-    hint = (f"with --round-to {round_to} and --min-channels {config.min_channels}"
-            + (f" and --max-group-prune {config.max_group_prune}" if config.allocation == "global" else "")
-            + "; lower those (or drop --ignore patterns) to reach further")
-    oracle = CostOracle(loaded.model, loaded.example_input, analysis.groups)
-    fit = fit_budget(analysis.groups, order, targets, oracle, dense, tolerance=config.tolerance, hint=hint,
-                     prefer=evidence.get("prefer"))
-    timings["search_s"] = time.perf_counter() - t0
-
-    plan = Plan(
-        groups=tuple(
-            GroupPlan(g.root, g.channels, select_keep(scores[g.root], fit.counts[g.root], g.channel_groups))
-            for g in analysis.groups
-        ),
-        criterion=config.criterion if "scores" not in evidence else f"{config.criterion} (search: bn|l1 on searched weights)",
-        allocation=config.allocation,
-    )
-    source = loaded if "source_model" not in evidence else dataclasses.replace(loaded, model=evidence["source_model"])
-    return PlanResult(plan, analysis, fit, dense, targets, round_to, source, evidence)
-
-
-def shrink_copy(loaded: LoadedModel, plan: Plan):
-    """A physically pruned copy; the loaded model is left as it was."""
-    import torch
-
-    pruned = copy.deepcopy(loaded.model)
-    remove_channels_(pruned, loaded.example_input, plan.removed())
-    pruned.eval()
-    with torch.no_grad():
-        before = loaded.model(loaded.example_input)
-        after = pruned(loaded.example_input)
-    if tuple(before.shape) != tuple(after.shape):
-        raise RuntimeFailure(f"pruning changed the output shape {tuple(before.shape)} -> {tuple(after.shape)}")
-    return pruned
 
 
 def budget_report(config: PruneConfig, dense: dict, targets: dict, achieved: dict) -> dict:
@@ -211,16 +61,20 @@ def latency_ratio(dense_model, pruned_onnx: Path, example_input, input_shape, op
     model goes through the same exporter as the pruned one, so the ratio compares like with like."""
     import tempfile
 
-    from .bench import BenchConfig, run_bench
+    from .latency import RuntimeConfig, measure, open_session, physical_cores, statistics
 
+    runtime = RuntimeConfig(warmup=3)
     with tempfile.TemporaryDirectory(prefix="prunecli-dense-") as tmp:
         dense_onnx = Path(tmp) / "dense.onnx"
         export_onnx(dense_model, example_input, dense_onnx, opset, exporter=exporter)
-        doc = run_bench(pruned_onnx, dense_onnx, BenchConfig(warmup=3, runs=runs, block=5), tuple(input_shape))
+        pruned = open_session("model", pruned_onnx, runtime, tuple(input_shape))
+        dense = open_session("baseline", dense_onnx, runtime, tuple(input_shape))
+        measure([pruned, dense], runs, block=5)
+    p, d = statistics(pruned.samples_ms, pruned.batch), statistics(dense.samples_ms, dense.batch)
     return {
-        "provider": doc["provider"], "threads": doc["threads"], "runs": doc["runs"], "batch": doc["model"]["batch"],
-        "dense_p50_ms": doc["baseline"]["p50_ms"], "pruned_p50_ms": doc["model"]["p50_ms"],
-        "ratio_p50": doc["ratio"]["p50"], "ratio_mean": doc["ratio"]["mean"],
+        "provider": pruned.session.get_providers()[0], "threads": physical_cores(), "runs": len(pruned.samples_ms),
+        "batch": pruned.batch, "dense_p50_ms": d["p50_ms"], "pruned_p50_ms": p["p50_ms"],
+        "ratio_p50": p["p50_ms"] / d["p50_ms"], "ratio_mean": p["mean_ms"] / d["mean_ms"],
         "note": "short measurement during prune; use `prunecli bench` for a gate",
     }
 
@@ -237,7 +91,7 @@ def run_prune(loaded: LoadedModel, config: PruneConfig, out: Path, *, force: boo
     import shutil
 
     from .finetune import LAST, FinetuneConfig, evaluate, read_resume_state
-    from .schedule import SCHEDULES, Context
+    from .schedule import SCHEDULES, Context, schedule_settings
 
     finetune = finetune or FinetuneConfig()
     run_schedule = SCHEDULES.get(schedule)
@@ -318,7 +172,9 @@ def run_prune(loaded: LoadedModel, config: PruneConfig, out: Path, *, force: boo
             "max_group_prune": config.max_group_prune,
             "ignore": list(constraints_for(loaded, config.ignore, config.round_to)[0]),
             "seed": config.seed, "tolerance": config.tolerance, "opset": config.opset,
-            "sensitivity": dataclasses.asdict(sensitivity_config(config)) if config.allocation == "sensitivity" else None,
+            "allocation_settings": _settings_json(allocation_settings(config)),
+            "schedule_settings": _settings_json(schedule_settings(schedule, config)),
+            "sensitivity": dataclasses.asdict(allocation_settings(config)) if config.allocation == "sensitivity" else None,
             "finetune": dataclasses.asdict(finetune) if data is not None else None,
             "data": data.describe() if data is not None else None,
         },
@@ -376,6 +232,10 @@ def run_prune(loaded: LoadedModel, config: PruneConfig, out: Path, *, force: boo
                              previous + [p.to_json() for p in outcome.plans], directory=tmp)
         (tmp / RECIPE).write_text(json.dumps(recipe, indent=1))
     return report
+
+
+def _settings_json(settings) -> dict | None:
+    return dataclasses.asdict(settings) if settings is not None else None
 
 
 def input_paths(loaded: LoadedModel) -> list[Path]:

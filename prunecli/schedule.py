@@ -27,7 +27,7 @@ from .errors import UsageError
 from .finetune import FinetuneConfig, evaluate, fit, recalibrate_bn
 from .load import LoadedModel
 from .plan import GroupPlan, Plan, select_keep
-from .prune import plan_model, shrink_copy
+from .planner import plan_model, settings_for, shrink_copy
 from .registry import Registry
 from .shrink import build_graph, zero_channels_
 
@@ -80,6 +80,11 @@ def _fit(ctx: Context, model, epochs: int, label: str, resume=None, after_epoch=
                teacher=teacher, resume=resume, progress=ctx.progress, label=label, after_epoch=after_epoch)
 
 
+def schedule_settings(name: str, config: PruneConfig):
+    """The schedule's frozen settings (``config.schedule_settings`` or its defaults)."""
+    return settings_for(SCHEDULES.get(name), config.schedule_settings, f"--schedule {name}")
+
+
 @SCHEDULES.register("oneshot")
 def oneshot(ctx: Context) -> Outcome:
     if ctx.resume is not None:
@@ -111,13 +116,22 @@ def agp_counts(channels: int, final: int, step: int, t: int, steps: int) -> int:
     return channels - step * int(round(removable * agp_fraction(t, steps)))
 
 
-@SCHEDULES.register("agp")
+@dataclass(frozen=True)
+class AgpConfig:
+    """``--schedule agp``: the number of pruning steps (fine-tuning epochs are spread over them)."""
+
+    steps: int = 4
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise ValueError(f"--agp-steps {self.steps} must be >= 1")
+
+
+@SCHEDULES.register("agp", settings=AgpConfig)
 def agp(ctx: Context) -> Outcome:
     if ctx.resume is not None:
         raise UsageError("--resume works with --schedule oneshot; rerun agp without --resume")
-    steps = int(ctx.config.extra.get("agp_steps", 4))
-    if steps < 1:
-        raise UsageError(f"--agp-steps {steps} must be >= 1")
+    steps = schedule_settings("agp", ctx.config).steps
     r = plan_model(ctx.loaded, ctx.config, ctx.timings, batches=ctx.batches, data=ctx.data, progress=ctx.progress)
     analysis = r.analysis
     final = {g.root: len(g.keep) for g in r.plan.groups}

@@ -124,7 +124,9 @@ def test_agp_ends_on_the_oneshot_counts_of_the_dense_fit(tmp_path):
 
     torch.manual_seed(0)
     loaded = load_model("tinynets:tiny_resnet:width=64", input_shape="1,3,16,16")
-    config = PruneConfig(flops=BudgetTarget("flops", 0.5), round_to=1, extra={"agp_steps": 3})
+    from prunecli.schedule import AgpConfig
+
+    config = PruneConfig(flops=BudgetTarget("flops", 0.5), round_to=1, schedule_settings=AgpConfig(steps=3))
     ctx = lambda: Context(loaded, config, FinetuneConfig(epochs=0), None, None, None, {})  # noqa: E731
     oneshot, agp = SCHEDULES.get("oneshot")(ctx()), SCHEDULES.get("agp")(ctx())
     assert len(agp.plans) == 3

@@ -205,13 +205,14 @@ def test_the_budget_fit_gives_steps_back_to_the_groups_furthest_below_their_lear
 
 @pytest.mark.parametrize("weights", ["searched", "dense"])
 def test_the_learned_plan_applies_to_the_searched_weights_or_for_the_control_to_the_input(weights):
+    from prunecli.allocate.learned import SearchConfig
     from prunecli.config import BudgetTarget, PruneConfig
-    from prunecli.prune import plan_model
+    from prunecli.planner import plan_model
 
     loaded = loaded_two_branch()
     data = teacher_loaders(loaded.model)
     config = PruneConfig(flops=BudgetTarget("flops", 0.5), criterion="l1", allocation="learned", round_to=1,
-                         extra={"search_epochs": 1, "learned_weights": weights})
+                         allocation_settings=SearchConfig(epochs=1, weights=weights))
     result = plan_model(loaded, config, {}, data=data)
     assert 0.495 * result.dense["flops"] <= result.fit.cost["flops"] <= 0.5 * result.dense["flops"]
     if weights == "dense":

@@ -10,7 +10,8 @@ import prunecli
 from conftest import sha256
 from prunecli.config import BudgetTarget, PruneConfig
 from prunecli.load import load_model
-from prunecli.prune import plan_model, run_prune, shrink_copy
+from prunecli.planner import plan_model, shrink_copy
+from prunecli.prune import run_prune
 from tinynets import FILTER_ORDER
 
 SMALL = "1,3,16,16"

@@ -83,7 +83,7 @@ def test_zeroing_a_group_gives_the_outputs_of_removing_it():
 
 def test_sensitivity_allocation_prunes_the_sensitive_group_less():
     from prunecli.config import BudgetTarget, PruneConfig
-    from prunecli.prune import plan_model
+    from prunecli.planner import plan_model
 
     loaded = loaded_two_branch()
     data = teacher_loaders(loaded.model)
@@ -96,7 +96,8 @@ def test_sensitivity_allocation_prunes_the_sensitive_group_less():
     kept = {}
     for allocation in ("uniform", "sensitivity"):
         config = PruneConfig(flops=budget, allocation=allocation, round_to=1,
-                             extra={"sensitivity_levels": [0.25, 0.5, 0.75], "sensitivity_batches": 2})
+                             allocation_settings=SensitivityConfig(levels=(0.25, 0.5, 0.75), batches=2)
+                             if allocation == "sensitivity" else None)
         timings = {}
         r = plan_model(loaded, config, timings, data=data)
         plan, fit, targets = r.plan, r.fit, r.targets

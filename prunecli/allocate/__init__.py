@@ -4,7 +4,7 @@ An allocator returns a *removal order*: a list of group roots, each entry meanin
 step of channels from this group". Applying the first ``t`` entries gives a plan that prunes more as
 ``t`` grows; :mod:`prunecli.budget` searches ``t`` (then adjusts single groups) so the plan meets the
 budget exactly. Allocators are pure: they read group facts, channel scores and the evidence they
-declare with ``needs`` (``"sensitivity"``: a scan, which :func:`prunecli.prune.plan_model` provides),
+declare with ``needs`` (``"sensitivity"``: a scan, which :func:`prunecli.planner.plan_model` provides),
 never weights.
 """
 

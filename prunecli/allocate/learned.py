@@ -98,9 +98,14 @@ class SearchConfig:
     beta2_end: float = 500.0
     target_fraction: float = 0.5  # of the search steps over which the target falls to the budget
     held_out: float = 0.1
-    seed: int = 0
+    seed: int = 0  # prunecli.planner sets it to --seed
+    # "searched": keep the search's trained weights and its channel ranking; "dense": apply the learned counts to
+    # the input's weights with --criterion (a control in benchmarks/quality.py that judges the allocation alone)
+    weights: str = "searched"
 
     def __post_init__(self) -> None:
+        if self.weights not in ("searched", "dense"):
+            raise ValueError(f"learned weights {self.weights!r} must be 'searched' or 'dense'")
         if self.epochs < 1:
             raise ValueError(f"--search-epochs {self.epochs} must be >= 1 for --allocation learned")
         if not 0 < self.alpha_init < 1:
@@ -496,7 +501,7 @@ def search(source_model, example_input, groups, train_loader, metric: str, targe
                         time.perf_counter() - started, [g.root for g in groups], config.estimator, config.epochs)
 
 
-@ALLOCATORS.register("learned", needs="search")
+@ALLOCATORS.register("learned", needs="search", settings=SearchConfig)
 def learned(groups, scores, config, evidence=None) -> list[str]:
     """Steps ordered so that applying t of them removes, in every group, about the same share of what its
     learned ratio removes: the budget fit then lands on the learned counts scaled to the exact budget."""

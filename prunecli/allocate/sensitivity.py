@@ -27,6 +27,7 @@ import math
 
 import numpy as np
 
+from ..sensitivity import SensitivityConfig
 from . import ALLOCATORS, removable_steps
 
 
@@ -69,7 +70,7 @@ def step_slopes(curve, group, saved_key: str = "flops_saved") -> list[float]:
     return slopes
 
 
-@ALLOCATORS.register("sensitivity", needs="sensitivity")
+@ALLOCATORS.register("sensitivity", needs="sensitivity", settings=SensitivityConfig)
 def sensitivity(groups, scores, config, evidence=None) -> list[str]:
     scan = (evidence or {}).get("sensitivity")
     if scan is None:

@@ -84,6 +84,7 @@ def test_zeroing_a_group_gives_the_outputs_of_removing_it():
 def test_sensitivity_allocation_prunes_the_sensitive_group_less():
     from prunecli.config import BudgetTarget, PruneConfig
     from prunecli.planner import plan_model
+    from prunecli.sensitivity import SensitivityConfig
 
     loaded = loaded_two_branch()
     data = teacher_loaders(loaded.model)

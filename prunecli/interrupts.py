@@ -12,7 +12,7 @@ import contextlib
 import signal
 import threading
 
-_state = {"received": False, "deferring": 0, "pending": False, "installed": False}
+_state = {"received": False, "deferring": 0, "pending": False}
 
 
 def _handler(signum, frame) -> None:
@@ -30,7 +30,6 @@ def install() -> None:
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         return  # started with interrupts ignored (nohup, a background job): leave it so
     signal.signal(signal.SIGINT, _handler)
-    _state["installed"] = True
 
 
 def received() -> bool:

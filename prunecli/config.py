@@ -14,10 +14,11 @@ DEFAULT_SEARCH_EPOCHS = 2
 
 
 def _with_suffix(number: float) -> str:
+    """``2.1e9`` -> ``2.1G``; a small number gets the suffixes it may have meant (``2`` -> ``2K, 2M or 2G``)."""
     for suffix, scale in sorted(SUFFIXES.items(), key=lambda kv: -kv[1]):
         if number >= scale:
             return f"{number / scale:g}{suffix}"
-    return f"{number / 1e3:g}K"
+    return f"{number:g}K, {number:g}M or {number:g}G"
 
 
 def require_finite(name: str, value: float, low: float | None = None, *, strict: bool = True) -> None:

@@ -47,8 +47,6 @@ def allocation_settings(config: PruneConfig):
         return None
     fields = {f.name for f in dataclasses.fields(settings)}
     shared = {k: v for k, v in (("criterion", config.criterion), ("seed", config.seed)) if k in fields}
-    if "criterion" in shared and config.allocation != "sensitivity":
-        shared.pop("criterion")
     try:
         return dataclasses.replace(settings, **shared)
     except ValueError as exc:

@@ -161,6 +161,7 @@ def run_prune(loaded: LoadedModel, config: PruneConfig, out: Path, *, force: boo
     first_plan = outcome.plans[0]
     source = {"arch": loaded.arch, "kind": loaded.kind, "path": str(loaded.source) if loaded.source else None,
               "sha256": loaded.source_sha256}
+    allocation = allocation_settings(config)
     report = {
         "schema_version": SCHEMA_VERSION,
         "versions": versions(),
@@ -172,9 +173,9 @@ def run_prune(loaded: LoadedModel, config: PruneConfig, out: Path, *, force: boo
             "max_group_prune": config.max_group_prune,
             "ignore": list(constraints_for(loaded, config.ignore, config.round_to)[0]),
             "seed": config.seed, "tolerance": config.tolerance, "opset": config.opset,
-            "allocation_settings": _settings_json(allocation_settings(config)),
+            "allocation_settings": _settings_json(allocation),
             "schedule_settings": _settings_json(schedule_settings(schedule, config)),
-            "sensitivity": dataclasses.asdict(allocation_settings(config)) if config.allocation == "sensitivity" else None,
+            "sensitivity": _settings_json(allocation) if config.allocation == "sensitivity" else None,  # schema v1 key
             "finetune": dataclasses.asdict(finetune) if data is not None else None,
             "data": data.describe() if data is not None else None,
         },

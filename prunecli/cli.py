@@ -230,9 +230,10 @@ def prune(
     out: str = typer.Option(..., "--out", help="Output bundle directory (must be empty or absent unless --force)."),
     force: bool = typer.Option(False, "--force", help="Replace a non-empty --out."),
     criterion: str = typer.Option("l1", "--criterion", help="Channel ranking: l1, l2, fpgm, bn, lamp, random, taylor."),
-    allocation: str = typer.Option("uniform", "--allocation", help="How pruning spreads over groups: uniform, global, "
-                                   "sensitivity (a per-group scan), learned (ratios learned from the task loss); "
-                                   "the last two need --data."),
+    allocation: Optional[str] = typer.Option(None, "--allocation", help="How pruning spreads over groups: uniform "
+                                             "(default), global, latency (least importance lost per measured ms saved; "
+                                             "the default with --latency), sensitivity (a per-group scan), learned "
+                                             "(ratios learned from the task loss); the last two need --data."),
     round_to: Optional[int] = typer.Option(None, "--round-to", help="Kept channels are multiples of N (default: preset's)."),
     ignore: List[str] = IgnoreOpt,
     min_channels: int = MinChannelsOpt,
@@ -240,7 +241,14 @@ def prune(
     seed: int = typer.Option(0, "--seed", help="Seed for random criteria."),
     tolerance: float = typer.Option(0.01, "--tolerance", help="Achieved must be within this relative gap below the target."),
     opset: int = typer.Option(18, "--opset", help="ONNX opset."),
-    latency: bool = typer.Option(True, "--latency/--no-latency", help="Record a short dense-vs-pruned onnxruntime latency ratio."),
+    latency: Optional[str] = typer.Option(None, "--latency", help="Latency budget on the runtime: fraction of the "
+                                          "dense model's measured latency (0.6) or a time (12ms); see README."),
+    no_latency: bool = typer.Option(False, "--no-latency", help="Skip the report's short dense-vs-pruned latency "
+                                    "measurement (without a --latency budget)."),
+    provider: str = typer.Option("cpu", "--provider", help="Latency: onnxruntime provider, cpu, cuda or tensorrt."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Latency: intra-op threads (default: physical cores)."),
+    latency_batch: Optional[int] = typer.Option(None, "--latency-batch", help="Latency: batch (default: the input shape's)."),
+    latency_stat: str = typer.Option("p50", "--latency-stat", help="Latency: statistic the budget holds for, p50 or p90."),
     data: Optional[str] = typer.Option(None, "--data", help=DataHelp),
     schedule: str = typer.Option("oneshot", "--schedule", help="oneshot, agp (gradual, cubic) or soft (Soft Filter Pruning)."),
     agp_steps: int = typer.Option(4, "--agp-steps", help="agp: pruning steps."),
@@ -268,9 +276,10 @@ def prune(
     preset: Optional[str] = PresetOpt,
     as_json: bool = JsonOpt,
 ) -> None:
-    """Prune MODEL to a FLOPs and/or params budget and write a verified bundle to --out.
+    """Prune MODEL to a FLOPs, params and/or latency budget and write a verified bundle to --out.
 
-    The achieved value is at most the target and within 1% of it; the bundle holds model.onnx
+    FLOPs/params: the achieved value is at most the target and within 1% of it. Latency: measured on the
+    runtime (onnxruntime, --provider/--threads), at most the target and within 5% below it, or exit 1; the bundle holds model.onnx
     (checked and compared with PyTorch in onnxruntime), model.safetensors + recipe.json (reload with
     prunecli.load_bundle, no pickles), report.json and report.md.
 
@@ -280,13 +289,23 @@ def prune(
 
         prunecli prune model.pt --params 0.3 --criterion fpgm --allocation global --out pruned/
 
+        prunecli prune torchvision:resnet18 --latency 0.6 --out pruned/   # 60% of dense latency, measured
+
+        prunecli prune model.pt --latency 12ms --threads 4 --latency-batch 8 --out pruned/
+
         prunecli prune pruned/ --flops 0.5 --out pruned-again/   # prune a bundle further
     """
     from pathlib import Path
 
     from .prune import run_prune
 
-    config = _config(flops=_budget("flops", flops), params=_budget("params", params), criterion=criterion,
+    if latency is not None and no_latency:
+        from .errors import UsageError
+
+        raise UsageError("--latency sets a latency budget, which is measured; drop --no-latency")
+    config = _config(flops=_budget("flops", flops), params=_budget("params", params), latency=_latency(latency),
+                     latency_settings=_latency_settings(provider, threads, latency_batch, latency_stat),
+                     criterion=criterion,
                      allocation=allocation, round_to=round_to, ignore=tuple(ignore), min_channels=min_channels,
                      max_group_prune=max_group_prune, seed=seed, tolerance=tolerance, opset=opset,
                      allocation_settings=_allocation_settings(allocation, search_epochs, sensitivity_levels,
@@ -294,12 +313,12 @@ def prune(
                      schedule_settings=_schedule_settings(schedule, agp_steps))
     finetune = _finetune_config(epochs=epochs, lr=lr, optimizer=optimizer, weight_decay=weight_decay, distill=distill,
                                 distill_weight=distill_weight, temperature=temperature, seed=seed)
-    _check_prune_flags(out, force, resume, criterion, allocation, schedule, data, epochs,
+    _check_prune_flags(out, force, resume, criterion, config.allocation, schedule, data, epochs,
                        inputs=_typed_inputs(model, weights, arch, data))
     loaded = _load(model, arch, weights, trust_pickle, input_shape, preset)
     loaders = _data(data, batch_size, workers, loaded, seed, skip_bad_images) if data else None
     with _progress(enabled=not as_json) as progress:
-        report = run_prune(loaded, config, Path(out), force=force, measure_latency=latency, data=loaders,
+        report = run_prune(loaded, config, Path(out), force=force, measure_latency=not no_latency, data=loaders,
                            finetune=finetune, schedule=schedule, resume=resume, progress=progress,
                            criterion_batches=criterion_batches)
     if as_json:
@@ -308,13 +327,41 @@ def prune(
         from .report import render_prune
 
         render_prune(_console(), report, out)
+    missed = report["budget"].get("latency", {})
+    if missed and not missed["met"]:
+        sys.stderr.write(f"error: --latency {latency}: the final model measures {missed['measured']:.4g} "
+                         f"({missed['unit']}; 95% interval {missed['ci95'][0]:.4g}-{missed['ci95'][1]:.4g}) against the "
+                         f"target {missed['target']:.4g}; {out} holds it; rerun on a quieter machine or lower the target\n")
+        raise typer.Exit(1)
     if report.get("interrupted"):
         sys.stderr.write(f"error: interrupted during fine-tuning; {out} holds the bundle from the best checkpoint "
                          f"(epoch {report['accuracy']['best_epoch']}); rerun with --resume to continue\n")
         raise typer.Exit(130)
 
 
-def _allocation_settings(allocation: str, search_epochs: int, levels: str, metric: str, batches: int):
+def _latency(text: Optional[str]):
+    if text is None:
+        return None
+    from .config import LatencyTarget
+    from .errors import UsageError
+
+    try:
+        return LatencyTarget.parse(text)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+
+
+def _latency_settings(provider: str, threads: Optional[int], batch: Optional[int], stat: str):
+    from .config import LatencySettings
+    from .errors import UsageError
+
+    try:
+        return LatencySettings(provider=provider, threads=threads, batch=batch, stat=stat)
+    except ValueError as exc:
+        raise UsageError(str(exc).replace("--batch", "--latency-batch")) from exc
+
+
+def _allocation_settings(allocation: Optional[str], search_epochs: int, levels: str, metric: str, batches: int):
     """The chosen allocator's own frozen settings from its flags (None for allocators that have none)."""
     from .errors import UsageError
 
@@ -373,7 +420,9 @@ def _check_prune_flags(out, force, resume, criterion, allocation, schedule, data
     CRITERIA.get(criterion)
     ALLOCATORS.get(allocation)
     SCHEDULES.get(schedule)
-    if getattr(ALLOCATORS.get(allocation), "needs", None) and not data:
+    from .planner import DATA_NEEDS
+
+    if getattr(ALLOCATORS.get(allocation), "needs", None) in DATA_NEEDS and not data:
         raise UsageError(f"--allocation {allocation} evaluates the model while it allocates: pass --data SPEC "
                          "(e.g. --data digits)")
     if criterion in DATA_CRITERIA and not data:

@@ -68,14 +68,90 @@ class BudgetTarget:
         return f"{self.value:g}" if self.absolute else f"{self.value:g} of dense"
 
 
+TIME_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
+LATENCY_STATS = ("p50", "p90")
+
+
+@dataclass(frozen=True)
+class LatencyTarget:
+    """A latency budget: a fraction of the dense model's measured latency in (0, 1), or milliseconds."""
+
+    value: float
+    absolute: bool = False  # True: ``value`` is milliseconds
+
+    def __post_init__(self) -> None:
+        require_finite("--latency", self.value, 0)
+        if not self.absolute and not 0 < self.value < 1:
+            raise ValueError(f"--latency {self.value:g}: a fraction of the dense model's latency must be in (0, 1); "
+                             "for an absolute budget add a unit, e.g. 12ms")
+
+    metric = "latency"
+
+    @staticmethod
+    def parse(text: str) -> "LatencyTarget":
+        """``0.6`` -> fraction of dense; ``12ms``, ``800us``, ``0.02s`` -> milliseconds."""
+        m = re.fullmatch(r"([0-9]*\.?[0-9]+(?:[eE][+-]?[0-9]+)?)\s*(us|ms|s)?", text.strip().lower())
+        if not m:
+            raise ValueError(f"--latency {text!r} is not a latency budget; write a fraction of the dense model's "
+                             "latency like 0.6, or a time like 12ms")
+        number, unit = float(m.group(1)), m.group(2)
+        if unit:
+            return LatencyTarget(number * TIME_UNITS[unit], absolute=True)
+        if number >= 1:
+            raise ValueError(f"--latency {text}: a bare number is a fraction of the dense model's latency and must be "
+                             f"in (0, 1); for a time add a unit, e.g. {number:g}ms")
+        return LatencyTarget(number)
+
+    def describe(self) -> str:
+        return f"{self.value:g} ms" if self.absolute else f"{self.value:g} of dense"
+
+    def resolve(self, dense_ms: float) -> float:
+        """The target in milliseconds for a dense model measured at ``dense_ms``."""
+        return self.value if self.absolute else self.value * dense_ms
+
+
+@dataclass(frozen=True)
+class LatencySettings:
+    """How the latency budget is measured: as `prunecli bench` measures (provider, threads, batch), on ``stat``.
+    ``halfwidth``: the 95% interval of the final ratio must be within +-this of it; ``margin``: the fit aims at
+    least this far below the target, so that a later `bench` at the same target passes (README: latency budget)."""
+
+    provider: str = "cpu"
+    threads: int | None = None  # None: physical cores
+    batch: int | None = None  # None: the input shape's
+    stat: str = "p50"
+    halfwidth: float = 0.02
+    margin: float = 0.015
+    window: float = 0.05  # achieved must be within this below the target
+
+    def __post_init__(self) -> None:
+        from .latency import RuntimeConfig
+
+        RuntimeConfig(self.provider, self.threads, self.batch)  # validates provider, threads, batch
+        if self.stat not in LATENCY_STATS:
+            raise ValueError(f"--latency-stat {self.stat!r} is not one of {', '.join(LATENCY_STATS)}")
+        for name in ("halfwidth", "margin", "window"):
+            value = getattr(self, name)
+            if not (math.isfinite(value) and 0 < value < 0.5):
+                raise ValueError(f"latency {name} {value} must be in (0, 0.5)")
+        if self.margin >= self.window:
+            raise ValueError(f"latency margin {self.margin} must be below the window {self.window}")
+
+    def runtime(self, warmup: int = 5):
+        from .latency import RuntimeConfig
+
+        return RuntimeConfig(self.provider, self.threads, self.batch, warmup=warmup)
+
+
 @dataclass(frozen=True)
 class PruneConfig:
     """What `prune` does: budgets, how channels are ranked and how counts are allocated."""
 
     flops: BudgetTarget | None = None
     params: BudgetTarget | None = None
+    latency: LatencyTarget | None = None
     criterion: str = "l1"
-    allocation: str = "uniform"
+    allocation: str | None = None  # None: "latency" with a latency budget, else "uniform"
     round_to: int | None = None  # None: the preset's
     ignore: tuple[str, ...] = ()
     min_channels: int = 1
@@ -87,10 +163,14 @@ class PruneConfig:
     # declared by each where it is registered (``settings=``) and checked by prunecli.planner; None: their defaults
     allocation_settings: Any = None
     schedule_settings: Any = None
+    latency_settings: LatencySettings = LatencySettings()
 
     def __post_init__(self) -> None:
-        if self.flops is None and self.params is None:
-            raise ValueError("give a budget: --flops F and/or --params P (fractions like 0.5 or counts like 2.1G)")
+        if self.flops is None and self.params is None and self.latency is None:
+            raise ValueError("give a budget: --flops F, --params P and/or --latency L (fractions like 0.5, counts like "
+                             "2.1G, times like 12ms)")
+        if self.allocation is None:
+            object.__setattr__(self, "allocation", "latency" if self.latency is not None else "uniform")
         if self.round_to is not None and self.round_to < 1:
             raise ValueError(f"--round-to {self.round_to} must be >= 1")
         if self.min_channels < 1:

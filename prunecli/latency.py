@@ -106,8 +106,8 @@ class Timed:
         self.samples_ms.append((time.perf_counter_ns() - start) / 1e6)
 
 
-def open_session(label: str, path: Path, config: RuntimeConfig, input_shape: tuple | None) -> Timed:
-    import numpy as np
+def check_provider(config: RuntimeConfig) -> str:
+    """The onnxruntime provider name, or RuntimeFailure naming what is available."""
     import onnxruntime as ort
 
     wanted = PROVIDERS[config.provider]
@@ -116,15 +116,34 @@ def open_session(label: str, path: Path, config: RuntimeConfig, input_shape: tup
             f"--provider {config.provider}: {wanted} is not available in this onnxruntime "
             f"(available: {', '.join(ort.get_available_providers())}); install onnxruntime-gpu or use --provider cpu"
         )
+    return wanted
+
+
+def session_options(config: RuntimeConfig):
+    """The session settings every measurement uses (threads, full graph optimisation, quiet logs)."""
+    import onnxruntime as ort
+
     options = ort.SessionOptions()
     options.intra_op_num_threads = config.threads or physical_cores()
     options.inter_op_num_threads = 1
     options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     options.log_severity_level = 3
+    return options
+
+
+def open_session(label: str, path: Path | bytes, config: RuntimeConfig, input_shape: tuple | None) -> Timed:
+    """A warmed-up session for one model (a file, or serialised ONNX bytes), ready to time."""
+    import numpy as np
+    import onnxruntime as ort
+
+    wanted = check_provider(config)
+    options = session_options(config)
     providers = [wanted] if wanted == "CPUExecutionProvider" else [wanted, "CPUExecutionProvider"]
     before = _rss_mb()
+    source = path if isinstance(path, bytes) else str(path)
+    path = Path("<memory>") if isinstance(path, bytes) else Path(path)
     try:
-        session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+        session = ort.InferenceSession(source, sess_options=options, providers=providers)
     except Exception as exc:
         raise RuntimeFailure(f"onnxruntime cannot load {path}: {str(exc).splitlines()[0] if str(exc) else exc}") from exc
     active = session.get_providers()[0]
@@ -189,3 +208,72 @@ def statistics(samples_ms: list[float], batch: int) -> dict:
         stats[f"p{q}_ms"] = float(np.percentile(a, q))
     stats["throughput_items_per_s"] = batch / (stats["mean_ms"] / 1000.0)
     return stats
+
+
+def runtime_facts(config: RuntimeConfig) -> dict:
+    """What a latency depends on besides the model: recorded with every measurement, and the key of the table cache."""
+    import onnxruntime as ort
+
+    return {"provider": PROVIDERS[config.provider], "threads": config.threads or physical_cores(),
+            "cpu": cpu_model(), "machine": platform.machine(), "onnxruntime": ort.__version__}
+
+
+@dataclass(frozen=True)
+class Ratio:
+    """model / baseline latency for one statistic, with a 95% bootstrap interval over interleaved block pairs."""
+
+    stat: str
+    ratio: float
+    low: float
+    high: float
+    model_ms: float
+    baseline_ms: float
+    runs: int
+
+    @property
+    def halfwidth(self) -> float:
+        """Half the interval's width, relative to the ratio."""
+        return (self.high - self.low) / 2 / self.ratio if self.ratio else float("inf")
+
+    def to_json(self) -> dict:
+        return {"stat": self.stat, "ratio": self.ratio, "ci95": [self.low, self.high], "model_ms": self.model_ms,
+                "baseline_ms": self.baseline_ms, "runs": self.runs}
+
+
+def _stat(values, stat: str) -> float:
+    import numpy as np
+
+    return float(np.percentile(values, int(stat[1:]))) if stat.startswith("p") else float(np.mean(values))
+
+
+def ratio_of(model: Timed, baseline: Timed, stat: str, block: int, seed: int = 0) -> Ratio:
+    """The ratio of ``stat`` over all runs so far, and its interval from resampling block pairs (each pair ran
+    back to back, so machine noise is shared within a pair)."""
+    import numpy as np
+
+    pairs = min(len(model.samples_ms), len(baseline.samples_ms)) // block
+    m = np.asarray(model.samples_ms[:pairs * block]).reshape(pairs, block)
+    b = np.asarray(baseline.samples_ms[:pairs * block]).reshape(pairs, block)
+    ratio = _stat(m.ravel(), stat) / _stat(b.ravel(), stat)
+    rng = np.random.default_rng(seed)
+    draws = []
+    for _ in range(300):
+        pick = rng.integers(0, pairs, pairs)
+        draws.append(_stat(m[pick].ravel(), stat) / _stat(b[pick].ravel(), stat))
+    low, high = np.percentile(draws, [2.5, 97.5])
+    return Ratio(stat, ratio, float(low), float(high), _stat(m.ravel(), stat), _stat(b.ravel(), stat), pairs * block)
+
+
+def measure_ratio(model: Timed, baseline: Timed, stat: str = "p50", *, halfwidth: float = 0.02, block: int = 10,
+                  min_runs: int = 60, max_runs: int = 2000, max_seconds: float = 120.0) -> Ratio:
+    """Time ``model`` and ``baseline`` interleaved until the ratio's 95% interval is within +-``halfwidth`` of it
+    (or ``max_runs`` / ``max_seconds`` runs out; the interval then says how sure it is)."""
+    deadline = time.perf_counter() + max_seconds
+    while True:
+        target = min(len(model.samples_ms), len(baseline.samples_ms)) + block
+        measure([model, baseline], target, block)
+        runs = min(len(model.samples_ms), len(baseline.samples_ms))
+        if runs >= min_runs:
+            estimate = ratio_of(model, baseline, stat, block)
+            if estimate.halfwidth <= halfwidth or runs >= max_runs or time.perf_counter() > deadline:
+                return estimate

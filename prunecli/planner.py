@@ -12,6 +12,7 @@ import copy
 import dataclasses
 import time
 from dataclasses import dataclass
+from pathlib import Path
 
 from . import allocate
 from .budget import CostOracle, fit_budget
@@ -53,10 +54,138 @@ def allocation_settings(config: PruneConfig):
         raise UsageError(str(exc)) from exc
 
 
+DATA_NEEDS = ("sensitivity", "search")  # what an allocator can need that evaluates the model on --data
+
+
+class LatencyBench:
+    """The latency budget's measurements for one model: the dense model exported and measured on the runtime, its
+    latency model, and candidate plans exported and timed interleaved with it. Use as a context manager (it holds a
+    scratch directory for the candidates' ONNX files)."""
+
+    def __init__(self, loaded: LoadedModel, config: PruneConfig, analysis, timings: dict, progress=None) -> None:
+        import tempfile
+
+        from .export import export_onnx
+        from .latency import measure, open_session, statistics
+        from .latency_model import build_latency_model
+
+        self.loaded, self.config, self.settings = loaded, config, config.latency_settings
+        self.runtime = self.settings.runtime()
+        self._tmp = tempfile.TemporaryDirectory(prefix="prunecli-latency-")
+        self.dir = Path(self._tmp.name)
+        t0 = time.perf_counter()
+        self.exporter = export_onnx(loaded.model, loaded.example_input, self.dir / "dense.onnx", config.opset)
+        self.dense = open_session("dense", self.dir / "dense.onnx", self.runtime, tuple(loaded.input_shape))
+        measure([self.dense], 40)
+        self.dense_ms = statistics(self.dense.samples_ms, self.dense.batch)[f"{self.settings.stat}_ms"]
+        self.dense.samples_ms.clear()
+        self.batch = self.dense.batch
+        timings["latency_dense_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        self.model = build_latency_model(loaded.model, loaded.example_input, analysis.groups, self.runtime,
+                                         self.dense_ms, self.batch, progress=progress)
+        timings["latency_table_s"] = time.perf_counter() - t0
+        self.groups = analysis.groups
+        self.measured = 0
+
+    def __enter__(self) -> "LatencyBench":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._tmp.cleanup()
+
+    def target(self) -> tuple[float, str]:
+        """The latency target in its own unit: (fraction of dense, "of dense") or (ms, "ms")."""
+        budget = self.config.latency
+        return (budget.value, "ms") if budget.absolute else (budget.value, "of dense")
+
+    def predict(self, counts: dict) -> float:
+        ms = self.model.predict(counts)
+        return ms if self.config.latency is None or self.config.latency.absolute else ms / self.dense_ms
+
+    def measure(self, counts: dict):
+        """(value, 95% high, Ratio) of the model pruned to ``counts`` (first channels kept: latency depends on
+        shapes only), exported with the dense model's exporter and timed interleaved with it."""
+        from .export import export_onnx
+        from .latency import measure_ratio, open_session
+
+        plan = Plan(tuple(GroupPlan(g.root, g.channels, tuple(range(counts[g.root]))) for g in self.groups),
+                    "structure", "latency")
+        path = self.dir / f"candidate{self.measured}.onnx"
+        export_onnx(shrink_copy(self.loaded, plan), self.loaded.example_input, path, self.config.opset,
+                    exporter=self.exporter)
+        self.measured += 1
+        candidate = open_session("candidate", path, self.runtime, tuple(self.loaded.input_shape))
+        self.dense.samples_ms.clear()
+        ratio = measure_ratio(candidate, self.dense, self.settings.stat, halfwidth=self.settings.halfwidth)
+        path.unlink()
+        if self.config.latency is not None and self.config.latency.absolute:
+            return ratio.model_ms, ratio.model_ms * ratio.high / ratio.ratio, ratio
+        return ratio.ratio, ratio.high, ratio
+
+
+def staircase_round_to(loaded: LoadedModel, config: PruneConfig) -> tuple[int, str | None]:
+    """--round-to for a latency-aware prune that did not give one: the preset's, raised to a multiple of the
+    runtime's measured channel block (a count off the block costs as much as the next multiple, or more)."""
+    import math
+
+    from .latency_model import Table
+
+    preset = loaded.preset.round_to if loaded.preset else 1
+    block = Table(config.latency_settings.runtime()).staircase().block
+    chosen = preset * block // math.gcd(preset, block)
+    if chosen == preset:
+        return preset, None
+    return chosen, (f"--round-to {chosen}: the preset's {preset} raised to a multiple of the runtime's measured "
+                    f"channel block {block} (see `prunecli inspect --latency`)")
+
+
+def _counts_prefix(groups, order, t):
+    counts = {g.root: g.channels for g in groups}
+    step = {g.root: g.step for g in groups}
+    for root in order[:t]:
+        counts[root] -= step[root]
+    return counts
+
+
+def _fit_with_latency(bench: LatencyBench, analysis, order, targets, oracle, dense, config, hint, prefer, timings):
+    """The budget fit when a latency budget is given: FLOPs/params first (exactly, as without one); if that plan is
+    also fast enough it stands, else the latency fit on measured latency over the order's prefixes, from the least
+    prefix the FLOPs/params budgets allow."""
+    from .latency_fit import Probe, fit_latency
+
+    target, unit = bench.target()
+    settings = bench.settings
+    t_min, fit = 0, None
+    if targets:
+        fit = fit_budget(analysis.groups, order, targets, oracle, dense, tolerance=config.tolerance, hint=hint,
+                         prefer=prefer)
+        value, high, ratio = bench.measure(fit.counts)
+        probe = Probe(-1, bench.predict(fit.counts), value, high, ratio)
+        if value <= target * (1 - settings.margin) and high <= target:
+            return fit, {"binding": "counts", "probe": probe, "probes": [probe], "target": target, "unit": unit}
+        lo, hi = 0, len(order)
+        while lo < hi:  # the least prefix meeting the FLOPs/params budgets
+            mid = (lo + hi) // 2
+            cost = oracle(_counts_prefix(analysis.groups, order, mid))
+            if all(cost[m] <= t for m, t in targets.items()):
+                hi = mid
+            else:
+                lo = mid + 1
+        t_min = lo
+    result = fit_latency(lambda t: _counts_prefix(analysis.groups, order, t), len(order), target, bench.predict,
+                         bench.measure, t_min=t_min, margin=settings.margin, window=settings.window, unit=unit)
+    counts = result.counts
+    from .budget import Fit
+
+    fit = Fit(counts=counts, cost=oracle(counts), evaluations=oracle.evaluations)
+    return fit, {"binding": "latency", "probe": result.probe, "probes": result.probes, "target": target, "unit": unit}
+
+
 def _evidence(allocator, loaded: LoadedModel, config: PruneConfig, analysis, data, batches, progress, timings) -> dict:
     """What a data-driven allocator declared it needs (``needs``), computed here so allocators stay pure."""
     needs = getattr(allocator, "needs", None)
-    if needs is None:
+    if needs is None or needs == "latency":  # the latency model is provided by plan_model's LatencyBench
         return {}
     if data is None:
         raise UsageError(f"--allocation {config.allocation} evaluates the model: pass --data SPEC (e.g. --data digits)")
@@ -129,7 +258,11 @@ def plan_model(loaded: LoadedModel, config: PruneConfig, timings: dict, batches=
     CRITERIA.get(config.criterion)  # unknown names fail before any work
     allocator = allocate.ALLOCATORS.get(config.allocation)
     t0 = time.perf_counter()
-    analysis, round_to = prunable_groups(loaded, ignore=config.ignore, round_to=config.round_to,
+    latency_aware = config.latency is not None or getattr(allocator, "needs", None) == "latency"
+    round_to, staircase_note = config.round_to, None
+    if latency_aware and round_to is None:
+        round_to, staircase_note = staircase_round_to(loaded, config)
+    analysis, round_to = prunable_groups(loaded, ignore=config.ignore, round_to=round_to,
                                          min_channels=config.min_channels)
     if not analysis.groups:
         if config.ignore:
@@ -148,17 +281,39 @@ def plan_model(loaded: LoadedModel, config: PruneConfig, timings: dict, batches=
     evidence = _evidence(allocator, loaded, config, analysis, data, batches, progress, timings)
     if notes:
         evidence["criterion_fallbacks"] = notes
-    order = allocator(analysis.groups, scores, config, evidence)
-    scores = evidence.get("scores", scores)  # learned: keep the channels its search ranked highest
+    if staircase_note:
+        evidence["round_to_note"] = staircase_note
+    bench = None
+    if latency_aware:
+        bench = LatencyBench(loaded, config, analysis, timings, progress)
+        evidence["latency_model"] = bench.model
+    try:
+        order = allocator(analysis.groups, scores, config, evidence)
+        scores = evidence.get("scores", scores)  # learned: keep the channels its search ranked highest
 
-    t0 = time.perf_counter()
-    hint = (f"with --round-to {round_to} and --min-channels {config.min_channels}"
-            + (f" and --max-group-prune {config.max_group_prune}" if config.allocation == "global" else "")
-            + "; lower those (or drop --ignore patterns) to reach further")
-    oracle = CostOracle(loaded.model, loaded.example_input, analysis.groups)
-    fit = fit_budget(analysis.groups, order, targets, oracle, dense, tolerance=config.tolerance, hint=hint,
-                     prefer=evidence.get("prefer"))
-    timings["search_s"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        hint = (f"with --round-to {round_to} and --min-channels {config.min_channels}"
+                + (f" and --max-group-prune {config.max_group_prune}" if config.allocation in ("global", "latency") else "")
+                + "; lower those (or drop --ignore patterns) to reach further")
+        oracle = CostOracle(loaded.model, loaded.example_input, analysis.groups)
+        if config.latency is not None:
+            fit, evidence["latency"] = _fit_with_latency(bench, analysis, order, targets, oracle, dense, config, hint,
+                                                         evidence.get("prefer"), timings)
+            evidence["latency"]["model"] = bench.model.to_json()
+            evidence["latency"]["predicted_ms"] = bench.model.predict(fit.counts)
+            evidence["latency"]["dense_ms"] = bench.dense_ms
+            evidence["latency"]["exporter"] = bench.exporter
+        else:
+            fit = fit_budget(analysis.groups, order, targets, oracle, dense, tolerance=config.tolerance, hint=hint,
+                             prefer=evidence.get("prefer"))
+            if bench is not None:
+                evidence["latency"] = {"model": bench.model.to_json(), "predicted_ms": bench.model.predict(fit.counts),
+                                       "dense_ms": bench.dense_ms, "exporter": bench.exporter}
+        timings["search_s"] = time.perf_counter() - t0
+    finally:
+        if bench is not None:
+            bench.__exit__(None, None, None)
+        evidence.pop("latency_model", None)
 
     plan = Plan(
         groups=tuple(

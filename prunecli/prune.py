@@ -56,26 +56,63 @@ def budget_report(config: PruneConfig, dense: dict, targets: dict, achieved: dic
 
 
 def latency_ratio(dense_model, pruned_onnx: Path, example_input, input_shape, opset: int, exporter: str,
-                  runs: int = 20) -> dict:
-    """A short interleaved onnxruntime measurement of dense vs pruned (CPU, batch of the input shape); the dense
-    model goes through the same exporter as the pruned one, so the ratio compares like with like."""
+                  settings=None, halfwidth: float | None = None) -> dict:
+    """Dense vs pruned on the runtime, interleaved in one process; the dense model goes through the same exporter
+    as the pruned one, so the ratio compares like with like. Without a latency budget a short measurement (the
+    report's ``latency``); with one, until the ratio's 95% interval is within +-``halfwidth``."""
     import tempfile
 
-    from .latency import RuntimeConfig, measure, open_session, physical_cores, statistics
+    from .config import LatencySettings
+    from .latency import cpu_model, measure_ratio, open_session, physical_cores, statistics
 
-    runtime = RuntimeConfig(warmup=3)
+    settings = settings or LatencySettings()
+    runtime = settings.runtime(warmup=5)
     with tempfile.TemporaryDirectory(prefix="prunecli-dense-") as tmp:
         dense_onnx = Path(tmp) / "dense.onnx"
         export_onnx(dense_model, example_input, dense_onnx, opset, exporter=exporter)
         pruned = open_session("model", pruned_onnx, runtime, tuple(input_shape))
         dense = open_session("baseline", dense_onnx, runtime, tuple(input_shape))
-        measure([pruned, dense], runs, block=5)
+        if halfwidth is None:
+            ratio = measure_ratio(pruned, dense, settings.stat, halfwidth=1.0, block=5, min_runs=20, max_runs=20)
+        else:
+            ratio = measure_ratio(pruned, dense, settings.stat, halfwidth=halfwidth)
     p, d = statistics(pruned.samples_ms, pruned.batch), statistics(dense.samples_ms, dense.batch)
     return {
-        "provider": pruned.session.get_providers()[0], "threads": physical_cores(), "runs": len(pruned.samples_ms),
-        "batch": pruned.batch, "dense_p50_ms": d["p50_ms"], "pruned_p50_ms": p["p50_ms"],
+        "provider": pruned.session.get_providers()[0], "threads": settings.threads or physical_cores(),
+        "cpu": cpu_model(), "runs": len(pruned.samples_ms), "batch": pruned.batch, "stat": settings.stat,
+        "dense_p50_ms": d["p50_ms"], "pruned_p50_ms": p["p50_ms"],
         "ratio_p50": p["p50_ms"] / d["p50_ms"], "ratio_mean": p["mean_ms"] / d["mean_ms"],
-        "note": "short measurement during prune; use `prunecli bench` for a gate",
+        "ratio": ratio.ratio, "ci95": [ratio.low, ratio.high], "dense_ms": ratio.baseline_ms, "pruned_ms": ratio.model_ms,
+        "note": ("the latency budget's final measurement" if halfwidth is not None
+                 else "short measurement during prune; use `prunecli bench` for a gate"),
+    }
+
+
+def latency_budget_report(config: PruneConfig, measured: dict, evidence: dict) -> dict:
+    """``budget.latency``: target vs the final model measured (with its 95% interval) vs the latency model's
+    prediction, and how it was measured."""
+    budget, settings = config.latency, config.latency_settings
+    fit = evidence["latency"]
+    absolute = budget.absolute
+    value = measured["pruned_ms"] if absolute else measured["ratio"]
+    high = measured["pruned_ms"] * measured["ci95"][1] / measured["ratio"] if absolute else measured["ci95"][1]
+    low = measured["pruned_ms"] * measured["ci95"][0] / measured["ratio"] if absolute else measured["ci95"][0]
+    predicted_ms = fit["predicted_ms"]
+    predicted = predicted_ms if absolute else predicted_ms / fit["dense_ms"]
+    return {
+        "requested": budget.value, "requested_as": "milliseconds" if absolute else "fraction",
+        "target": budget.value, "unit": "ms" if absolute else "fraction of dense",
+        "target_ms": budget.value if absolute else budget.value * measured["dense_ms"],
+        "measured": value, "ci95": [low, high], "measured_ms": measured["pruned_ms"], "dense_ms": measured["dense_ms"],
+        "measured_ratio": measured["ratio"],
+        "predicted": predicted, "prediction_error": predicted / value - 1 if value else None,
+        "gap": (budget.value - value) / budget.value, "met": value <= budget.value,
+        "within_window": budget.value * (1 - settings.window) <= value <= budget.value,
+        "binding": fit["binding"], "stat": settings.stat, "runs": measured["runs"], "batch": measured["batch"],
+        "threads": measured["threads"], "provider": measured["provider"], "cpu": measured["cpu"],
+        "margin": settings.margin, "window": settings.window, "halfwidth": settings.halfwidth,
+        "fit_probes": [p.to_json() for p in fit["probes"]],
+        "latency_model": fit["model"],
     }
 
 
@@ -187,6 +224,10 @@ def run_prune(loaded: LoadedModel, config: PruneConfig, out: Path, *, force: boo
         "groups": _group_rows(first_plan, pruned),
         "timings": timings,
     }
+    if outcome.evidence.get("round_to_note"):
+        report["config"]["round_to_note"] = outcome.evidence["round_to_note"]
+    if config.latency is not None:
+        report["config"]["latency"] = dataclasses.asdict(config.latency_settings)
     if outcome.evidence.get("criterion_fallbacks"):
         report["criterion_fallbacks"] = outcome.evidence["criterion_fallbacks"]
     search = outcome.evidence.get("search")
@@ -212,11 +253,20 @@ def run_prune(loaded: LoadedModel, config: PruneConfig, out: Path, *, force: boo
         files = [ONNX] + ([external_data_name(tmp / ONNX)] if (tmp / external_data_name(tmp / ONNX)).exists() else [])
         report["onnx"] = {"file": ONNX, "files": files, "self_contained": len(files) == 1, "opset": config.opset,
                           "exporter": exporter, "dynamic_batch": True, **check}
-        if measure_latency:
+        if config.latency is not None:
+            t0 = time.perf_counter()
+            report["latency"] = latency_ratio(loaded.model, tmp / ONNX, loaded.example_input, loaded.input_shape,
+                                              config.opset, exporter, config.latency_settings,
+                                              halfwidth=config.latency_settings.halfwidth)
+            report["budget"]["latency"] = latency_budget_report(config, report["latency"], outcome.evidence)
+            timings["latency_s"] = time.perf_counter() - t0
+        elif measure_latency:
             t0 = time.perf_counter()
             report["latency"] = latency_ratio(loaded.model, tmp / ONNX, loaded.example_input,
-                                              loaded.input_shape, config.opset, exporter)
+                                              loaded.input_shape, config.opset, exporter, config.latency_settings)
             timings["latency_s"] = time.perf_counter() - t0
+        if "latency" in outcome.evidence and config.latency is None:
+            report["latency_model"] = outcome.evidence["latency"]["model"]
         if search is not None:
             from .report import plot_alpha
 

@@ -92,8 +92,12 @@ def prune_markdown(report: dict) -> str:
         "|---|---:|---:|---:|---:|---:|---|",
     ]
     for metric, b in report["budget"].items():
+        if metric == "latency":
+            continue
         lines.append(f"| {metric} | {b['target']:,} | {b['achieved']:,} | {b['target_ratio']:.4f} | "
                      f"{b['achieved_ratio']:.4f} | {b['gap']:.2%} | {'yes' if b['met'] else 'NO'} |")
+    if "latency" in report["budget"]:
+        lines += latency_budget_lines(report["budget"]["latency"])
     a, d = report["achieved"], report["dense"]
     lines += [
         "",
@@ -137,14 +141,40 @@ def prune_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def latency_budget_lines(b: dict) -> list[str]:
+    lines = ["", f"### Latency budget ({b['stat']}, measured on the runtime)", "",
+             "| target | measured | 95% interval | predicted | prediction error | dense | met | within window |",
+             "|---:|---:|---:|---:|---:|---:|---|---|",
+             f"| {b['target']:.4g} {b['unit']} | {b['measured']:.4g} | {b['ci95'][0]:.4g}-{b['ci95'][1]:.4g} | "
+             f"{b['predicted']:.4g} | {b['prediction_error']:+.1%} | {b['dense_ms']:.3f} ms | "
+             f"{'yes' if b['met'] else 'NO'} | {'yes' if b['within_window'] else 'no'} |",
+             "",
+             f"{b['provider']} on {b['cpu']}, {b['threads']} threads, batch {b['batch']}, {b['runs']} runs interleaved "
+             f"with the dense model; the fit measured {len(b['fit_probes'])} candidate plans. A latency holds for the "
+             "machine, runtime and thread count it was measured on."]
+    return lines
+
+
 def render_prune(console: Console, report: dict, out) -> None:
     budget = Table(title="Budget: target vs achieved", header_style="bold")
     for col in ("metric", "target", "achieved", "target ratio", "achieved ratio", "gap", "met"):
         budget.add_column(col, justify="right" if col != "metric" else "left")
     for metric, b in report["budget"].items():
+        if metric == "latency":
+            dense = b["dense_ms"]
+            budget.add_row(f"latency {b['stat']} (ms)", f"{b['target_ms']:.3f}", f"{b['measured_ms']:.3f}",
+                           f"{b['target_ms'] / dense:.4f}", f"{b['measured_ratio']:.4f}", f"{b['gap']:.2%}",
+                           "yes" if b["met"] else "[red]NO[/red]")
+            continue
         budget.add_row(metric, human(b["target"]), human(b["achieved"]), f"{b['target_ratio']:.4f}",
                        f"{b['achieved_ratio']:.4f}", f"{b['gap']:.2%}", "yes" if b["met"] else "[red]NO[/red]")
     console.print(budget)
+    if "latency" in report["budget"]:
+        b = report["budget"]["latency"]
+        console.print(f"Latency measured on {b['provider']} ({b['cpu']}, {b['threads']} threads, batch {b['batch']}), "
+                      f"{b['runs']} interleaved runs: {b['measured']:.4g} {b['unit']} (95% interval "
+                      f"{b['ci95'][0]:.4g}-{b['ci95'][1]:.4g}); the latency model predicted {b['predicted']:.4g} "
+                      f"({b['prediction_error']:+.1%}). It holds on this machine and runtime only.")
     a, d = report["achieved"], report["dense"]
     totals = Table(title="Dense vs pruned", header_style="bold")
     for col in ("quantity", "dense", "pruned", "ratio"):

@@ -26,4 +26,4 @@ def removable_steps(group, floor: int | None = None) -> int:
     return (group.channels - floor) // group.step
 
 
-from . import global_, learned, sensitivity, uniform  # noqa: E402,F401  (registration side effects)
+from . import global_, latency, learned, sensitivity, uniform  # noqa: E402,F401  (registration side effects)

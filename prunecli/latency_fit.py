@@ -1,0 +1,115 @@
+"""Fit a removal order to a latency budget, by measurement.
+
+The latency model (:mod:`prunecli.latency_model`) predicts, for every prefix ``t`` of the removal order, the
+whole model's latency; the fit starts where the prediction reaches the aim (``margin`` below the target) and
+then measures: each candidate is exported and timed with onnxruntime interleaved with the dense model until the
+ratio's 95% interval is within +-``halfwidth``. The next candidate corrects the prediction by the measured
+error (a secant step on the prediction), bracketed by what was measured too slow and too fast, bisecting when
+a correction does not move. A plan is accepted when its measured value is at most ``1 - margin`` of the
+target, at least ``1 - window`` of it, and its interval's upper end is within the target.
+
+An unreachable target (every step applied is still too slow, measured) is a usage error, raised before any
+fine-tuning or export; a target no plan lands on within the window is BudgetNotMet naming the closest.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from .errors import BudgetNotMet, UsageError
+
+
+@dataclass
+class Probe:
+    t: int
+    predicted: float  # in the target's unit (fraction of dense, or ms)
+    measured: float
+    high: float  # upper end of the 95% interval
+    ratio: object  # latency.Ratio
+
+    def to_json(self) -> dict:
+        return {"steps": self.t, "predicted": self.predicted, "measured": self.measured, "ci95_high": self.high,
+                **{f"ratio_{k}": v for k, v in self.ratio.to_json().items()}}
+
+
+@dataclass
+class LatencyFit:
+    t: int
+    counts: dict
+    probe: Probe
+    probes: list = field(default_factory=list)
+
+
+def fit_latency(counts_after, steps: int, target: float, predict, measure, *, t_min: int = 0, margin: float = 0.015,
+                window: float = 0.05, max_probes: int = 9, unit: str = "of dense") -> LatencyFit:
+    """The prefix of the order (its length ``t``) whose measured latency lands in [1 - window, 1 - margin] x target.
+
+    ``counts_after(t)`` gives the counts of prefix t; ``predict(counts)`` and ``measure(counts)`` return the value
+    in the target's unit, ``measure`` as (value, interval high, Ratio). ``t_min``: the least prefix other
+    budgets (FLOPs, params) allow.
+    """
+    aim, upper, lower = target * (1 - margin * 2), target * (1 - margin), target * (1 - window)
+    predicted = {}
+
+    def pred(t: int) -> float:
+        if t not in predicted:
+            predicted[t] = predict(counts_after(t))
+        return predicted[t]
+
+    def first_below(value: float, lo: int, hi: int) -> int:
+        """The smallest t in [lo, hi] whose prediction is at most ``value`` (hi if none)."""
+        while lo < hi:
+            mid = (lo + hi) // 2
+            if pred(mid) <= value:
+                hi = mid
+            else:
+                lo = mid + 1
+        return lo
+
+    probes: list[Probe] = []
+
+    def probe(t: int) -> Probe:
+        value, high, ratio = measure(counts_after(t))
+        p = Probe(t, pred(t), value, high, ratio)
+        probes.append(p)
+        return p
+
+    if pred(steps) > target:
+        deepest = probe(steps)
+        if deepest.measured > target:
+            raise UsageError(
+                f"--latency target {target:.4g} {unit} is not reachable: with every channel step applied the model "
+                f"measures {deepest.measured:.4g} {unit} (predicted {deepest.predicted:.4g}); give a larger target, "
+                "or lower --round-to / --min-channels / --max-group-prune's floor to reach further"
+            )
+    too_slow, too_fast = t_min - 1, steps + 1  # measured bounds: t <= too_slow misses, t >= too_fast overshoots
+    t = max(t_min, first_below(aim, t_min, steps))
+    for _ in range(max_probes):
+        p = next((q for q in probes if q.t == t), None) or probe(t)
+        if p.measured <= upper and p.high <= target and p.measured >= lower:
+            return LatencyFit(t, counts_after(t), p, probes)
+        if p.measured > upper or p.high > target:
+            too_slow = max(too_slow, t)
+        else:
+            too_fast = min(too_fast, t)
+        if too_fast - too_slow <= 1:
+            break
+        correction = p.measured / p.predicted if p.predicted > 0 else 1.0
+        guess = first_below(aim / correction, max(t_min, too_slow + 1), min(steps, too_fast - 1))
+        if not too_slow < guess < too_fast or guess == t:
+            guess = (too_slow + too_fast) // 2
+            if guess <= max(too_slow, t_min - 1) or guess >= too_fast:
+                break
+        t = guess
+    meeting = [q for q in probes if q.high <= target]
+    if meeting and t_min > 0 and min(q.t for q in meeting) <= t_min:
+        # the other budgets bind: the least pruning they allow is already fast enough
+        best = min(meeting, key=lambda q: q.t)
+        return LatencyFit(best.t, counts_after(best.t), best, probes)
+    closest = max(meeting, key=lambda q: q.measured) if meeting else min(probes, key=lambda q: q.measured)
+    raise BudgetNotMet(
+        f"no plan measured within {window:.0%} below --latency target {target:.4g} {unit}: the closest measures "
+        f"{closest.measured:.4g} {unit} (95% interval up to {closest.high:.4g}) with {closest.t} channel steps removed; "
+        "the steps are too coarse for the machine's noise: use a smaller --round-to, a slightly different target, "
+        "or measure on a quieter machine"
+    )

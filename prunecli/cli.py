@@ -150,6 +150,13 @@ def inspect(
     ignore: List[str] = typer.Option([], "--ignore", help="Module name glob to keep intact (repeatable)."),
     round_to: Optional[int] = typer.Option(None, "--round-to", min=1, help="Kept channels are multiples of N (default: preset's)."),
     min_channels: int = typer.Option(1, "--min-channels", min=1, help="Fewest channels any group keeps."),
+    latency: bool = typer.Option(False, "--latency", help="Measure the latency model on the runtime: per-group "
+                                 "latency share and the runtime's channel blocks."),
+    plot: Optional[str] = typer.Option(None, "--plot", help="With --latency: write a PNG of latency against kept "
+                                       "channels for the heaviest groups."),
+    provider: str = typer.Option("cpu", "--provider", help="With --latency: cpu, cuda or tensorrt."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="With --latency: intra-op threads (default: physical cores)."),
+    latency_batch: Optional[int] = typer.Option(None, "--latency-batch", help="With --latency: batch (default: the input shape's)."),
     as_json: bool = JsonOpt,
 ) -> None:
     """Show what in MODEL can be pruned: totals, channel groups, what is kept and why, and how far a budget can go.
@@ -158,20 +165,49 @@ def inspect(
 
         prunecli inspect torchvision:resnet18
 
+        prunecli inspect torchvision:mobilenet_v2 --latency --plot latency.png
+
         prunecli inspect model.pt --json
 
         prunecli inspect weights.safetensors --arch torchvision:mobilenet_v2 --input-shape 1,3,160,160
     """
     from .inspect import inspect_model
 
+    from pathlib import Path
+
+    from .errors import UsageError
+
+    if plot is not None and not latency:
+        raise UsageError("--plot draws the latency model: add --latency")
+    if plot is not None:
+        from .outputs import check_out_file
+
+        check_out_file(Path(plot), force=False, flag="--plot", inputs=_typed_inputs(model, weights, arch), suffix=".png")
+    settings = _latency_settings(provider, threads, latency_batch, "p50")
     loaded = _load(model, arch, weights, trust_pickle, input_shape, preset)
     doc = inspect_model(loaded, ignore=tuple(ignore), round_to=round_to, min_channels=min_channels)
+    if latency:
+        from .config import LatencyTarget, PruneConfig
+        from .inspect import prunable_groups
+        from .latency_model import describe
+        from .planner import LatencyBench
+
+        analysis, _ = prunable_groups(loaded, ignore=tuple(ignore), round_to=round_to, min_channels=min_channels)
+        config = PruneConfig(latency=LatencyTarget(0.5), latency_settings=settings)
+        with LatencyBench(loaded, config, analysis, {}) as bench:
+            doc["latency"] = describe(bench.model)
+        if plot is not None:
+            from .report import plot_latency
+
+            plot_latency(doc, Path(plot))
     if as_json:
         typer.echo(json.dumps(doc, indent=2))
     else:
-        from .report import render_inspect
+        from .report import render_inspect, render_latency
 
         render_inspect(_console(), doc)
+        if latency:
+            render_latency(_console(), doc)
 
 
 @app.command()

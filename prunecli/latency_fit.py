@@ -41,8 +41,12 @@ class LatencyFit:
 
 
 def fit_latency(counts_after, steps: int, target: float, predict, measure, *, t_min: int = 0, margin: float = 0.015,
-                window: float = 0.05, max_probes: int = 9, unit: str = "of dense") -> LatencyFit:
+                window: float = 0.05, max_probes: int = 9, unit: str = "of dense", neighbours=None) -> LatencyFit:
     """The prefix of the order (its length ``t``) whose measured latency lands in [1 - window, 1 - margin] x target.
+
+    When two adjacent prefixes straddle the window (one step of the order is too coarse), single-group
+    adjustments (``neighbours(counts)``: the counts one step away, each group) of both are ranked by the
+    prediction, corrected by the measured error, and the three closest to the aim are measured.
 
     ``counts_after(t)`` gives the counts of prefix t; ``predict(counts)`` and ``measure(counts)`` return the value
     in the target's unit, ``measure`` as (value, interval high, Ratio). ``t_min``: the least prefix other
@@ -93,6 +97,10 @@ def fit_latency(counts_after, steps: int, target: float, predict, measure, *, t_
         else:
             too_fast = min(too_fast, t)
         if too_fast - too_slow <= 1:
+            adjusted = _adjust(too_slow, too_fast, counts_after, neighbours, predict, measure, probes, steps, t_min,
+                               aim, upper, lower, target)
+            if adjusted is not None:
+                return adjusted
             break
         correction = p.measured / p.predicted if p.predicted > 0 else 1.0
         guess = first_below(aim / correction, max(t_min, too_slow + 1), min(steps, too_fast - 1))
@@ -113,3 +121,27 @@ def fit_latency(counts_after, steps: int, target: float, predict, measure, *, t_
         "the steps are too coarse for the machine's noise: use a smaller --round-to, a slightly different target, "
         "or measure on a quieter machine"
     )
+
+
+def _adjust(too_slow, too_fast, counts_after, neighbours, predict, measure, probes, steps, t_min, aim, upper, lower,
+            target, tries: int = 3):
+    """A plan one group-step away from the two prefixes that straddle the window, or None."""
+    if neighbours is None:
+        return None
+    near = [q for q in probes if q.t in (too_slow, too_fast)]
+    if not near:
+        return None
+    correction = sum(q.measured / q.predicted for q in near if q.predicted > 0) / len(near)
+    starts = [counts_after(t) for t in (too_slow, too_fast) if t_min <= t <= steps]
+    candidates = []
+    for start in starts:
+        for counts in neighbours(start):
+            candidates.append((abs(predict(counts) * correction - aim), counts))
+    candidates.sort(key=lambda c: c[0])
+    for _, counts in candidates[:tries]:
+        value, high, ratio = measure(counts)
+        p = Probe(-2, predict(counts), value, high, ratio)
+        probes.append(p)
+        if value <= upper and high <= target and value >= lower:
+            return LatencyFit(-2, counts, p, probes)
+    return None

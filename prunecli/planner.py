@@ -84,9 +84,9 @@ class LatencyBench:
         t0 = time.perf_counter()
         self.model = build_latency_model(loaded.model, loaded.example_input, analysis.groups, self.runtime,
                                          self.dense_ms, self.batch, progress=progress)
-        timings["latency_table_s"] = time.perf_counter() - t0
         self.groups = analysis.groups
         self.measured = 0
+        timings["latency_table_s"] = time.perf_counter() - t0
 
     def __enter__(self) -> "LatencyBench":
         return self
@@ -173,8 +173,20 @@ def _fit_with_latency(bench: LatencyBench, analysis, order, targets, oracle, den
             else:
                 lo = mid + 1
         t_min = lo
+    def neighbours(counts):  # one step more or less of one group, within its range and the other budgets
+        out = []
+        for g in analysis.groups:
+            for delta in (g.step, -g.step):
+                k = counts[g.root] + delta
+                if g.min_keep <= k <= g.channels:
+                    trial = {**counts, g.root: k}
+                    if not targets or all(c <= targets[m] for m, c in oracle(trial).items() if m in targets):
+                        out.append(trial)
+        return out
+
     result = fit_latency(lambda t: _counts_prefix(analysis.groups, order, t), len(order), target, bench.predict,
-                         bench.measure, t_min=t_min, margin=settings.margin, window=settings.window, unit=unit)
+                         bench.measure, t_min=t_min, margin=settings.margin, window=settings.window, unit=unit,
+                         neighbours=neighbours)
     counts = result.counts
     from .budget import Fit
 

@@ -357,5 +357,74 @@ def plot_alpha(history: list, roots: list, path, *, metric: str = "flops", label
     cost_ax.legend(fontsize=8)
     cost_ax.grid(alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    import os
+    import tempfile
+    from pathlib import Path
+
+    from .outputs import apply_umask
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{Path(path).name}.", suffix=".png", dir=Path(path).parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110)
+        apply_umask(Path(tmp), directory=False)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
+
+def render_latency(console: Console, doc: dict, limit: int = 25) -> None:
+    lat = doc["latency"]
+    table = Table(title=f"Latency per group (predicted; dense measured {lat['dense_ms']:.3f} ms)", header_style="bold")
+    table.add_column("group root", overflow="fold", min_width=22)
+    for col in ("channels", "step", "latency share", "at min (ms)"):
+        table.add_column(col, justify="right", no_wrap=True)
+    for g in lat["groups"][:limit]:
+        table.add_row(g["root"], str(g["channels"]), str(g["step"]), f"{g['latency_share']:.1%}", f"{g['curve'][0][1]:.3f}")
+    console.print(table)
+    s, t = lat["staircase"], lat["table"]
+    console.print(f"[dim]Latency share: of the dense model's latency, what removing the group down to its minimum would "
+                  f"save (that group alone). Channel blocks measured on this runtime: {s['blocks']} (off-block extra "
+                  f"cost {', '.join(f'{k} {v:.0%}' for k, v in s['penalties'].items())}). {t['provider']}, "
+                  f"{t['threads']} threads, {t['cpu']}; table {t['file']} ({t['measured']} measured, {t['reused']} "
+                  "cached).[/dim]")
+
+
+def plot_latency(doc: dict, path, *, heaviest: int = 6) -> None:
+    """Predicted whole-model latency against kept channels for the heaviest groups (one group varied at a time)."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    import matplotlib
+
+    from .outputs import apply_umask
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    lat = doc["latency"]
+    fig, ax = plt.subplots(figsize=(9, 5.5))
+    for g in lat["groups"][:heaviest]:
+        ax.step([p[0] for p in g["curve"]], [p[1] for p in g["curve"]], where="post", marker=".", markersize=3,
+                label=f"{g['root']} ({g['latency_share']:.0%})")
+    ax.set_xlabel("kept channels of the group (others dense)")
+    ax.set_ylabel("predicted model latency (ms)")
+    t = lat["table"]
+    ax.set_title(f"{doc['model']}: {t['provider']}, {t['threads']} threads, block {lat['staircase']['block']}")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fd, tmp = tempfile.mkstemp(prefix=f".{Path(path).name}.", suffix=".png", dir=Path(path).parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110)
+        apply_umask(Path(tmp), directory=False)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)

@@ -165,3 +165,27 @@ class TwoGroupings(nn.Module):
 
 def two_groupings() -> nn.Module:
     return TwoGroupings()
+
+
+class TinyMobile(nn.Module):
+    """stem -> depthwise -> pointwise -> depthwise -> pointwise -> pool -> head (MobileNet-like blocks without
+    residuals): depthwise convs follow their group's count on both sides."""
+
+    def __init__(self, num_classes: int = 10, width: int = 32) -> None:
+        super().__init__()
+        w = width
+        self.stem = nn.Sequential(nn.Conv2d(3, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU())
+        self.dw1 = nn.Sequential(nn.Conv2d(w, w, 3, padding=1, groups=w, bias=False), nn.BatchNorm2d(w), nn.ReLU())
+        self.pw1 = nn.Sequential(nn.Conv2d(w, 2 * w, 1, bias=False), nn.BatchNorm2d(2 * w), nn.ReLU())
+        self.dw2 = nn.Sequential(nn.Conv2d(2 * w, 2 * w, 3, padding=1, groups=2 * w, bias=False),
+                                 nn.BatchNorm2d(2 * w), nn.ReLU())
+        self.pw2 = nn.Sequential(nn.Conv2d(2 * w, 2 * w, 1, bias=False), nn.BatchNorm2d(2 * w), nn.ReLU())
+        self.head = nn.Linear(2 * w, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.pw2(self.dw2(self.pw1(self.dw1(self.stem(x)))))
+        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+def tiny_mobile(num_classes: int = 10, width: int = 32) -> nn.Module:
+    return TinyMobile(num_classes=num_classes, width=width)

@@ -1,0 +1,215 @@
+"""The latency budget: parsing, the staircase finder, the latency model's accuracy against measured whole-model
+latency, the table cache, unreachable targets, and agreement with `prunecli bench`'s gate."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+RESNET = "tinynets:tiny_resnet:width=64"
+MOBILE = "tinynets:tiny_mobile:width=64"
+SHAPE = "1,3,96,96"
+
+
+@pytest.fixture
+def shared_cache(tmp_path_factory, monkeypatch):
+    """One latency cache for the tests of this module (the staircase probe and layer tables are measured once)."""
+    root = tmp_path_factory.getbasetemp() / "latency-cache"
+    monkeypatch.setenv("XDG_CACHE_HOME", str(root))
+    return root
+
+
+@pytest.mark.parametrize("text,value,absolute", [
+    ("0.6", 0.6, False), ("3ms", 3.0, True), ("3 ms", 3.0, True), ("800us", 0.8, True), ("0.02s", 20.0, True),
+    (".5", 0.5, False),
+])
+def test_latency_budgets_parse(text, value, absolute):
+    from prunecli.config import LatencyTarget
+
+    budget = LatencyTarget.parse(text)
+    assert budget.absolute is absolute
+    assert budget.value == pytest.approx(value)
+    assert budget.resolve(10.0) == pytest.approx(value if absolute else value * 10.0)
+
+
+@pytest.mark.parametrize("text,message", [
+    ("2", "add a unit, e.g. 2ms"), ("1", "must be in (0, 1)"), ("0", "must be > 0"), ("0ms", "must be > 0"),
+    ("fast", "not a latency budget"), ("3 sec", "not a latency budget"), ("nan", "not a latency budget"),
+])
+def test_bad_latency_budgets_are_refused(text, message):
+    from prunecli.config import LatencyTarget
+
+    with pytest.raises(ValueError, match=None) as info:
+        LatencyTarget.parse(text)
+    assert message in str(info.value)
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--latency", "2"], "add a unit, e.g. 2ms"),
+    (["--latency", "0.6", "--no-latency"], "drop --no-latency"),
+    (["--latency", "0.6", "--latency-stat", "p99"], "--latency-stat 'p99' is not one of p50, p90"),
+    (["--latency", "0.6", "--provider", "gpu"], "--provider 'gpu' is not one of cpu, cuda, tensorrt"),
+    (["--latency", "0.6", "--threads", "0"], "--threads 0 must be >= 1"),
+    (["--latency", "0.6", "--latency-batch", "0"], "--latency-batch 0 must be >= 1"),
+    (["--latency", "0.6", "--allocation", "latncy"], "did you mean 'latency'"),
+])
+def test_latency_flags_usage_errors(cli, tmp_path, args, message):
+    r = cli("prune", RESNET, "--input-shape", SHAPE, *args, "--out", tmp_path / "o")
+    assert r.code == 2, r
+    assert message in r.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_find_block_reads_the_staircase():
+    from prunecli.latency_model import find_block
+
+    stairs = {c: (1.0 if c % 4 == 0 else 1.3) * (1 + c / 100) for c in range(33, 65)}
+    block, penalty = find_block(stairs)
+    assert block == 4
+    assert penalty == pytest.approx(0.3, abs=0.05)
+    smooth = {c: 1 + c / 100 for c in range(33, 65)}
+    assert find_block(smooth) == (1, 0.0)
+    eights = {c: (1.0 if c % 8 == 0 else 1.2) for c in range(33, 65)}
+    assert find_block(eights)[0] == 8
+
+
+def _uniform_counts(analysis, fraction, multiple=8):
+    return {g.root: max(g.min_keep, int(round(g.channels * fraction / multiple)) * multiple) for g in analysis.groups}
+
+
+@pytest.mark.slow  # not yet reliable on a noisy 2-core VM: single-layer timings move run to run (issue 17 note)
+@pytest.mark.parametrize("spec", [RESNET, MOBILE])
+def test_latency_model_predicts_measured_whole_model_latency(shared_cache, spec):
+    """The table's prediction for a plan is within 15% of the whole model measured interleaved with dense."""
+    from prunecli.config import LatencySettings, LatencyTarget, PruneConfig
+    from prunecli.inspect import prunable_groups
+    from prunecli.load import load_model
+    from prunecli.planner import LatencyBench
+
+    loaded = load_model(spec, input_shape=SHAPE)
+    analysis, _ = prunable_groups(loaded)
+    config = PruneConfig(latency=LatencyTarget(0.6), latency_settings=LatencySettings(threads=2))
+    with LatencyBench(loaded, config, analysis, {}) as bench:
+        assert bench.model.predict({}) == pytest.approx(bench.dense_ms)
+        for fraction in (0.75, 0.5):
+            counts = _uniform_counts(analysis, fraction)
+            predicted = bench.predict(counts)
+            measured, _, ratio = bench.measure(counts)
+            assert ratio.runs >= 60
+            assert abs(predicted / measured - 1) < 0.15, (spec, fraction, predicted, measured)
+            assert measured < 1.0
+
+
+def _prune(cli, out, *args):
+    r = cli("prune", RESNET, "--input-shape", SHAPE, "--threads", "2", "--out", out, "--json", *args)
+    return r, (json.loads(r.stdout) if r.code in (0, 1) and r.stdout.strip() else None)
+
+
+def test_the_table_is_cached_per_runtime(shared_cache):
+    """A second latency model of the same model measures nothing: every layer and the staircase come from disk."""
+    from prunecli.config import LatencySettings, LatencyTarget, PruneConfig
+    from prunecli.inspect import prunable_groups
+    from prunecli.load import load_model
+    from prunecli.planner import LatencyBench
+
+    loaded = load_model(MOBILE, input_shape=SHAPE)
+    analysis, _ = prunable_groups(loaded)
+    config = PruneConfig(latency=LatencyTarget(0.6), latency_settings=LatencySettings(threads=2))
+    with LatencyBench(loaded, config, analysis, {}) as first:
+        measured = first.model.table.measured
+        assert first.model.table.path.is_file()
+    with LatencyBench(loaded, config, analysis, {}) as second:
+        assert second.model.table.measured == 0
+        assert second.model.table.reused >= measured > 0
+        assert second.model.layers_dense_ms == pytest.approx(first.model.layers_dense_ms)
+    # another thread count is another runtime: its own cache file
+    other = PruneConfig(latency=LatencyTarget(0.6), latency_settings=LatencySettings(threads=1))
+    with LatencyBench(loaded, other, analysis, {}) as third:
+        assert third.model.table.path != first.model.table.path and third.model.table.measured > 0
+
+
+@pytest.mark.slow  # the measured fit on 2-group test nets: steps are coarse and the VM noisy (issue 17 note)
+def test_latency_budget_is_met_and_the_table_is_reused(cli, shared_cache, tmp_path):
+    r, report = _prune(cli, tmp_path / "a", "--latency", "0.6")
+    assert r.code == 0, r
+    lat = report["budget"]["latency"]
+    assert report["config"]["allocation"] == "latency"
+    assert lat["met"] and lat["within_window"]
+    assert 0.6 * 0.95 <= lat["measured"] <= 0.6
+    assert lat["ci95"][1] <= 0.6 + 1e-9
+    assert lat["threads"] == 2 and lat["provider"] == "CPUExecutionProvider" and lat["cpu"]
+    assert lat["runs"] >= 60 and lat["fit_probes"]
+    assert abs(lat["prediction_error"]) < 0.15
+    assert report["achieved"]["flops_ratio"] < 1.0
+    first = lat["latency_model"]["table"]
+    assert first["measured"] > 0
+    # a second prune of the same model measures no table entry: every layer comes from the cache
+    r, again = _prune(cli, tmp_path / "b", "--latency", "0.7", "--flops", "0.9")
+    assert r.code == 0, r
+    table = again["budget"]["latency"]["latency_model"]["table"]
+    assert table["measured"] == 0 and table["reused"] >= first["measured"]
+    assert again["budget"]["flops"]["met"] and again["budget"]["latency"]["met"]
+
+
+@pytest.mark.slow
+def test_absolute_latency_budget(cli, shared_cache, tmp_path):
+    from prunecli.config import LatencySettings, LatencyTarget, PruneConfig
+    from prunecli.inspect import prunable_groups
+    from prunecli.load import load_model
+    from prunecli.planner import LatencyBench
+
+    loaded = load_model(RESNET, input_shape=SHAPE)
+    analysis, _ = prunable_groups(loaded)
+    config = PruneConfig(latency=LatencyTarget(0.6), latency_settings=LatencySettings(threads=2))
+    with LatencyBench(loaded, config, analysis, {}) as bench:
+        dense_ms = bench.dense_ms
+    target = f"{0.65 * dense_ms:.4f}ms"
+    r, report = _prune(cli, tmp_path / "o", "--latency", target)
+    assert r.code == 0, r
+    lat = report["budget"]["latency"]
+    assert lat["unit"] == "ms" and lat["requested_as"] == "milliseconds"
+    assert lat["met"] and lat["measured"] <= float(target[:-2])
+    assert lat["measured"] == pytest.approx(lat["measured_ms"])
+
+
+def test_unreachable_latency_exits_2_before_any_work(cli, shared_cache, tmp_path):
+    r = cli("prune", RESNET, "--input-shape", SHAPE, "--threads", "2", "--latency", "0.01", "--data", "synthetic:64",
+            "--epochs", "3", "--out", tmp_path / "o")
+    assert r.code == 2, r
+    assert "is not reachable" in r.stderr and "measures" in r.stderr
+    assert not (tmp_path / "o").exists()  # nothing exported, no checkpoint: fine-tuning never started
+
+
+@pytest.mark.slow
+def test_bench_gate_agrees_right_after_prune(cli, shared_cache, tmp_path):
+    r, report = _prune(cli, tmp_path / "pruned", "--latency", "0.6")
+    assert r.code == 0, r
+    r = cli("export", RESNET, "--input-shape", SHAPE, "--out", tmp_path / "dense.onnx")
+    assert r.code == 0, r
+    r = cli("bench", tmp_path / "pruned", "--baseline", tmp_path / "dense.onnx", "--threads", "2",
+            "--max-latency-ratio", "0.6", "--runs", "200")
+    assert r.code == 0, r
+
+
+def test_latency_allocation_serves_a_flops_budget(cli, shared_cache, tmp_path):
+    """--allocation latency with a FLOPs budget: the FLOPs fit stays exact, the order comes from the latency model."""
+    r, report = _prune(cli, tmp_path / "o", "--flops", "0.5", "--allocation", "latency")
+    assert r.code == 0, r
+    assert report["budget"]["flops"]["met"] and report["budget"]["flops"]["gap"] <= 0.01
+    assert report["latency_model"]["table"]["file"]
+    assert "latency" not in report["budget"]
+
+
+def test_inspect_latency_prints_shares_and_writes_a_plot(cli, shared_cache, tmp_path):
+    r = cli("inspect", MOBILE, "--input-shape", SHAPE, "--latency", "--threads", "2", "--plot", tmp_path / "lat.png",
+            "--json")
+    assert r.code == 0, r
+    doc = json.loads(r.stdout)
+    lat = doc["latency"]
+    assert lat["dense_ms"] > 0 and lat["staircase"]["block"] >= 1
+    shares = {g["root"]: g["latency_share"] for g in lat["groups"]}
+    assert set(shares) == {g["root"] for g in doc["groups"]}
+    assert all(0 <= s <= 1 for s in shares.values()) and max(shares.values()) > 0.05
+    assert all(len(g["curve"]) >= 2 for g in lat["groups"])
+    assert (tmp_path / "lat.png").stat().st_size > 1000

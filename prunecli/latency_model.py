@@ -33,7 +33,7 @@ from dataclasses import dataclass, field
 from .cache import cache_dir, read_json, write_json
 from .latency import RuntimeConfig, runtime_facts
 
-GRID_POINTS = 7  # measured channel counts per swept side of a layer (the dense count included)
+GRID_POINTS = 12  # measured channel counts per swept side of a layer (the dense count included)
 PROBE_KINDS = ("conv_in", "conv_out", "depthwise")
 CACHE_VERSION = 1
 
@@ -164,18 +164,28 @@ def layer_bytes(layer: Layer, cin: int, cout: int) -> bytes:
 def time_bytes(onnx_bytes: bytes, shape: tuple, runtime: RuntimeConfig, *, target_ms: float = 40.0,
                min_runs: int = 15, max_runs: int = 300, repeats: int = 2) -> float:
     """Median latency (ms) of one model; the lower of ``repeats`` medians, each over about ``target_ms`` of runs."""
+    return time_many([(onnx_bytes, shape)], runtime, target_ms=target_ms, min_runs=min_runs, max_runs=max_runs,
+                     passes=repeats)[0]
+
+
+def time_many(models: list, runtime: RuntimeConfig, *, target_ms: float = 30.0, min_runs: int = 15,
+              max_runs: int = 300, passes: int = 3) -> list[float]:
+    """Median latency (ms) of each (onnx bytes, input shape), the lowest over ``passes`` passes that visit every
+    model in turn (so a slow spell of the machine lands on one pass of every model, not on all passes of one)."""
     from .latency import measure, open_session
 
-    timed = open_session("layer", onnx_bytes, RuntimeConfig(runtime.provider, runtime.threads, None, warmup=3),
-                         tuple(shape))
-    measure([timed], 3)
-    first = sorted(timed.samples_ms)[1]
-    runs = int(min(max_runs, max(min_runs, target_ms / max(first, 1e-3))))
-    best = float("inf")
-    for _ in range(repeats):
-        timed.samples_ms.clear()
-        measure([timed], runs)
-        best = min(best, sorted(timed.samples_ms)[len(timed.samples_ms) // 2])
+    config = RuntimeConfig(runtime.provider, runtime.threads, None, warmup=3)
+    timed = [open_session("layer", data, config, tuple(shape)) for data, shape in models]
+    runs = []
+    for t in timed:
+        measure([t], 3)
+        runs.append(int(min(max_runs, max(min_runs, target_ms / max(sorted(t.samples_ms)[1], 1e-3)))))
+    best = [float("inf")] * len(timed)
+    for _ in range(passes):
+        for i, t in enumerate(timed):
+            t.samples_ms.clear()
+            measure([t], runs[i])
+            best[i] = min(best[i], sorted(t.samples_ms)[len(t.samples_ms) // 2])
     return best
 
 
@@ -207,13 +217,39 @@ class Table:
         self.measured += 1
         return value
 
+    def fill(self, points: list, chunk: int = 16) -> None:
+        """Measure every (key, build, shape) not yet in the table, ``chunk`` sessions at a time (see time_many)."""
+        missing, seen = [], set()
+        for key, build, shape in points:
+            if key in self.entries or key in seen:
+                self.reused += key in self.entries
+                continue
+            seen.add(key)
+            missing.append((key, build, shape))
+        t0 = time.perf_counter()
+        for start in range(0, len(missing), chunk):
+            part = missing[start:start + chunk]
+            values = time_many([(build(), shape) for _, build, shape in part], self.runtime)
+            for (key, _, _), value in zip(part, values):
+                self.entries[key] = value
+        self.measured += len(missing)
+        self.wall_s += time.perf_counter() - t0
+
+    def layer_point(self, layer: "Layer", cin: int, cout: int) -> tuple:
+        shape = list(layer.shape)
+        shape[1 if layer.op == "conv" else -1] = cin
+        return f"{layer.signature()}|{cin}|{cout}", (lambda: layer_bytes(layer, cin, cout)), tuple(shape)
+
     def save(self) -> None:
         write_json(self.path, {"facts": self.facts, "staircase": self.staircase_doc, "entries": self.entries})
 
     def layer_ms(self, layer: Layer, cin: int, cout: int) -> float:
-        shape = list(layer.shape)
-        shape[1 if layer.op == "conv" else -1] = cin
-        return self.time(f"{layer.signature()}|{cin}|{cout}", lambda: layer_bytes(layer, cin, cout), tuple(shape))
+        """One layer's latency, measured now if the table lacks it."""
+        return self.time(*self.layer_point(layer, cin, cout))
+
+    def value(self, layer: Layer, cin: int, cout: int) -> float:
+        """A point :meth:`fill` measured or found."""
+        return self.entries[self.layer_point(layer, cin, cout)[0]]
 
     def overhead_ms(self, shape: tuple) -> float:
         return self.time(f"overhead|{list(shape)}", lambda: _relu_bytes(shape), tuple(shape))
@@ -476,23 +512,29 @@ def build_latency_model(model, example_input, groups, runtime: RuntimeConfig, de
             base = base * layer.groups // math.gcd(base, layer.groups)
         return base
 
-    curves = []
+    plans = []  # per layer: the (cin, cout) points of its curves
+    for layer in layers:
+        cin, cout = layer.cin.dense, layer.cout.dense
+        if layer.depthwise:
+            plans.append({"dw": [(c, c) for c in _grid(cout, low_of(layer.cout), multiple(layer.cout, layer))]})
+            continue
+        plan = {}
+        if layer.cin.terms:
+            plan["cin"] = [(c, cout) for c in _grid(cin, low_of(layer.cin), multiple(layer.cin, layer))]
+        if layer.cout.terms:
+            plan["cout"] = [(cin, c) for c in _grid(cout, low_of(layer.cout), multiple(layer.cout, layer))]
+        plans.append(plan)
     try:
-        for layer in layers:
-            cin, cout = layer.cin.dense, layer.cout.dense
-            dense = table.layer_ms(layer, cin, cout)
-            if layer.depthwise:
-                dw = [(c, table.layer_ms(layer, c, c)) for c in _grid(cout, low_of(layer.cout), multiple(layer.cout, layer))]
-                curves.append(LayerCurves(layer, dense, None, None, dw))
-                continue
-            cin_curve = cout_curve = None
-            if layer.cin.terms:
-                cin_curve = [(c, table.layer_ms(layer, c, cout)) for c in
-                             _grid(cin, low_of(layer.cin), multiple(layer.cin, layer))]
-            if layer.cout.terms:
-                cout_curve = [(c, table.layer_ms(layer, cin, c)) for c in
-                              _grid(cout, low_of(layer.cout), multiple(layer.cout, layer))]
-            curves.append(LayerCurves(layer, dense, cin_curve, cout_curve))
+        points = [table.layer_point(layer, layer.cin.dense, layer.cout.dense) for layer in layers]
+        points += [table.layer_point(layer, a, b) for layer, plan in zip(layers, plans)
+                   for pairs in plan.values() for a, b in pairs]
+        table.fill(points)
+        curves = []
+        for layer, plan in zip(layers, plans):
+            dense = table.value(layer, layer.cin.dense, layer.cout.dense)
+            curve = {side: [(a if side != "cout" else b, table.value(layer, a, b)) for a, b in pairs]
+                     for side, pairs in plan.items()}
+            curves.append(LayerCurves(layer, dense, curve.get("cin"), curve.get("cout"), curve.get("dw")))
         overhead = table.overhead_ms(tuple(layers[0].shape) if layers else (batch,))
     finally:
         table.save()

@@ -92,20 +92,20 @@ def latency_budget_report(config: PruneConfig, measured: dict, evidence: dict) -
     """``budget.latency``: target vs the final model measured (with its 95% interval) vs the latency model's
     prediction, and how it was measured."""
     budget, settings = config.latency, config.latency_settings
-    fit = evidence["latency"]
+    fit = evidence.get("latency") or {"binding": "resumed: the fit ran in the first run", "probes": [], "model": None}
     absolute = budget.absolute
     value = measured["pruned_ms"] if absolute else measured["ratio"]
     high = measured["pruned_ms"] * measured["ci95"][1] / measured["ratio"] if absolute else measured["ci95"][1]
     low = measured["pruned_ms"] * measured["ci95"][0] / measured["ratio"] if absolute else measured["ci95"][0]
-    predicted_ms = fit["predicted_ms"]
-    predicted = predicted_ms if absolute else predicted_ms / fit["dense_ms"]
+    predicted_ms = fit.get("predicted_ms")
+    predicted = None if predicted_ms is None else predicted_ms if absolute else predicted_ms / fit["dense_ms"]
     return {
         "requested": budget.value, "requested_as": "milliseconds" if absolute else "fraction",
         "target": budget.value, "unit": "ms" if absolute else "fraction of dense",
         "target_ms": budget.value if absolute else budget.value * measured["dense_ms"],
         "measured": value, "ci95": [low, high], "measured_ms": measured["pruned_ms"], "dense_ms": measured["dense_ms"],
         "measured_ratio": measured["ratio"],
-        "predicted": predicted, "prediction_error": predicted / value - 1 if value else None,
+        "predicted": predicted, "prediction_error": predicted / value - 1 if value and predicted is not None else None,
         "gap": (budget.value - value) / budget.value, "met": value <= budget.value,
         "within_window": budget.value * (1 - settings.window) <= value <= budget.value,
         "binding": fit["binding"], "stat": settings.stat, "runs": measured["runs"], "batch": measured["batch"],

@@ -141,12 +141,16 @@ def prune_markdown(report: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _num(value, fmt: str) -> str:
+    return "-" if value is None else format(value, fmt)
+
+
 def latency_budget_lines(b: dict) -> list[str]:
     lines = ["", f"### Latency budget ({b['stat']}, measured on the runtime)", "",
              "| target | measured | 95% interval | predicted | prediction error | dense | met | within window |",
              "|---:|---:|---:|---:|---:|---:|---|---|",
              f"| {b['target']:.4g} {b['unit']} | {b['measured']:.4g} | {b['ci95'][0]:.4g}-{b['ci95'][1]:.4g} | "
-             f"{b['predicted']:.4g} | {b['prediction_error']:+.1%} | {b['dense_ms']:.3f} ms | "
+             f"{_num(b['predicted'], '.4g')} | {_num(b['prediction_error'], '+.1%')} | {b['dense_ms']:.3f} ms | "
              f"{'yes' if b['met'] else 'NO'} | {'yes' if b['within_window'] else 'no'} |",
              "",
              f"{b['provider']} on {b['cpu']}, {b['threads']} threads, batch {b['batch']}, {b['runs']} runs interleaved "
@@ -173,8 +177,8 @@ def render_prune(console: Console, report: dict, out) -> None:
         b = report["budget"]["latency"]
         console.print(f"Latency measured on {b['provider']} ({b['cpu']}, {b['threads']} threads, batch {b['batch']}), "
                       f"{b['runs']} interleaved runs: {b['measured']:.4g} {b['unit']} (95% interval "
-                      f"{b['ci95'][0]:.4g}-{b['ci95'][1]:.4g}); the latency model predicted {b['predicted']:.4g} "
-                      f"({b['prediction_error']:+.1%}). It holds on this machine and runtime only.")
+                      f"{b['ci95'][0]:.4g}-{b['ci95'][1]:.4g}); the latency model predicted {_num(b['predicted'], '.4g')} "
+                      f"({_num(b['prediction_error'], '+.1%')}). It holds on this machine and runtime only.")
     a, d = report["achieved"], report["dense"]
     totals = Table(title="Dense vs pruned", header_style="bold")
     for col in ("quantity", "dense", "pruned", "ratio"):

@@ -10,6 +10,7 @@ import pytest
 RESNET = "tinynets:tiny_resnet:width=64"
 MOBILE = "tinynets:tiny_mobile:width=64"
 SHAPE = "1,3,96,96"
+VGG = "tinynets:tiny_vgg:width=32"  # four single-layer groups: fine channel steps for the measured fit
 
 
 @pytest.fixture
@@ -102,7 +103,7 @@ def test_latency_model_predicts_measured_whole_model_latency(shared_cache, spec)
 
 
 def _prune(cli, out, *args):
-    r = cli("prune", RESNET, "--input-shape", SHAPE, "--threads", "2", "--out", out, "--json", *args)
+    r = cli("prune", VGG, "--input-shape", SHAPE, "--threads", "2", "--out", out, "--json", *args)
     return r, (json.loads(r.stdout) if r.code in (0, 1) and r.stdout.strip() else None)
 
 
@@ -159,7 +160,7 @@ def test_absolute_latency_budget(cli, shared_cache, tmp_path):
     from prunecli.load import load_model
     from prunecli.planner import LatencyBench
 
-    loaded = load_model(RESNET, input_shape=SHAPE)
+    loaded = load_model(VGG, input_shape=SHAPE)
     analysis, _ = prunable_groups(loaded)
     config = PruneConfig(latency=LatencyTarget(0.6), latency_settings=LatencySettings(threads=2))
     with LatencyBench(loaded, config, analysis, {}) as bench:
@@ -185,7 +186,7 @@ def test_unreachable_latency_exits_2_before_any_work(cli, shared_cache, tmp_path
 def test_bench_gate_agrees_right_after_prune(cli, shared_cache, tmp_path):
     r, report = _prune(cli, tmp_path / "pruned", "--latency", "0.6")
     assert r.code == 0, r
-    r = cli("export", RESNET, "--input-shape", SHAPE, "--out", tmp_path / "dense.onnx")
+    r = cli("export", VGG, "--input-shape", SHAPE, "--out", tmp_path / "dense.onnx")
     assert r.code == 0, r
     r = cli("bench", tmp_path / "pruned", "--baseline", tmp_path / "dense.onnx", "--threads", "2",
             "--max-latency-ratio", "0.6", "--runs", "200")

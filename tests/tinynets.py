@@ -189,3 +189,24 @@ class TinyMobile(nn.Module):
 
 def tiny_mobile(num_classes: int = 10, width: int = 32) -> nn.Module:
     return TinyMobile(num_classes=num_classes, width=width)
+
+
+class TinyVgg(nn.Module):
+    """Five conv -> BN -> ReLU layers (two of them strided), pool, head: four prunable groups, each its own layer,
+    so a channel step moves latency by a few percent (fine enough for a measured latency fit)."""
+
+    def __init__(self, num_classes: int = 10, width: int = 32) -> None:
+        super().__init__()
+        w = width
+        spec = [(3, w, 1), (w, 2 * w, 2), (2 * w, 2 * w, 1), (2 * w, 4 * w, 2), (4 * w, 4 * w, 1)]
+        self.features = nn.Sequential(*[
+            nn.Sequential(nn.Conv2d(i, o, 3, stride=s, padding=1, bias=False), nn.BatchNorm2d(o), nn.ReLU())
+            for i, o, s in spec])
+        self.head = nn.Linear(4 * w, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(self.features(x), 1), 1))
+
+
+def tiny_vgg(num_classes: int = 10, width: int = 32) -> nn.Module:
+    return TinyVgg(num_classes=num_classes, width=width)

@@ -351,6 +351,10 @@ def prune(
                                 distill_weight=distill_weight, temperature=temperature, seed=seed)
     _check_prune_flags(out, force, resume, criterion, config.allocation, schedule, data, epochs,
                        inputs=_typed_inputs(model, weights, arch, data))
+    if config.latency is not None or config.allocation == "latency":
+        from .latency import check_provider
+
+        check_provider(config.latency_settings.runtime())  # exit 4 before loading: the provider is not usable here
     loaded = _load(model, arch, weights, trust_pickle, input_shape, preset)
     loaders = _data(data, batch_size, workers, loaded, seed, skip_bad_images) if data else None
     with _progress(enabled=not as_json) as progress:

@@ -62,6 +62,17 @@ def test_latency_flags_usage_errors(cli, tmp_path, args, message):
     assert not (tmp_path / "o").exists()
 
 
+def test_a_missing_provider_is_exit_4_before_loading(cli, tmp_path):
+    import onnxruntime as ort
+
+    if "CUDAExecutionProvider" in ort.get_available_providers():
+        pytest.skip("this onnxruntime has CUDA")
+    r = cli("prune", "missing.pt", "--latency", "0.6", "--provider", "cuda", "--out", tmp_path / "o")
+    assert r.code == 4, r
+    assert "--provider cuda: CUDAExecutionProvider is not available" in r.stderr
+    assert not (tmp_path / "o").exists()
+
+
 def test_find_block_reads_the_staircase():
     from prunecli.latency_model import find_block
 

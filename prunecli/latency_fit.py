@@ -117,31 +117,47 @@ def fit_latency(counts_after, steps: int, target: float, predict, measure, *, t_
     closest = max(meeting, key=lambda q: q.measured) if meeting else min(probes, key=lambda q: q.measured)
     raise BudgetNotMet(
         f"no plan measured within {window:.0%} below --latency target {target:.4g} {unit}: the closest measures "
-        f"{closest.measured:.4g} {unit} (95% interval up to {closest.high:.4g}) with {closest.t} channel steps removed; "
+        f"{closest.measured:.4g} {unit} (95% interval up to {closest.high:.4g}) "
+        f"({f'{closest.t} channel steps of the order' if closest.t >= 0 else 'a single-group adjustment'}); "
         "the steps are too coarse for the machine's noise: use a smaller --round-to, a slightly different target, "
         "or measure on a quieter machine"
     )
 
 
 def _adjust(too_slow, too_fast, counts_after, neighbours, predict, measure, probes, steps, t_min, aim, upper, lower,
-            target, tries: int = 3):
-    """A plan one group-step away from the two prefixes that straddle the window, or None."""
+            target, tries: int = 6):
+    """A plan one or two group-steps away from the two prefixes that straddle the window, or None.
+
+    Candidates are ranked by their prediction corrected by the measured error of the closest measured plan; each
+    measurement updates that correction (it is local: the table's error drifts along the order)."""
     if neighbours is None:
         return None
-    near = [q for q in probes if q.t in (too_slow, too_fast)]
+    near = [q for q in probes if q.t in (too_slow, too_fast) and q.predicted > 0]
     if not near:
         return None
-    correction = sum(q.measured / q.predicted for q in near if q.predicted > 0) / len(near)
+    correction = sum(q.measured / q.predicted for q in near) / len(near)
     starts = [counts_after(t) for t in (too_slow, too_fast) if t_min <= t <= steps]
-    candidates = []
+    candidates, seen = [], set()
     for start in starts:
-        for counts in neighbours(start):
-            candidates.append((abs(predict(counts) * correction - aim), counts))
-    candidates.sort(key=lambda c: c[0])
-    for _, counts in candidates[:tries]:
+        for once in neighbours(start):
+            for counts in [once] + neighbours(once):
+                key = tuple(sorted(counts.items()))
+                if key not in seen:
+                    seen.add(key)
+                    candidates.append((predict(counts), counts))
+    for _ in range(tries):
+        pending = [c for c in candidates if c[1] is not None]
+        if not pending:
+            break
+        index = min(range(len(candidates)), key=lambda i: abs(candidates[i][0] * correction - aim)
+                    if candidates[i][1] is not None else float("inf"))
+        predicted, counts = candidates[index]
+        candidates[index] = (predicted, None)
         value, high, ratio = measure(counts)
-        p = Probe(-2, predict(counts), value, high, ratio)
+        p = Probe(-2, predicted, value, high, ratio)
         probes.append(p)
         if value <= upper and high <= target and value >= lower:
             return LatencyFit(-2, counts, p, probes)
+        if predicted > 0:
+            correction = value / predicted
     return None

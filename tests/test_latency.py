@@ -225,3 +225,95 @@ def test_inspect_latency_prints_shares_and_writes_a_plot(cli, shared_cache, tmp_
     assert all(0 <= s <= 1 for s in shares.values()) and max(shares.values()) > 0.05
     assert all(len(g["curve"]) >= 2 for g in lat["groups"])
     assert (tmp_path / "lat.png").stat().st_size > 1000
+
+
+class _Runtime:
+    """A deterministic stand-in for the runtime: 'true' latency of a plan, a latency model that is off by a factor,
+    and a record of what was measured."""
+
+    def __init__(self, groups: dict, bias: float = 1.15, noise: float = 0.0) -> None:
+        self.groups, self.bias, self.noise, self.measured = groups, bias, noise, []
+
+    def true(self, counts: dict) -> float:  # fraction of dense: quadratic in the kept share, like a conv
+        return 0.05 + 0.95 * sum((counts[r] / n) ** 2 for r, n in self.groups.items()) / len(self.groups)
+
+    def predict(self, counts: dict) -> float:
+        return min(1.0, self.true(counts) * self.bias)
+
+    def measure(self, counts: dict):
+        self.measured.append(dict(counts))
+        value = self.true(counts)
+        from prunecli.latency import Ratio
+
+        return value, value * (1 + self.noise + 0.01), Ratio("p50", value, value * 0.99, value * 1.01, value, 1.0, 100)
+
+
+def _order(groups: dict, step: int) -> list:
+    order, left = [], dict(groups)
+    while any(k > step for k in left.values()):
+        root = max(left, key=lambda r: left[r] / groups[r])
+        left[root] -= step
+        order.append(root)
+    return order
+
+
+def _after(groups, order, step):
+    def counts_after(t):
+        counts = dict(groups)
+        for root in order[:t]:
+            counts[root] -= step
+        return counts
+    return counts_after
+
+
+@pytest.mark.parametrize("target,bias", [(0.75, 1.15), (0.5, 0.85), (0.3, 1.3), (0.3, 0.8)])
+def test_fit_lands_in_the_window_despite_a_biased_model(target, bias):
+    from prunecli.latency_fit import fit_latency
+
+    groups = {"a": 64, "b": 128, "c": 256}
+    runtime = _Runtime(groups, bias)
+    order = _order(groups, 8)
+    fit = fit_latency(_after(groups, order, 8), len(order), target, runtime.predict, runtime.measure)
+    assert target * 0.95 <= fit.probe.measured <= target * (1 - 0.015)
+    assert fit.probe.high <= target
+    assert runtime.true(fit.counts) == pytest.approx(fit.probe.measured)
+    assert len(runtime.measured) <= 12
+
+
+def test_fit_adjusts_single_groups_when_one_step_is_too_coarse():
+    """Two groups, steps of a quarter of each: no prefix of the order lands in the window; a single-group
+    adjustment does."""
+    from prunecli.latency_fit import fit_latency
+
+    groups = {"a": 32, "b": 32}
+    runtime = _Runtime(groups, bias=1.0)
+    order = _order(groups, 8)
+    prefixes = [runtime.true(_after(groups, order, 8)(t)) for t in range(len(order) + 1)]
+    target = 0.57  # the window [0.5415, 0.5615] holds no prefix (0.584, 0.436) but (8, 32): 0.555
+    assert not any(target * 0.95 <= v <= target * 0.985 for v in prefixes)
+
+    def neighbours(counts):
+        out = []
+        for r in groups:
+            for d in (8, -8):
+                if 8 <= counts[r] + d <= groups[r]:
+                    out.append({**counts, r: counts[r] + d})
+        return out
+
+    with pytest.raises(Exception):
+        fit_latency(_after(groups, order, 8), len(order), target, runtime.predict, runtime.measure)
+    fit = fit_latency(_after(groups, order, 8), len(order), target, runtime.predict, runtime.measure,
+                      neighbours=neighbours)
+    assert target * 0.95 <= fit.probe.measured <= target * 0.985 and fit.t == -2
+
+
+def test_fit_refuses_an_unreachable_target_with_the_measured_minimum():
+    from prunecli.errors import UsageError
+    from prunecli.latency_fit import fit_latency
+
+    groups = {"a": 64, "b": 64}
+    runtime = _Runtime(groups, bias=1.0)
+    order = _order(groups, 8)
+    with pytest.raises(UsageError, match="is not reachable: with every channel step applied the model measures"):
+        fit_latency(_after(groups, order, 8), len(order), 0.02, runtime.predict, runtime.measure)
+    assert runtime.measured == [_after(groups, order, 8)(len(order))]  # one measurement: the deepest plan

@@ -120,7 +120,7 @@ class LatencySettings:
     threads: int | None = None  # None: physical cores
     batch: int | None = None  # None: the input shape's
     stat: str = "p50"
-    halfwidth: float = 0.02
+    halfwidth: float = 0.01
     margin: float = 0.015
     window: float = 0.05  # achieved must be within this below the target
 

@@ -268,7 +268,7 @@ def ratio_of(model: Timed, baseline: Timed, stat: str, block: int, seed: int = 0
 
 
 def measure_ratio(model: Timed, baseline: Timed, stat: str = "p50", *, halfwidth: float = 0.02, block: int = 10,
-                  min_runs: int = 60, max_runs: int = 2000, max_seconds: float = 120.0) -> Ratio:
+                  min_runs: int = 60, max_runs: int = 4000, max_seconds: float = 60.0) -> Ratio:
     """Time ``model`` and ``baseline`` interleaved until the ratio's 95% interval is within +-``halfwidth`` of it
     (or ``max_runs`` / ``max_seconds`` runs out; the interval then says how sure it is)."""
     deadline = time.perf_counter() + max_seconds

@@ -41,7 +41,7 @@ class LatencyFit:
 
 
 def fit_latency(counts_after, steps: int, target: float, predict, measure, *, t_min: int = 0, margin: float = 0.015,
-                window: float = 0.05, max_probes: int = 9, unit: str = "of dense", neighbours=None) -> LatencyFit:
+                window: float = 0.05, max_probes: int = 12, unit: str = "of dense", neighbours=None) -> LatencyFit:
     """The prefix of the order (its length ``t``) whose measured latency lands in [1 - window, 1 - margin] x target.
 
     When two adjacent prefixes straddle the window (one step of the order is too coarse), single-group
@@ -125,7 +125,7 @@ def fit_latency(counts_after, steps: int, target: float, predict, measure, *, t_
 
 
 def _adjust(too_slow, too_fast, counts_after, neighbours, predict, measure, probes, steps, t_min, aim, upper, lower,
-            target, tries: int = 6):
+            target, tries: int = 8):
     """A plan one or two group-steps away from the two prefixes that straddle the window, or None.
 
     Candidates are ranked by their prediction corrected by the measured error of the closest measured plan; each

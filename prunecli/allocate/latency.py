@@ -2,9 +2,9 @@
 
 HALP's latency-saliency knapsack (Shen et al., 2022), greedy: at every step, each group's next step (its
 lowest-scoring remaining channels) costs its importance - the channels' scores normalised by the group's mean,
-summed and weighted by the share of the model's FLOPs one channel of the group carries (a residual stream's
-channel feeds many layers; mean-normalised scores alone would make it as cheap as one conv's channel) - and saves
-the latency the measured latency model (:mod:`prunecli.latency_model`) predicts for it at
+summed and weighted by the share of the model's FLOPs and params one channel of the group carries (their mean: a
+residual stream's channel feeds many layers, and mean-normalised scores alone would make it as cheap as one conv's
+channel; with the FLOPs share alone, resnet18 at a latency of 0.3 kept 2.7% of its params) - and saves the latency the measured latency model (:mod:`prunecli.latency_model`) predicts for it at
 the current counts (a step's saving depends on its neighbours' counts, so savings are re-predicted as the
 counts move). The step with the least importance per millisecond goes next. Steps that save nothing come last.
 ``max_group_prune`` caps how much of any group may go, as for ``global``.
@@ -28,7 +28,8 @@ def latency(groups, scores, config, evidence) -> list[str]:
         values = np.asarray(scores[group.root], dtype=np.float64)
         if group.channel_groups > 1:
             values = values.reshape(group.channel_groups, -1).mean(axis=0).repeat(group.channel_groups)
-        normalised = np.sort(values / (values.mean() + 1e-12)) * (group.flops_share / group.channels)
+        weight = (group.flops_share + group.params_share) / 2 / group.channels
+        normalised = np.sort(values / (values.mean() + 1e-12)) * weight
         importance[group.root] = [float(normalised[k * group.step:(k + 1) * group.step].sum())
                                   for k in range(group.channels // group.step)]
         floor = math.ceil((1.0 - config.max_group_prune) * group.channels / group.step) * group.step

@@ -280,6 +280,29 @@ def render_sensitivity(console: Console, doc: dict, out, limit: int = 25) -> Non
                   + (" (from the cache)" if doc["cached"] else "") + f". Wrote {out}/ (sensitivity.csv, .json, .png).")
 
 
+def save_figure(fig, path) -> None:
+    """Write a matplotlib figure as PNG under its final name only when complete (a hidden name beside it until
+    then), with the user's umask; the figure is closed."""
+    import os
+    import tempfile
+    from pathlib import Path
+
+    import matplotlib.pyplot as plt
+
+    from .outputs import apply_umask
+
+    fd, tmp = tempfile.mkstemp(prefix=f".{Path(path).name}.", suffix=".png", dir=Path(path).parent)
+    os.close(fd)
+    try:
+        fig.savefig(tmp, dpi=110, format="png")
+        apply_umask(Path(tmp), directory=False)
+        os.replace(tmp, path)
+    finally:
+        plt.close(fig)
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+
+
 def plot_sensitivity(scan, path, *, title: str = "", highlight: int = 8) -> None:
     """Two panels that stay legible with many groups: the curves (the ``highlight`` most sensitive in
     colour, the rest grey) and every group's mean degradation as a sorted bar chart."""
@@ -322,8 +345,7 @@ def plot_sensitivity(scan, path, *, title: str = "", highlight: int = 8) -> None
     fig.suptitle(f"Sensitivity scan{': ' + title if title else ''} — dense {scan.metric} {dense}, "
                  f"{scan.samples} validation images, criterion {scan.settings['criterion']}", fontsize=11)
     fig.tight_layout(rect=(0, 0, 1, 1 - 0.45 / height))  # room for the suptitle
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    save_figure(fig, path)
 
 
 def plot_alpha(history: list, roots: list, path, *, metric: str = "flops", label: int = 10) -> None:
@@ -361,22 +383,7 @@ def plot_alpha(history: list, roots: list, path, *, metric: str = "flops", label
     cost_ax.legend(fontsize=8)
     cost_ax.grid(alpha=0.3)
     fig.tight_layout()
-    import os
-    import tempfile
-    from pathlib import Path
-
-    from .outputs import apply_umask
-
-    fd, tmp = tempfile.mkstemp(prefix=f".{Path(path).name}.", suffix=".png", dir=Path(path).parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110)
-        apply_umask(Path(tmp), directory=False)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    save_figure(fig, path)
 
 
 
@@ -399,13 +406,7 @@ def render_latency(console: Console, doc: dict, limit: int = 25) -> None:
 
 def plot_latency(doc: dict, path, *, heaviest: int = 6) -> None:
     """Predicted whole-model latency against kept channels for the heaviest groups (one group varied at a time)."""
-    import os
-    import tempfile
-    from pathlib import Path
-
     import matplotlib
-
-    from .outputs import apply_umask
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
@@ -422,13 +423,4 @@ def plot_latency(doc: dict, path, *, heaviest: int = 6) -> None:
     ax.legend(fontsize=8)
     ax.grid(alpha=0.3)
     fig.tight_layout()
-    fd, tmp = tempfile.mkstemp(prefix=f".{Path(path).name}.", suffix=".png", dir=Path(path).parent)
-    os.close(fd)
-    try:
-        fig.savefig(tmp, dpi=110)
-        apply_umask(Path(tmp), directory=False)
-        os.replace(tmp, path)
-    finally:
-        plt.close(fig)
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    save_figure(fig, path)

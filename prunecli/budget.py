@@ -52,7 +52,8 @@ class Fit:
     evaluations: int
 
 
-def _counts_after(groups, order: list[str], t: int) -> dict[str, int]:
+def counts_after(groups, order: list[str], t: int) -> dict[str, int]:
+    """Per-group channel counts after the first ``t`` steps of a removal order."""
     counts = {g.root: g.channels for g in groups}
     step = {g.root: g.step for g in groups}
     for root in order[:t]:
@@ -73,7 +74,7 @@ def fit_budget(groups, order: list[str], targets: dict[str, int], oracle: CostOr
                *, tolerance: float = 0.01, hint: str = "", prefer: dict | None = None) -> Fit:
     """Per-group channel counts meeting every target, the binding one within ``tolerance`` below it.
     ``prefer`` ({root: wanted count}) steers which groups get steps back when closing the last gap."""
-    full = oracle(_counts_after(groups, order, len(order)))
+    full = oracle(counts_after(groups, order, len(order)))
     for metric, target in targets.items():
         if full[metric] > target:
             raise UsageError(
@@ -81,15 +82,15 @@ def fit_budget(groups, order: list[str], targets: dict[str, int], oracle: CostOr
                 f"{full[metric]:,} ({full[metric] / dense[metric]:.3f}) {hint}"
             )
     lo, hi = 0, len(order)  # invariant: plan(hi) meets the budget; plan(lo) does not (unless lo == 0 does)
-    if _meets(oracle(_counts_after(groups, order, 0)), targets):
+    if _meets(oracle(counts_after(groups, order, 0)), targets):
         hi = 0
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if _meets(oracle(_counts_after(groups, order, mid)), targets):
+        if _meets(oracle(counts_after(groups, order, mid)), targets):
             hi = mid
         else:
             lo = mid
-    counts = _counts_after(groups, order, hi)
+    counts = counts_after(groups, order, hi)
     cost = oracle(counts)
 
     by_root = {g.root: g for g in groups}

@@ -492,7 +492,7 @@ class LatencyModel:
 
 
 def build_latency_model(model, example_input, groups, runtime: RuntimeConfig, dense_ms: float, batch: int,
-                        table: Table | None = None, progress=None) -> LatencyModel:
+                        table: Table | None = None) -> LatencyModel:
     """Measure (or read from the cache) every layer's curves for these groups and calibrate on ``dense_ms``."""
     table = table or Table(runtime)
     staircase = table.staircase()

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from . import allocate
-from .budget import CostOracle, fit_budget
+from .budget import CostOracle, counts_after, fit_budget
 from .config import PruneConfig
 from .criteria import CRITERIA, channel_scores
 from .errors import RuntimeFailure, UsageError
@@ -62,7 +62,7 @@ class LatencyBench:
     latency model, and candidate plans exported and timed interleaved with it. Use as a context manager (it holds a
     scratch directory for the candidates' ONNX files)."""
 
-    def __init__(self, loaded: LoadedModel, config: PruneConfig, analysis, timings: dict, progress=None) -> None:
+    def __init__(self, loaded: LoadedModel, config: PruneConfig, analysis, timings: dict) -> None:
         import tempfile
 
         from .export import export_onnx
@@ -87,7 +87,7 @@ class LatencyBench:
         timings["latency_dense_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         self.model = build_latency_model(loaded.model, loaded.example_input, analysis.groups, self.runtime,
-                                         self.dense_ms, self.batch, progress=progress)
+                                         self.dense_ms, self.batch)
         self.groups = analysis.groups
         self.measured = 0
         timings["latency_table_s"] = time.perf_counter() - t0
@@ -96,6 +96,10 @@ class LatencyBench:
         return self
 
     def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Remove the scratch directory of the dense and candidate ONNX files."""
         self._tmp.cleanup()
 
     def target(self) -> tuple[float, str]:
@@ -144,14 +148,6 @@ def staircase_round_to(loaded: LoadedModel, config: PruneConfig) -> tuple[int, s
                     f"channel block {block} (see `prunecli inspect --latency`)")
 
 
-def _counts_prefix(groups, order, t):
-    counts = {g.root: g.channels for g in groups}
-    step = {g.root: g.step for g in groups}
-    for root in order[:t]:
-        counts[root] -= step[root]
-    return counts
-
-
 def _fit_with_latency(bench: LatencyBench, analysis, order, targets, oracle, dense, config, hint, prefer, timings):
     """The budget fit when a latency budget is given: FLOPs/params first (exactly, as without one); if that plan is
     also fast enough it stands, else the latency fit on measured latency over the order's prefixes, from the least
@@ -171,7 +167,7 @@ def _fit_with_latency(bench: LatencyBench, analysis, order, targets, oracle, den
         lo, hi = 0, len(order)
         while lo < hi:  # the least prefix meeting the FLOPs/params budgets
             mid = (lo + hi) // 2
-            cost = oracle(_counts_prefix(analysis.groups, order, mid))
+            cost = oracle(counts_after(analysis.groups, order, mid))
             if all(cost[m] <= t for m, t in targets.items()):
                 hi = mid
             else:
@@ -188,7 +184,7 @@ def _fit_with_latency(bench: LatencyBench, analysis, order, targets, oracle, den
                         out.append(trial)
         return out
 
-    result = fit_latency(lambda t: _counts_prefix(analysis.groups, order, t), len(order), target, bench.predict,
+    result = fit_latency(lambda t: counts_after(analysis.groups, order, t), len(order), target, bench.predict,
                          bench.measure, t_min=t_min, margin=settings.margin, window=settings.window, unit=unit,
                          neighbours=neighbours)
     counts = result.counts
@@ -301,7 +297,7 @@ def plan_model(loaded: LoadedModel, config: PruneConfig, timings: dict, batches=
         evidence["round_to_note"] = staircase_note
     bench = None
     if latency_aware:
-        bench = LatencyBench(loaded, config, analysis, timings, progress)
+        bench = LatencyBench(loaded, config, analysis, timings)
         evidence["latency_model"] = bench.model
     try:
         order = allocator(analysis.groups, scores, config, evidence)
@@ -328,7 +324,7 @@ def plan_model(loaded: LoadedModel, config: PruneConfig, timings: dict, batches=
         timings["search_s"] = time.perf_counter() - t0
     finally:
         if bench is not None:
-            bench.__exit__(None, None, None)
+            bench.close()
         evidence.pop("latency_model", None)
 
     plan = Plan(

@@ -29,6 +29,9 @@ RESULTS = Path(__file__).parent / "results"
 RUNS = RESULTS / "latency_budget_runs.jsonl"
 TABLE = RESULTS / "latency_budget.md"
 CLI = [sys.executable, "-m", "prunecli"]
+# how prunecli timed: "measuring-process" = a child process with onnxruntime only and one shared spinning pool
+# (current); rows without the field were timed with non-spinning per-session pools in the pruning process
+METHOD = "measuring-process"
 
 
 def run(args: list[str]) -> tuple[int, dict | None, float, str]:
@@ -52,7 +55,7 @@ def bench_ratio(out: Path, dense: Path, batch: int, runs: int) -> float:
     return doc["ratio"]["p50"]
 
 
-def cell(model: str, target: float, batch: int, work: Path, runs: int) -> dict:
+def cell(model: str, target: float, batch: int, work: Path, runs: int, compare: bool = True) -> dict:
     spec = f"torchvision:{model}"
     dense = work / f"{model}-dense.onnx"
     if not dense.exists():
@@ -63,7 +66,7 @@ def cell(model: str, target: float, batch: int, work: Path, runs: int) -> dict:
     code, report, wall, err = run(["prune", spec, "--latency", str(target), "--latency-batch", str(batch),
                                    "--threads", "2", "--out", str(out), "--force", "--json"])
     row = {"model": model, "target": target, "batch": batch, "exit": code, "prune_wall_s": wall,
-           "machine": f"{platform.machine()} {os.cpu_count()} CPUs", "threads": 2}
+           "machine": f"{platform.machine()} {os.cpu_count()} CPUs", "threads": 2, "method": METHOD}
     if report is None:
         row["error"] = err
         return row
@@ -73,6 +76,8 @@ def cell(model: str, target: float, batch: int, work: Path, runs: int) -> dict:
                 "probes": len(lat["fit_probes"]), "cpu": lat["cpu"]})
     row["fresh"] = bench_ratio(out, dense, batch, runs)
     row["within_5pct_below"] = target * 0.95 <= row["fresh"] <= target
+    if not compare:
+        return row
     # the comparison: a FLOPs budget (uniform l1) bisected to the same measured latency
     lo, hi, best = 0.05, 0.999, None
     for _ in range(7):
@@ -101,7 +106,17 @@ def cell(model: str, target: float, batch: int, work: Path, runs: int) -> dict:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["# Latency budget: `prune --latency T`, re-measured in a fresh process", "",
+    current = [r for r in rows if r.get("method") == METHOD]
+    earlier = [r for r in rows if r.get("method") != METHOD]
+    text = _table(current, "measured in prunecli's measuring process (onnxruntime only, one shared spinning pool)")
+    if earlier:
+        text += "\n" + _table(earlier, "earlier method: non-spinning per-session pools in the pruning process "
+                                       "(superseded; kept for comparison)")
+    return text
+
+
+def _table(rows: list[dict], how: str) -> str:
+    lines = [f"# Latency budget: `prune --latency T`, re-measured in a fresh process ({how})", "",
              "onnxruntime CPU, 2 intra-op threads, p50; `fresh` = `prunecli bench OUT --baseline dense.onnx` in a new "
              "process. FLOPs pruning = `--flops f --allocation uniform --criterion l1`, f bisected to the same measured "
              "latency.", "",
@@ -131,17 +146,18 @@ def main() -> None:
     parser.add_argument("--targets", default="0.75,0.5,0.3")
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--no-compare", action="store_true", help="skip the FLOPs-budget bisection at equal latency")
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
     done = [json.loads(line) for line in RUNS.read_text().splitlines()] if RUNS.exists() else []
-    seen = {(r["model"], r["target"], r["batch"]) for r in done}
+    seen = {(r["model"], r["target"], r["batch"]) for r in done if r.get("method") == METHOD}
     with tempfile.TemporaryDirectory(prefix="latency-budget-") as tmp:
         for batch in [int(b) for b in args.batches.split(",")]:
             for model in args.models.split(","):
                 for target in [float(t) for t in args.targets.split(",")]:
                     if (model, target, batch) in seen:
                         continue
-                    row = cell(model, target, batch, Path(tmp), args.runs)
+                    row = cell(model, target, batch, Path(tmp), args.runs, compare=not args.no_compare)
                     with RUNS.open("a") as f:
                         f.write(json.dumps(row) + "\n")
                     done.append(row)

@@ -14,7 +14,7 @@ from pathlib import Path
 from .bundle import ONNX, RECIPE, is_bundle, read_recipe, verify_file
 from .config import require_finite
 from .errors import UsageError
-from .latency import STATS, RuntimeConfig, cpu_model, measure, open_session, peak_rss_mb, physical_cores, statistics
+from .latency import STATS, RuntimeConfig, cpu_model, physical_cores, runtime_for, statistics
 
 GATE_STATS = ("p50", "p90", "p99", "mean")
 SCHEMA_VERSION = 1
@@ -75,16 +75,21 @@ def run_bench(model_path: Path, baseline_path: Path | None, config: BenchConfig,
 
     if config.max_latency_ratio is not None and baseline_path is None:
         raise UsageError("--max-latency-ratio needs --baseline MODEL to compare against")
-    models = [open_session("model", model_path, config.runtime, input_shape)]
-    if baseline_path is not None:
-        models.append(open_session("baseline", baseline_path, config.runtime, input_shape))
-    started = time.perf_counter()
-    measure(models, config.runs, config.block, config.seconds)
-    wall = time.perf_counter() - started
+    runtime = runtime_for(config.runtime)
+    models = [runtime.open("model", model_path, config.runtime, input_shape)]
+    try:
+        if baseline_path is not None:
+            models.append(runtime.open("baseline", baseline_path, config.runtime, input_shape))
+        started = time.perf_counter()
+        runtime.measure(models, config.runs, config.block, config.seconds)
+        wall = time.perf_counter() - started
+        peak = runtime.peak_rss_mb()
+    finally:
+        runtime.drop(*models)
     doc: dict = {
         "schema_version": SCHEMA_VERSION,
         "versions": _versions(ort),
-        "provider": models[0].session.get_providers()[0],
+        "provider": models[0].provider,
         "cpu": cpu_model(),
         "machine": platform.machine(),
         "threads": config.threads or physical_cores(),
@@ -93,7 +98,7 @@ def run_bench(model_path: Path, baseline_path: Path | None, config: BenchConfig,
         "runs": len(models[0].samples_ms),
         "interleaved_block": config.block if baseline_path is not None else None,
         "wall_s": wall,
-        "peak_rss_mb": peak_rss_mb(),
+        "peak_rss_mb": peak,  # of the measuring process (onnxruntime only)
     }
     for timed in models:
         doc[timed.label] = {

@@ -1,13 +1,14 @@
 """Latency on the deployment runtime: onnxruntime sessions, interleaved timing and statistics.
 
-The one home of latency measurement: `prunecli bench` gates on it, and `prune` measures with it. With several
-models, they are timed in the same process in alternating blocks of runs, so that machine noise (frequency
-changes, other processes) lands on all of them. Latency is the wall time of one ``session.run`` for one batch,
-in milliseconds.
+The one home of latency measurement: `prunecli bench` gates on it, and `prune` measures with it. Models are timed
+in a measuring process that holds onnxruntime and nothing else (:class:`Runtime`, :mod:`prunecli.latency_worker`);
+several models are timed there in alternating blocks of runs, so that machine noise (frequency changes, other
+processes) lands on all of them. Latency is the wall time of one ``session.run`` for one batch, in milliseconds.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import platform
 import time
@@ -73,37 +74,18 @@ def cpu_model() -> str:
     return platform.processor() or platform.machine()
 
 
-def _rss_mb() -> float:
-    try:
-        pages = int(Path("/proc/self/statm").read_text().split()[1])
-        return pages * os.sysconf("SC_PAGE_SIZE") / 2**20
-    except (OSError, ValueError):
-        return float("nan")
-
-
-def peak_rss_mb() -> float:
-    import resource
-
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
 @dataclass
 class Timed:
-    """One model under test."""
+    """One model open in a :class:`Runtime` (the measuring process), and the samples timed so far."""
 
     label: str
     path: Path
-    session: object
-    runner: object  # zero-argument callable running one batch
+    id: int
     batch: int
     input_shape: tuple
+    provider: str
     rss_delta_mb: float = 0.0
     samples_ms: list = field(default_factory=list)
-
-    def run_once(self) -> None:
-        start = time.perf_counter_ns()
-        self.runner()
-        self.samples_ms.append((time.perf_counter_ns() - start) / 1e6)
 
 
 def check_provider(config: RuntimeConfig) -> str:
@@ -119,74 +101,134 @@ def check_provider(config: RuntimeConfig) -> str:
     return wanted
 
 
-def session_options(config: RuntimeConfig):
-    """The session settings every measurement uses (threads, full graph optimisation, quiet logs)."""
-    import onnxruntime as ort
+class Runtime:
+    """A measuring process (:mod:`prunecli.latency_worker`): onnxruntime only, one intra-op pool of ``threads``
+    spinning threads shared by its sessions, as a deployed process has. Models are opened from files or ONNX
+    bytes and timed there; the samples come back here. Get one with :func:`runtime_for`."""
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = config.threads or physical_cores()
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.log_severity_level = 3
-    # no spin-waiting between runs: timed interleaved, one session's spinning threads would steal the cores of the
-    # other (measured: a 1.7 ms model timed at 3.0 ms next to another session on 2 cores)
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    return options
+    def __init__(self, provider: str, threads: int) -> None:
+        import subprocess
+        import sys
+        import tempfile
+
+        self.provider, self.threads = provider, threads
+        self.dir = Path(tempfile.mkdtemp(prefix="prunecli-runtime-"))
+        self._log = open(self.dir / "stderr.log", "w+")
+        env = dict(os.environ)
+        package_root = str(Path(__file__).resolve().parent.parent)
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (package_root, env.get("PYTHONPATH")) if p)
+        self.proc = subprocess.Popen([sys.executable, "-m", "prunecli.latency_worker", provider, str(threads)],
+                                     stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._log, text=True,
+                                     bufsize=1, env=env)
+        self._files = 0
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def call(self, op: str, **request) -> dict:
+        try:
+            self.proc.stdin.write(json.dumps({"op": op, **request}) + "\n")
+            self.proc.stdin.flush()
+            line = self.proc.stdout.readline()
+        except (BrokenPipeError, OSError):
+            line = ""
+        if not line:
+            self._log.seek(0)
+            last = [x for x in self._log.read().splitlines() if x.strip()]
+            raise RuntimeFailure(f"the onnxruntime measuring process stopped ({last[-1] if last else 'no message'}); "
+                                 "rerun with --debug, or check that onnxruntime imports in this environment")
+        answer = json.loads(line)
+        if not answer.pop("ok"):
+            cls = UsageError if answer["kind"] == "usage" else RuntimeFailure
+            raise cls(answer["message"])
+        return answer
+
+    def open(self, label: str, source: Path | bytes, config: RuntimeConfig, input_shape: tuple | None) -> Timed:
+        """A warmed-up session for one model (a file, or serialised ONNX bytes), ready to time."""
+        check_provider(config)
+        if isinstance(source, bytes):
+            self._files += 1
+            path, name = self.dir / f"model{self._files}.onnx", "<memory>"
+            path.write_bytes(source)
+        else:
+            path, name = Path(source).resolve(), str(source)  # the measuring process may have another cwd
+        try:
+            got = self.call("open", path=str(path), name=name, input_shape=list(input_shape) if input_shape else None,
+                            batch=config.batch, warmup=config.warmup)
+        except RuntimeFailure as exc:
+            raise RuntimeFailure(f"--provider {config.provider}: {exc}" if "provider" in str(exc) else str(exc)) from None
+        finally:
+            if isinstance(source, bytes):
+                path.unlink()
+        return Timed(label, Path(name), got["id"], got["batch"], tuple(got["input_shape"]), got["provider"],
+                     got["rss_delta_mb"])
+
+    def measure(self, models: list[Timed], runs: int, block: int = 10, seconds: float | None = None) -> None:
+        """Time the models interleaved in blocks of ``block`` runs until ``runs`` more each (or ``seconds``)."""
+        got = self.call("measure", ids=[m.id for m in models], runs=runs, block=block, seconds=seconds)
+        for model, samples in zip(models, got["samples"]):
+            model.samples_ms.extend(samples)
+
+    def ratio(self, model: Timed, baseline: Timed, stat: str = "p50", **args) -> "Ratio":
+        """:func:`measure_ratio` from fresh samples of both models (the earlier ones are discarded)."""
+        got = self.call("ratio", model=model.id, baseline=baseline.id, args={"stat": stat, **args})
+        model.samples_ms[:], baseline.samples_ms[:] = got["samples"]
+        r = got["ratio"]
+        return Ratio(r["stat"], r["ratio"], r["ci95"][0], r["ci95"][1], r["model_ms"], r["baseline_ms"], r["runs"])
+
+    def clear(self, model: Timed) -> None:
+        self.call("clear", id=model.id)
+        model.samples_ms.clear()
+
+    def drop(self, *models: Timed) -> None:
+        """Close the models' sessions in the measuring process."""
+        for model in models:
+            self.call("drop", id=model.id)
+
+    def peak_rss_mb(self) -> float:
+        """The measuring process's peak resident memory."""
+        return self.call("rss")["peak_rss_mb"]
+
+    def close(self) -> None:
+        import shutil
+
+        try:
+            self.proc.stdin.close()  # end of input ends the measuring process
+            self.proc.wait(timeout=10)
+        except Exception:
+            self.proc.kill()
+            self.proc.wait()
+        self.proc.stdout.close()
+        self._log.close()
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
-def open_session(label: str, path: Path | bytes, config: RuntimeConfig, input_shape: tuple | None) -> Timed:
-    """A warmed-up session for one model (a file, or serialised ONNX bytes), ready to time."""
-    import numpy as np
-    import onnxruntime as ort
-
-    wanted = check_provider(config)
-    options = session_options(config)
-    providers = [wanted] if wanted == "CPUExecutionProvider" else [wanted, "CPUExecutionProvider"]
-    before = _rss_mb()
-    source = path if isinstance(path, bytes) else str(path)
-    path = Path("<memory>") if isinstance(path, bytes) else Path(path)
-    try:
-        session = ort.InferenceSession(source, sess_options=options, providers=providers)
-    except Exception as exc:
-        raise RuntimeFailure(f"onnxruntime cannot load {path}: {str(exc).splitlines()[0] if str(exc) else exc}") from exc
-    active = session.get_providers()[0]
-    if active != wanted:
-        raise RuntimeFailure(f"--provider {config.provider}: onnxruntime fell back to {active} for {path}; "
-                             "the requested provider is not usable on this machine")
-    inp = session.get_inputs()[0]
-    shape = list(input_shape) if input_shape else [d if isinstance(d, int) else 1 for d in inp.shape]
-    if config.batch:
-        shape[0] = config.batch
-    rng = np.random.default_rng(0)
-    feeds = {inp.name: rng.standard_normal(shape).astype(np.float32)}
-    if wanted == "CPUExecutionProvider":
-        runner = lambda: session.run(None, feeds)  # noqa: E731
-    else:
-        binding = _gpu_binding(session, feeds)
-        runner = lambda: session.run_with_iobinding(binding)  # noqa: E731
-    timed = Timed(label, Path(path), session, runner, int(shape[0]), tuple(shape))
-    try:
-        for _ in range(config.warmup):
-            runner()
-    except Exception as exc:
-        raise UsageError(f"{path} rejects input {tuple(shape)} ({str(exc).splitlines()[0]}); pass --input-shape") from exc
-    timed.rss_delta_mb = _rss_mb() - before
-    return timed
+_RUNTIMES: dict = {}
 
 
-def _gpu_binding(session, feeds):
-    """IO binding for GPU providers: inputs copied to the device once, outputs left there."""
-    import onnxruntime as ort
+def runtime_for(config: RuntimeConfig) -> Runtime:
+    """The measuring process for ``config``'s provider and threads: started on first use, reused after (one per
+    provider and thread count), closed when this process exits."""
+    import atexit
 
-    binding = session.io_binding()
-    for name, value in feeds.items():
-        binding.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(value, "cuda", 0))
-    for out in session.get_outputs():
-        binding.bind_output(out.name, "cuda")
-    return binding
+    key = (config.provider, config.threads or physical_cores())
+    runtime = _RUNTIMES.get(key)
+    if runtime is None or not runtime.alive():
+        if runtime is not None:
+            runtime.close()
+        if not _RUNTIMES:
+            atexit.register(close_runtimes)
+        runtime = _RUNTIMES[key] = Runtime(*key)
+    return runtime
 
 
-def measure(models: list[Timed], runs: int, block: int = 10, seconds: float | None = None) -> None:
+def close_runtimes() -> None:
+    """Stop every measuring process this process started."""
+    while _RUNTIMES:
+        _RUNTIMES.popitem()[1].close()
+
+
+def measure(models: list, runs: int, block: int = 10, seconds: float | None = None) -> None:
     """Time every model in alternating blocks of ``block`` runs until ``runs`` each, or ``seconds``, whichever
     comes first."""
     deadline = time.perf_counter() + seconds if seconds else None
@@ -267,16 +309,19 @@ def ratio_of(model: Timed, baseline: Timed, stat: str, block: int, seed: int = 0
     return Ratio(stat, ratio, float(low), float(high), _stat(m.ravel(), stat), _stat(b.ravel(), stat), pairs * block)
 
 
-def measure_ratio(model: Timed, baseline: Timed, stat: str = "p50", *, halfwidth: float = 0.02, block: int = 10,
+def measure_ratio(model, baseline, stat: str = "p50", *, halfwidth: float = 0.02, block: int = 10,
                   min_runs: int = 60, max_runs: int = 4000, max_seconds: float = 60.0) -> Ratio:
     """Time ``model`` and ``baseline`` interleaved until the ratio's 95% interval is within +-``halfwidth`` of it
-    (or ``max_runs`` / ``max_seconds`` runs out; the interval then says how sure it is)."""
+    (or ``max_runs`` / ``max_seconds`` runs out; the interval then says how sure it is). Runs where the models
+    live (in the measuring process: see :class:`Runtime.ratio`); the interval is checked every few blocks."""
     deadline = time.perf_counter() + max_seconds
+    step = block
     while True:
-        target = min(len(model.samples_ms), len(baseline.samples_ms)) + block
+        target = min(len(model.samples_ms), len(baseline.samples_ms)) + step
         measure([model, baseline], target, block)
         runs = min(len(model.samples_ms), len(baseline.samples_ms))
         if runs >= min_runs:
             estimate = ratio_of(model, baseline, stat, block)
             if estimate.halfwidth <= halfwidth or runs >= max_runs or time.perf_counter() > deadline:
                 return estimate
+            step = min(max(block, runs // 4 // block * block), max_runs - runs)

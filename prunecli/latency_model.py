@@ -35,7 +35,7 @@ from .latency import RuntimeConfig, runtime_facts
 
 GRID_POINTS = 12  # measured channel counts per swept side of a layer (the dense count included)
 PROBE_KINDS = ("conv_in", "conv_out", "depthwise")
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: timed in the measuring process (one shared spinning pool)
 
 
 @dataclass(frozen=True)
@@ -172,20 +172,24 @@ def time_many(models: list, runtime: RuntimeConfig, *, target_ms: float = 30.0, 
               max_runs: int = 300, passes: int = 3) -> list[float]:
     """Median latency (ms) of each (onnx bytes, input shape), the lowest over ``passes`` passes that visit every
     model in turn (so a slow spell of the machine lands on one pass of every model, not on all passes of one)."""
-    from .latency import measure, open_session
+    from .latency import runtime_for
 
     config = RuntimeConfig(runtime.provider, runtime.threads, None, warmup=3)
-    timed = [open_session("layer", data, config, tuple(shape)) for data, shape in models]
-    runs = []
-    for t in timed:
-        measure([t], 3)
-        runs.append(int(min(max_runs, max(min_runs, target_ms / max(sorted(t.samples_ms)[1], 1e-3)))))
-    best = [float("inf")] * len(timed)
-    for _ in range(passes):
-        for i, t in enumerate(timed):
-            t.samples_ms.clear()
-            measure([t], runs[i])
-            best[i] = min(best[i], sorted(t.samples_ms)[len(t.samples_ms) // 2])
+    measuring = runtime_for(config)
+    timed = [measuring.open("layer", data, config, tuple(shape)) for data, shape in models]
+    try:
+        runs = []
+        for t in timed:
+            measuring.measure([t], 3)
+            runs.append(int(min(max_runs, max(min_runs, target_ms / max(sorted(t.samples_ms)[1], 1e-3)))))
+        best = [float("inf")] * len(timed)
+        for _ in range(passes):
+            for i, t in enumerate(timed):
+                measuring.clear(t)
+                measuring.measure([t], runs[i])
+                best[i] = min(best[i], sorted(t.samples_ms)[len(t.samples_ms) // 2])
+    finally:
+        measuring.drop(*timed)
     return best
 
 

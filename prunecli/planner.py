@@ -66,7 +66,7 @@ class LatencyBench:
         import tempfile
 
         from .export import export_onnx
-        from .latency import measure, open_session, statistics
+        from .latency import runtime_for, statistics
         from .latency_model import build_latency_model
 
         self.loaded, self.config, self.settings = loaded, config, config.latency_settings
@@ -75,14 +75,15 @@ class LatencyBench:
         self.dir = Path(self._tmp.name)
         t0 = time.perf_counter()
         self.exporter = export_onnx(loaded.model, loaded.example_input, self.dir / "dense.onnx", config.opset)
-        self.dense = open_session("dense", self.dir / "dense.onnx", self.runtime, tuple(loaded.input_shape))
+        self.measuring = runtime_for(self.runtime)
+        self.dense = self.measuring.open("dense", self.dir / "dense.onnx", self.runtime, tuple(loaded.input_shape))
         passes = []
         for _ in range(3):  # the lowest of three passes: a slow spell of the machine would skew the calibration
-            self.dense.samples_ms.clear()
-            measure([self.dense], 20)
+            self.measuring.clear(self.dense)
+            self.measuring.measure([self.dense], 20)
             passes.append(statistics(self.dense.samples_ms, self.dense.batch)[f"{self.settings.stat}_ms"])
         self.dense_ms = min(passes)
-        self.dense.samples_ms.clear()
+        self.measuring.clear(self.dense)
         self.batch = self.dense.batch
         timings["latency_dense_s"] = time.perf_counter() - t0
         t0 = time.perf_counter()
@@ -99,7 +100,9 @@ class LatencyBench:
         self.close()
 
     def close(self) -> None:
-        """Remove the scratch directory of the dense and candidate ONNX files."""
+        """Close the dense model's session; remove the scratch directory of the dense and candidate ONNX files."""
+        if self.measuring.alive():
+            self.measuring.drop(self.dense)
         self._tmp.cleanup()
 
     def target(self) -> tuple[float, str]:
@@ -115,7 +118,6 @@ class LatencyBench:
         """(value, 95% high, Ratio) of the model pruned to ``counts`` (first channels kept: latency depends on
         shapes only), exported with the dense model's exporter and timed interleaved with it."""
         from .export import export_onnx
-        from .latency import measure_ratio, open_session
 
         plan = Plan(tuple(GroupPlan(g.root, g.channels, tuple(range(counts[g.root]))) for g in self.groups),
                     "structure", "latency")
@@ -123,10 +125,12 @@ class LatencyBench:
         export_onnx(shrink_copy(self.loaded, plan), self.loaded.example_input, path, self.config.opset,
                     exporter=self.exporter)
         self.measured += 1
-        candidate = open_session("candidate", path, self.runtime, tuple(self.loaded.input_shape))
-        self.dense.samples_ms.clear()
-        ratio = measure_ratio(candidate, self.dense, self.settings.stat, halfwidth=self.settings.halfwidth)
-        path.unlink()
+        candidate = self.measuring.open("candidate", path, self.runtime, tuple(self.loaded.input_shape))
+        try:
+            ratio = self.measuring.ratio(candidate, self.dense, self.settings.stat, halfwidth=self.settings.halfwidth)
+        finally:
+            self.measuring.drop(candidate)
+            path.unlink()
         if self.config.latency is not None and self.config.latency.absolute:
             return ratio.model_ms, ratio.model_ms * ratio.high / ratio.ratio, ratio
         return ratio.ratio, ratio.high, ratio

@@ -63,22 +63,26 @@ def latency_ratio(dense_model, pruned_onnx: Path, example_input, input_shape, op
     import tempfile
 
     from .config import LatencySettings
-    from .latency import cpu_model, measure_ratio, open_session, physical_cores, statistics
+    from .latency import cpu_model, physical_cores, runtime_for, statistics
 
     settings = settings or LatencySettings()
     runtime = settings.runtime(warmup=5)
     with tempfile.TemporaryDirectory(prefix="prunecli-dense-") as tmp:
         dense_onnx = Path(tmp) / "dense.onnx"
         export_onnx(dense_model, example_input, dense_onnx, opset, exporter=exporter)
-        pruned = open_session("model", pruned_onnx, runtime, tuple(input_shape))
-        dense = open_session("baseline", dense_onnx, runtime, tuple(input_shape))
-        if halfwidth is None:
-            ratio = measure_ratio(pruned, dense, settings.stat, halfwidth=1.0, block=5, min_runs=20, max_runs=20)
-        else:
-            ratio = measure_ratio(pruned, dense, settings.stat, halfwidth=halfwidth)
+        measuring = runtime_for(runtime)
+        pruned = measuring.open("model", pruned_onnx, runtime, tuple(input_shape))
+        dense = measuring.open("baseline", dense_onnx, runtime, tuple(input_shape))
+        try:
+            if halfwidth is None:
+                ratio = measuring.ratio(pruned, dense, settings.stat, halfwidth=1.0, block=5, min_runs=20, max_runs=20)
+            else:
+                ratio = measuring.ratio(pruned, dense, settings.stat, halfwidth=halfwidth)
+        finally:
+            measuring.drop(pruned, dense)
     p, d = statistics(pruned.samples_ms, pruned.batch), statistics(dense.samples_ms, dense.batch)
     return {
-        "provider": pruned.session.get_providers()[0], "threads": settings.threads or physical_cores(),
+        "provider": pruned.provider, "threads": settings.threads or physical_cores(),
         "cpu": cpu_model(), "runs": len(pruned.samples_ms), "batch": pruned.batch, "stat": settings.stat,
         "dense_p50_ms": d["p50_ms"], "pruned_p50_ms": p["p50_ms"],
         "ratio_p50": p["p50_ms"] / d["p50_ms"], "ratio_mean": p["mean_ms"] / d["mean_ms"],

@@ -318,3 +318,49 @@ def test_fit_refuses_an_unreachable_target_with_the_measured_minimum():
     with pytest.raises(UsageError, match="is not reachable: with every channel step applied the model measures"):
         fit_latency(_after(groups, order, 8), len(order), 0.02, runtime.predict, runtime.measure)
     assert runtime.measured == [_after(groups, order, 8)(len(order))]  # one measurement: the deepest plan
+
+
+def test_measuring_process_holds_onnxruntime_only_and_shares_one_pool(tmp_path):
+    """Latencies are timed in a child process without torch; its sessions are opened, timed interleaved, dropped;
+    a relative path still opens after this process changed directory."""
+    import os
+
+    from prunecli.latency import RuntimeConfig, runtime_for
+    from prunecli.latency_model import _relu_bytes
+
+    config = RuntimeConfig(threads=1, warmup=2)
+    runtime = runtime_for(config)
+    assert runtime_for(config) is runtime  # one per provider and thread count
+    facts = runtime.call("facts")
+    assert facts["torch_loaded"] is False and facts["pid"] != os.getpid()
+    (tmp_path / "relu.onnx").write_bytes(_relu_bytes((1, 8, 4, 4)))
+    cwd = os.getcwd()
+    try:
+        os.chdir(tmp_path)
+        a = runtime.open("a", "relu.onnx", config, (1, 8, 4, 4))
+    finally:
+        os.chdir(cwd)
+    b = runtime.open("b", _relu_bytes((1, 8, 16, 16)), config, (1, 8, 16, 16))
+    assert (a.batch, a.provider, str(b.path)) == (1, "CPUExecutionProvider", "<memory>")
+    runtime.measure([a, b], 12, block=4)
+    assert len(a.samples_ms) == len(b.samples_ms) == 12 and min(a.samples_ms) > 0
+    ratio = runtime.ratio(a, b, "p50", halfwidth=1.0, block=4, min_runs=8, max_runs=8)
+    assert ratio.runs == 8 and len(a.samples_ms) == 8  # fresh samples for a ratio
+    assert runtime.call("facts")["open_sessions"] == 2
+    runtime.drop(a, b)
+    assert runtime.call("facts")["open_sessions"] == 0
+    assert not list(runtime.dir.glob("*.onnx"))  # bytes were written for the open only
+
+
+def test_a_dead_measuring_process_is_one_error_and_is_restarted():
+    from prunecli.errors import RuntimeFailure
+    from prunecli.latency import RuntimeConfig, runtime_for
+
+    config = RuntimeConfig(threads=1)
+    runtime = runtime_for(config)
+    runtime.proc.kill()
+    runtime.proc.wait()
+    with pytest.raises(RuntimeFailure, match="the onnxruntime measuring process stopped"):
+        runtime.call("facts")
+    fresh = runtime_for(config)
+    assert fresh is not runtime and fresh.call("facts")["torch_loaded"] is False

@@ -155,8 +155,6 @@ class Runtime:
         try:
             got = self.call("open", path=str(path), name=name, input_shape=list(input_shape) if input_shape else None,
                             batch=config.batch, warmup=config.warmup)
-        except RuntimeFailure as exc:
-            raise RuntimeFailure(f"--provider {config.provider}: {exc}" if "provider" in str(exc) else str(exc)) from None
         finally:
             if isinstance(source, bytes):
                 path.unlink()

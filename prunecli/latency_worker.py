@@ -60,6 +60,7 @@ class Worker:
         import onnxruntime as ort
 
         self.ort = ort
+        self.flag = f"--provider {provider}"
         self.provider = PROVIDERS[provider]
         ort.set_global_thread_pool_sizes(threads, 1)
         self.live: dict[int, Live] = {}
@@ -79,7 +80,7 @@ class Worker:
 
         ort = self.ort
         if self.provider not in ort.get_available_providers():
-            raise Refused("runtime", f"{self.provider} is not available in this onnxruntime "
+            raise Refused("runtime", f"{self.flag}: {self.provider} is not available in this onnxruntime "
                                      f"(available: {', '.join(ort.get_available_providers())})")
         providers = [self.provider] if self.provider == "CPUExecutionProvider" else [self.provider, "CPUExecutionProvider"]
         before = _rss_mb()
@@ -89,7 +90,7 @@ class Worker:
             raise Refused("runtime", f"onnxruntime cannot load {name}: {str(exc).splitlines()[0] if str(exc) else exc}")
         active = session.get_providers()[0]
         if active != self.provider:
-            raise Refused("runtime", f"onnxruntime fell back to {active} for {name}; the requested provider is not "
+            raise Refused("runtime", f"{self.flag}: onnxruntime fell back to {active} for {name}; it is not "
                                      "usable on this machine")
         inp = session.get_inputs()[0]
         shape = list(input_shape) if input_shape else [d if isinstance(d, int) else 1 for d in inp.shape]

@@ -221,7 +221,7 @@ def render_bench(console: Console, doc: dict) -> None:
         table.add_row("ratio model/baseline", *(f"{r[k]:.3f}" for k in ("p50", "p90", "p99", "mean", "std", "min")), "")
     console.print(table)
     console.print(f"[dim]CPU: {doc['cpu']}; batch {doc['model']['batch']}, input {doc['model']['input_shape']}; "
-                  f"session RSS growth {doc['model']['rss_delta_mb']:.0f} MB; process peak RSS {doc['peak_rss_mb']:.0f} MB[/dim]")
+                  f"session RSS growth {doc['model']['rss_delta_mb']:.0f} MB; measuring-process peak RSS {doc['peak_rss_mb']:.0f} MB[/dim]")
     for c in doc["constraints"]:
         mark = "[green]pass[/green]" if c["passed"] else "[red]FAIL[/red]"
         console.print(f"{mark}  {c['name']}: measured {c['measured']:.4g} (budget {c['budget']:g})")

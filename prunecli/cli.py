@@ -98,7 +98,7 @@ def _typed_inputs(*values) -> list:
         if not value:
             continue
         text = str(value)
-        for candidate in (text, re.sub(r"^(imagefolder|cifar10|cifar100):", "", text), text.split(".py:")[0] + ".py"):
+        for candidate in (text, re.sub(r"^(imagefolder|cifar10|cifar100|fashion-mnist|mnist):", "", text), text.split(".py:")[0] + ".py"):
             if candidate and Path(candidate).exists():
                 paths.append(Path(candidate))
                 break
@@ -120,7 +120,7 @@ TrustOpt = typer.Option(False, "--trust-pickle", help="Allow a pickled nn.Module
 ShapeOpt = typer.Option(None, "--input-shape", help="Example input shape, e.g. 1,3,224,224 (default: preset's).")
 PresetOpt = typer.Option(None, "--preset", help="Preset name (see `prunecli presets`); matched automatically by default.")
 JsonOpt = typer.Option(False, "--json", help="Print one JSON document to stdout instead of tables.")
-DataHelp = "digits, imagefolder:DIR, cifar10:DIR, cifar100:DIR, file.py:factory, synthetic[:N]."
+DataHelp = "digits, imagefolder:DIR, cifar10:DIR, cifar100:DIR, fashion-mnist:DIR, mnist:DIR, file.py:factory, synthetic[:N]."
 IgnoreOpt = typer.Option([], "--ignore", help="Module name glob kept intact (repeatable).")
 MinChannelsOpt = typer.Option(1, "--min-channels", help="Fewest channels any group keeps.")
 WorkersOpt = typer.Option(0, "--workers", help="Data loader worker processes.")

@@ -10,6 +10,11 @@
     ``DIR/val`` is the held-out test split.
 ``cifar10:DIR`` / ``cifar100:DIR``
     torchvision's on-disk format (``DIR/cifar-10-batches-py`` ...); its test batch is the test split.
+``fashion-mnist:DIR`` / ``mnist:DIR``
+    the four IDX files (``train-images-idx3-ubyte`` ... ``t10k-labels-idx1-ubyte``, gzipped or not) in DIR
+    or in torchvision's ``DIR/FashionMNIST/raw/`` (``DIR/MNIST/raw/``) layout; t10k is the test split.
+    Debian ships Fashion-MNIST: ``apt-get install dataset-fashion-mnist`` puts it in
+    ``/usr/share/datasets/fashion-mnist``.
 ``file.py:factory``
     a user function returning ``(train_loader, val_loader)`` or ``(train, val, test)`` loaders.
 ``synthetic[:N]``
@@ -262,6 +267,112 @@ def _cifar(kind: str, root: Path, config: DataConfig, input_shape, seed: int) ->
     return Loaders(*_loaders(train, val, test, config, seed), num_classes=num_classes, name=f"{kind}:{root}")
 
 
+IDX_KINDS = {"mnist": "MNIST", "fashion-mnist": "FashionMNIST"}  # spec prefix -> torchvision's folder name
+IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
+             "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}
+IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def _idx_folder(kind: str, root: Path) -> Path:
+    """The folder holding the four IDX files: DIR itself or torchvision's DIR/<Name>/raw."""
+    spec = f"{kind}:{root}"
+    candidates = [root, root / IDX_KINDS[kind] / "raw"]
+    for folder in candidates:
+        if all(_idx_file(folder, name) is not None for pair in IDX_FILES.values() for name in pair):
+            return folder
+    found = [folder for folder in candidates if folder.is_dir()]
+    if not found:
+        raise UsageError(f"--data {spec}: {root} is not a directory (prunecli never downloads; "
+                         + ("apt-get install dataset-fashion-mnist puts it in /usr/share/datasets/fashion-mnist)"
+                            if kind == "fashion-mnist" else "put the four IDX files there)"))
+    folder = next((f for f in found if any(_idx_file(f, n) for pair in IDX_FILES.values() for n in pair)), found[0])
+    missing = next(name for pair in IDX_FILES.values() for name in pair if _idx_file(folder, name) is None)
+    raise UsageError(f"--data {spec}: {folder / missing}[.gz] not found; DIR must hold the four IDX files "
+                     f"(train-/t10k- images-idx3 and labels-idx1, gzipped or not) or {IDX_KINDS[kind]}/raw/ with them")
+
+
+def _idx_file(folder: Path, name: str) -> Path | None:
+    for candidate in (folder / name, folder / (name + ".gz")):  # the uncompressed copy reads faster
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_idx(path: Path, spec: str, ndim: int):
+    """An IDX array (LeCun's format: magic 0 0 type ndim, big-endian int32 dims, then the data), checked whole."""
+    import gzip
+    import zlib
+
+    import numpy as np
+
+    try:
+        if path.suffix == ".gz":
+            with gzip.open(path, "rb") as fh:
+                raw = fh.read()
+        else:
+            raw = path.read_bytes()
+    except (OSError, EOFError, zlib.error) as exc:  # gzip.BadGzipFile is an OSError; a cut .gz is an EOFError
+        raise DataFault(f"--data {spec}: {path} cannot be read ({first_line(exc) or type(exc).__name__}); "
+                        "replace it with an intact copy") from exc
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in IDX_TYPES or raw[3] != ndim:
+        raise DataFault(f"--data {spec}: {path} is not an IDX file with {ndim} dimension(s) "
+                        f"(header {raw[:4].hex() or 'empty'}); replace it with an intact copy")
+    head = 4 + 4 * ndim
+    if len(raw) < head:
+        raise DataFault(f"--data {spec}: {path} is truncated (its header is cut); replace it with an intact copy")
+    dims = tuple(int(d) for d in np.frombuffer(raw, dtype=">i4", count=ndim, offset=4))
+    dtype = np.dtype(IDX_TYPES[raw[2]])
+    expected = head + int(np.prod(dims)) * dtype.itemsize
+    if len(raw) != expected:
+        state = "truncated" if len(raw) < expected else "longer than its header says"
+        raise DataFault(f"--data {spec}: {path} is {state} ({len(raw)} bytes, dims {dims} need {expected}); "
+                        "replace it with an intact copy")
+    return np.frombuffer(raw, dtype=dtype, offset=head).reshape(dims)
+
+
+def idx_arrays(kind: str, root: Path) -> dict:
+    """{"train": (images uint8 NxHxW, labels int64 N), "test": (...)} of an MNIST-format dataset, checked."""
+    import numpy as np
+
+    spec = f"{kind}:{root}"
+    folder = _idx_folder(kind, root)
+    arrays = {}
+    for split, (image_name, label_name) in IDX_FILES.items():
+        image_path, label_path = _idx_file(folder, image_name), _idx_file(folder, label_name)
+        images, labels = read_idx(image_path, spec, 3), read_idx(label_path, spec, 1)
+        if images.dtype != np.uint8 or labels.dtype != np.uint8:
+            raise DataFault(f"--data {spec}: {image_path if images.dtype != np.uint8 else label_path} "
+                            "does not hold unsigned bytes as MNIST's IDX files do")
+        if len(images) != len(labels) or len(images) == 0:
+            raise DataFault(f"--data {spec}: {image_path} holds {len(images)} images but {label_path} "
+                            f"{len(labels)} labels; the two files must come from the same release")
+        if int(labels.max()) > 9:
+            raise DataFault(f"--data {spec}: {label_path} has label {int(labels.max())}; MNIST formats have classes 0-9")
+        arrays[split] = (images, labels.astype(np.int64))
+    return arrays
+
+
+def _idx_tensors(images, labels, input_shape):
+    import torch
+
+    x = torch.from_numpy(images.copy()).float().unsqueeze(1) / 255.0
+    if tuple(input_shape[-2:]) != tuple(x.shape[-2:]):
+        x = torch.nn.functional.interpolate(x, size=tuple(input_shape[-2:]), mode="bilinear", align_corners=False)
+    x = (x - 0.5) / 0.5
+    if input_shape[1] != 1:
+        x = x.expand(-1, input_shape[1], -1, -1).contiguous()
+    return torch.utils.data.TensorDataset(x, torch.from_numpy(labels))
+
+
+def _idx(kind: str, root: Path, config: DataConfig, input_shape, seed: int) -> Loaders:
+    """MNIST / Fashion-MNIST IDX files -> loaders; grey images are repeated to the model's channels."""
+    arrays = idx_arrays(kind, root)
+    train_full = _idx_tensors(*arrays["train"], input_shape)
+    test = _idx_tensors(*arrays["test"], input_shape)
+    train, val = _split(train_full, config.val_fraction)
+    return Loaders(*_loaders(train, val, test, config, seed), num_classes=10, name=f"{kind}:{root}")
+
+
 def _synthetic(count: int, config: DataConfig, input_shape, num_classes: int, seed: int) -> Loaders:
     import torch
 
@@ -332,8 +443,10 @@ def load_data(config: DataConfig, input_shape, *, num_classes: int = 10, seed: i
         return _imagefolder(Path(rest), config, input_shape, seed)
     if kind in ("cifar10", "cifar100") and rest:
         return _cifar(kind, Path(rest), config, input_shape, seed)
+    if kind in IDX_KINDS and rest:
+        return _idx(kind, Path(rest), config, input_shape, seed)
     if re.match(r"^.+\.py:[A-Za-z_]\w*$", spec) or re.match(r"^[A-Za-z_][\w.]*:[A-Za-z_]\w*$", spec):
         return _factory(spec, config, input_shape)
     raise UsageError(
-        f"--data {spec!r} is not a data spec; use digits, imagefolder:DIR, cifar10:DIR, cifar100:DIR, file.py:factory or synthetic[:N]"
+        f"--data {spec!r} is not a data spec; use digits, imagefolder:DIR, cifar10:DIR, cifar100:DIR, fashion-mnist:DIR, mnist:DIR, file.py:factory or synthetic[:N]"
     )

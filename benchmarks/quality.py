@@ -3,6 +3,15 @@
     python benchmarks/quality.py                    # full grid (about an hour on 2 cores)
     python benchmarks/quality.py --seeds 0 --budgets 0.5 --criteria l1 --schedules oneshot   # a quick look
     python benchmarks/quality.py --table-only       # rebuild the table from the recorded runs
+    python benchmarks/quality.py --dataset fashion-mnist --model resnet20   # Fashion-MNIST (see FASHION below)
+    python benchmarks/quality.py --dataset fashion-mnist --plot-only        # the plot of top-1 against FLOPs
+
+Fashion-MNIST (``apt-get install dataset-fashion-mnist``; --data-dir, default /usr/share/datasets/fashion-mnist):
+two dense models, each trained once on the whole training split (54,000 images; 6,000 held out for validation)
+at the native 28x28, one grey channel, and cached: the demo's CIFAR ResNet-20 (prunecli:cifar_resnet) and a
+VGG-style plain network whose late layers are far wider than it needs (prunecli:plain_vgg). To fit the grid on
+2 CPU cores every pruning run trains on a fixed 12,000-image subset of the training split (--train-subset; the same
+subset for every method and seed); validation (6,000) and test (all 10,000 t10k images) stay whole.
 
 Protocol (../shared/seeds/003: same starting model, same fine-tuning budget, several seeds, select on
 validation, report test):
@@ -42,8 +51,57 @@ SEARCHED = "gamma (searched weights)"
 LEARNED_ARCH = "learned counts, dense weights"
 
 
+FASHION_DIR = "/usr/share/datasets/fashion-mnist"
+FASHION_SHAPE = (1, 1, 28, 28)
+FASHION_MODELS = {  # name -> (arch, what the table calls it)
+    "resnet20": ("prunecli:cifar_resnet:depth=20,width=16,num_classes=10,in_channels=1", "CIFAR ResNet-20 (width 16)"),
+    "vgg": ("prunecli:plain_vgg:width=8,num_classes=10,in_channels=1",
+            "plain VGG (16,16,M,32,32,M,64,128,M,256,256; global pool, one linear layer)"),
+}
+# the dense models: SGD momentum 0.9, lr 0.1 cosine with warmup, weight decay 5e-4, batch 128, no augmentation
+FASHION_RECIPE = {"epochs": 10, "lr": 0.1, "optimizer": "sgd", "weight_decay": 5e-4, "seed": 0, "batch_size": 128}
+FASHION_CACHE = "bench-fashion-mnist-{model}-v1.pt"
+
+
 def _key(run: dict) -> tuple:
-    return (run["budget"], run["criterion"], run["allocation"], run["schedule"], run["epochs"], run["seed"])
+    return (run.get("model", "resnet20"), run["budget"], run["criterion"], run["allocation"], run["schedule"],
+            run["epochs"], run["seed"])
+
+
+def fashion_dense(model: str, data_dir: str):
+    """(path of the trained dense Fashion-MNIST model, its test top-1), training and caching it on first use."""
+    import torch
+
+    from prunecli.arch import build_arch
+    from prunecli.cache import cache_dir
+    from prunecli.data import DataConfig, load_data
+    from prunecli.finetune import FinetuneConfig, evaluate, fit
+
+    path = cache_dir() / FASHION_CACHE.format(model=model)
+    if path.is_file():
+        saved = torch.load(path, weights_only=True)
+        return path, saved["test"]["top1"], saved["train_s"]
+    arch = FASHION_MODELS[model][0]
+    recipe = FASHION_RECIPE
+    torch.manual_seed(recipe["seed"])
+    net = build_arch(arch)
+    data = load_data(DataConfig(f"fashion-mnist:{data_dir}", batch_size=recipe["batch_size"]), FASHION_SHAPE,
+                     seed=recipe["seed"])
+    t0 = time.perf_counter()
+    history = fit(net, data.train, data.val, FinetuneConfig(
+        epochs=recipe["epochs"], lr=recipe["lr"], optimizer=recipe["optimizer"], weight_decay=recipe["weight_decay"],
+        seed=recipe["seed"], progress=False), None).history
+    train_s = time.perf_counter() - t0
+    test = evaluate(net, data.test)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    torch.save({"arch": arch, "state_dict": net.state_dict(), "input_shape": list(FASHION_SHAPE),
+                "trained_on": f"fashion-mnist ({len(data.train.dataset)} training images)", "recipe": recipe,
+                "val": evaluate(net, data.val), "test": test, "train_s": train_s,
+                "history": json.dumps(history)}, tmp)
+    os.replace(tmp, path)
+    print(f"dense {model}: test top-1 {test['top1']:.2f}% after {train_s:.0f} s", flush=True)
+    return path, test["top1"], train_s
 
 
 def load_runs(path: Path) -> list[dict]:

@@ -57,5 +57,38 @@ def cifar_resnet(depth: int = 20, width: int = 16, num_classes: int = 10, in_cha
     return CifarResNet(depth=depth, width=width, num_classes=num_classes, in_channels=in_channels)
 
 
+class PlainVGG(nn.Module):
+    """A VGG-style plain network (conv-BN-ReLU, max-pool between stages, global average pool, one linear layer)
+    whose late layers are far wider than the task needs: the CIFAR VGG setting of the pruning literature, where
+    redundancy is uneven across layers and the allocation of channels matters. ``cfg`` lists widths as multiples
+    of ``width``; ``"M"`` is a 2x2 max-pool."""
+
+    CFG = (2, 2, "M", 4, 4, "M", 8, 16, "M", 32, 32)
+
+    def __init__(self, width: int = 16, num_classes: int = 10, in_channels: int = 3) -> None:
+        super().__init__()
+        layers, cin = [], in_channels
+        for item in self.CFG:
+            if item == "M":
+                layers.append(nn.MaxPool2d(2))
+                continue
+            cout = int(item) * width
+            layers += [nn.Conv2d(cin, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+            cin = cout
+        self.features = nn.Sequential(*layers)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(cin, num_classes)
+        for m in self.modules():
+            if isinstance(m, nn.Conv2d):
+                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.fc(torch.flatten(self.pool(self.features(x)), 1))
+
+
+def plain_vgg(width: int = 16, num_classes: int = 10, in_channels: int = 3) -> nn.Module:
+    return PlainVGG(width=width, num_classes=num_classes, in_channels=in_channels)
+
+
 # name -> constructor; the only callables a ``prunecli:NAME`` spec can reach
-MODELS = {"cifar_resnet": cifar_resnet}
+MODELS = {"cifar_resnet": cifar_resnet, "plain_vgg": plain_vgg}

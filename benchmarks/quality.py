@@ -177,53 +177,262 @@ def write_table(runs: list[dict], out: Path, header: dict) -> None:
     out.write_text("\n".join(lines) + "\n")
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--budgets", default="0.5,0.25")
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--criteria", default="random,l1,fpgm,taylor")
-    parser.add_argument("--allocations", default="uniform,global,sensitivity,learned,learned-arch",
-                        help="learned-arch: the control LEARNED_ARCH (l1, oneshot)")
-    parser.add_argument("--schedules", default="oneshot,agp")
-    parser.add_argument("--epochs", type=int, default=5, help="training epochs after the dense model, every method")
-    parser.add_argument("--search-epochs", type=int, default=2, help="of --epochs, spent by --allocation learned")
-    parser.add_argument("--scratch", default="same,dense", help="from-scratch controls: same epochs, dense epochs, none")
-    parser.add_argument("--table-only", action="store_true")
-    parser.add_argument("--out", default="benchmarks/results/quality.md")
-    args = parser.parse_args()
-    warnings.filterwarnings("ignore")
-
+def fashion_setup(model: str, data_dir: str, train_subset: int):
+    """(loaded dense model, its FLOPs, table header, fresh_data(seed)) for Fashion-MNIST: the training split's
+    fixed subset (the same for every method and seed), validation and test whole."""
     import torch
 
-    from prunecli.config import BudgetTarget, PruneConfig
-    from prunecli.cost import count_flops, count_params
+    from prunecli.cost import count_flops
+    from prunecli.data import SPLIT_SEED, DataConfig, Loaders, _loaders, load_data
+    from prunecli.load import load_model
+
+    threads = os.cpu_count() or 1
+    torch.set_num_threads(threads)
+    path, dense_top1, train_s = fashion_dense(model, data_dir)
+    loaded = load_model(str(path))
+    config = DataConfig(f"fashion-mnist:{data_dir}", batch_size=64)
+    full = load_data(config, loaded.input_shape, seed=0)
+    train = full.train.dataset
+    if train_subset and train_subset < len(train):
+        order = torch.randperm(len(train), generator=torch.Generator().manual_seed(SPLIT_SEED))
+        train = torch.utils.data.Subset(train, order[:train_subset].tolist())
+    val, test = full.val.dataset, full.test.dataset
+
+    def fresh_data(seed: int):
+        data = Loaders(*_loaders(train, val, test, config, seed), num_classes=10, name=config.spec)
+        return data, [b for _, b in zip(range(8), data.train)]
+
+    header = {"dense_top1": dense_top1, "dense_train_s": train_s, "threads": threads, "model": model,
+              "machine": f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores)",
+              "sizes": (len(train), len(val), len(test)), "dense_val_top1": evaluate_val(loaded.model, full.val)}
+    return loaded, count_flops(loaded.model, loaded.example_input), header, fresh_data
+
+
+def evaluate_val(model, loader) -> float:
+    from prunecli.finetune import evaluate
+
+    return evaluate(model, loader)["top1"]
+
+
+def _sem(values: list[float]) -> float:
+    return statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else float("nan")
+
+
+def write_fashion_table(runs: list[dict], out: Path, headers: dict) -> None:
+    """The Fashion-MNIST table: one section per model, then learned against uniform and global per budget."""
+    lines = [
+        "# Quality on Fashion-MNIST: test top-1 after pruning and the same training budget",
+        "",
+        "Protocol: every method starts from the same dense model (trained once, cached) and gets the same training "
+        f"after it: {FASHION_PRUNE_EPOCHS_TEXT}. Budgets are FLOPs fractions (FlopCounterMode FLOPs, not MACs; one "
+        "multiply-add is 2 FLOPs), channels by l1 except `learned`, which keeps each group's channels with the highest "
+        "BatchNorm |gamma| on its searched weights; round_to 8 (preset). Test top-1 is on the whole t10k test set "
+        "(10,000 images: one image is 0.01 points), mean +- std and the standard error (se) over seeds; `val top-1` "
+        "is of the selected epoch on the validation split carved from training (6,000 images), which selects "
+        "everything; test selects nothing. "
+        "`wall s` is one run's mean wall time (pruning decision including a sensitivity scan or the learned search, "
+        "fine-tuning and evaluation), nothing else running.",
+        "",
+    ]
+    for model in FASHION_MODELS:
+        header = headers.get(model)
+        mine = [r for r in runs if r.get("model") == model]
+        if header is None and not mine:
+            continue
+        if header is not None:
+            n_train, n_val, n_test = header["sizes"]
+            lines += [f"## {model}: {FASHION_MODELS[model][1]}", "",
+                      f"Dense: `{FASHION_MODELS[model][0]}`, 28x28x1, trained {FASHION_RECIPE['epochs']} epochs on "
+                      f"the whole training split ({header['dense_train_s']:.0f} s); dense val top-1 "
+                      f"{header['dense_val_top1']:.2f}%, **test top-1 {header['dense_top1']:.2f}%**. Pruning runs "
+                      f"train on {n_train} images, validate on {n_val}, test on {n_test}; "
+                      f"{header['machine']}, {header['threads']} torch threads.", ""]
+        lines += ["| budget | allocation | criterion | epochs | FLOPs ratio | params ratio | top-1 before fine-tune | "
+                  "val top-1 | test top-1 (mean +- std) | se | seeds | wall s |",
+                  "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
+        groups: dict[tuple, list] = {}
+        for run in mine:
+            groups.setdefault((run["budget"], run["allocation"], run["criterion"], run["epochs"]), []).append(run)
+        for key in sorted(groups, key=lambda k: (-k[0], k[2] == SCRATCH, k[1], k[2])):
+            rs = groups[key]
+            top1 = [r["top1"] for r in rs]
+            before = [r["before"] for r in rs if r.get("before") is not None]
+            lines.append(
+                f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | {statistics.mean(r['flops'] for r in rs):.4f} | "
+                f"{statistics.mean(r['params'] for r in rs):.4f} | "
+                f"{f'{statistics.mean(before):.2f}' if before else '-'} | {statistics.mean(r['val_top1'] for r in rs):.2f} | "
+                f"{statistics.mean(top1):.2f} +- {statistics.stdev(top1) if len(top1) > 1 else 0:.2f} | {_sem(top1):.2f} | "
+                f"{','.join(str(r['seed']) for r in sorted(rs, key=lambda r: r['seed']))} | "
+                f"{statistics.mean(r.get('total_s', r['wall_s']) for r in rs):.0f} |")
+        lines += ["", "Learned against uniform and global (l1), test top-1: the difference of means and the larger of "
+                  "the two standard errors; `beats` when the difference exceeds it.", "",
+                  "| budget | learned - uniform | learned - global | larger se | beats both | val: learned - uniform | "
+                  "val: learned - global |", "|---:|---:|---:|---:|---|---:|---:|"]
+        for budget in sorted({k[0] for k in groups}, reverse=True):
+            pick = lambda alloc, crit: next((rs for k, rs in groups.items()  # noqa: E731
+                                             if k[0] == budget and k[1] == alloc and k[2] == crit), None)
+            learned, uniform, global_ = pick("learned", SEARCHED), pick("uniform", "l1"), pick("global", "l1")
+            if not (learned and uniform and global_):
+                continue
+            mean = lambda rs, f="top1": statistics.mean(r[f] for r in rs)  # noqa: E731
+            d_u, d_g = mean(learned) - mean(uniform), mean(learned) - mean(global_)
+            se = max(_sem([r["top1"] for r in uniform]), _sem([r["top1"] for r in global_]))
+            lines.append(f"| {budget} | {d_u:+.2f} | {d_g:+.2f} | {se:.2f} | {'yes' if min(d_u, d_g) > se else 'no'} | "
+                         f"{mean(learned, 'val_top1') - mean(uniform, 'val_top1'):+.2f} | "
+                         f"{mean(learned, 'val_top1') - mean(global_, 'val_top1'):+.2f} |")
+        lines.append("")
+    lines += ["Raw runs: quality_fmnist_runs.jsonl (one line per run and seed, with the conv widths). "
+              "Plot: quality_fmnist.png."]
+    out.write_text("\n".join(lines) + "\n")
+
+
+def plot_fashion(runs: list[dict], out: Path, headers: dict) -> None:
+    """Test top-1 against FLOPs ratio per method, one panel per model (error bars: std over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    models = [m for m in FASHION_MODELS if any(r.get("model") == m for r in runs)]
+    if not models:
+        return
+    fig, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), 4.5), squeeze=False)
+    for ax, model in zip(axes[0], models):
+        methods: dict[str, dict[float, list]] = {}
+        for r in runs:
+            if r.get("model") == model:
+                name = "scratch (uniform arch)" if r["criterion"] == SCRATCH else r["allocation"]
+                methods.setdefault(name, {}).setdefault(r["budget"], []).append(r)
+        for name, by_budget in sorted(methods.items()):
+            budgets = sorted(by_budget)
+            xs = [statistics.mean(r["flops"] for r in by_budget[b]) for b in budgets]
+            ys = [statistics.mean(r["top1"] for r in by_budget[b]) for b in budgets]
+            es = [statistics.stdev([r["top1"] for r in by_budget[b]]) if len(by_budget[b]) > 1 else 0 for b in budgets]
+            ax.errorbar(xs, ys, yerr=es, marker="o", capsize=3, label=name)
+        if model in headers:
+            ax.axhline(headers[model]["dense_top1"], color="grey", linestyle="--", label="dense")
+        ax.set_xscale("log")
+        ax.minorticks_off()
+        ticks = sorted({r["budget"] for r in runs if r.get("model") == model})
+        ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
+        ax.set_xlim(min(ticks) * 0.8, max(ticks) * 1.25)
+        ax.set_xlabel("FLOPs ratio (pruned / dense)")
+        ax.set_ylabel("test top-1 (%), 10,000 images")
+        ax.set_title(f"Fashion-MNIST, {model}")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    tmp = out.with_name("." + out.name + ".tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, out)
+
+
+FASHION_PRUNE_EPOCHS_TEXT = ("--epochs of SGD (lr 0.02, cosine, cross-entropy, batch 64, no distillation) on the "
+                             "training subset, the learned allocator's search epochs counted against them, the best "
+                             "epoch selected on validation")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--dataset", choices=("digits", "fashion-mnist"), default="digits")
+    parser.add_argument("--model", default="resnet20", help=f"fashion-mnist: {', '.join(FASHION_MODELS)} (comma list)")
+    parser.add_argument("--data-dir", default=FASHION_DIR, help="fashion-mnist: the IDX files")
+    parser.add_argument("--train-subset", type=int, default=12000, help="fashion-mnist: training images per run")
+    parser.add_argument("--budgets", default=None, help="default 0.5,0.25 (digits), 0.25,0.1,0.5 (fashion-mnist)")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--criteria", default=None, help="default random,l1,fpgm,taylor (digits), l1 (fashion-mnist)")
+    parser.add_argument("--allocations", default=None,
+                        help="default uniform,global,sensitivity,learned (+ learned-arch on digits); "
+                             "learned-arch: the control LEARNED_ARCH (l1, oneshot)")
+    parser.add_argument("--schedules", default=None, help="default oneshot,agp (digits), oneshot (fashion-mnist)")
+    parser.add_argument("--epochs", type=int, default=5, help="training epochs after the dense model, every method")
+    parser.add_argument("--search-epochs", type=int, default=2, help="of --epochs, spent by --allocation learned")
+    parser.add_argument("--scratch", default=None, help="from-scratch controls: same,dense or none "
+                                                        "(default same,dense on digits, same on fashion-mnist)")
+    parser.add_argument("--table-only", action="store_true")
+    parser.add_argument("--plot-only", action="store_true", help="fashion-mnist: rebuild table and plot only")
+    parser.add_argument("--out", default=None, help="default benchmarks/results/quality.md or quality_fmnist.md")
+    args = parser.parse_args()
+    warnings.filterwarnings("ignore")
+    fashion = args.dataset == "fashion-mnist"
+    defaults = {"budgets": ("0.5,0.25", "0.25,0.1,0.5"), "criteria": ("random,l1,fpgm,taylor", "l1"),
+                "allocations": ("uniform,global,sensitivity,learned,learned-arch", "uniform,global,sensitivity,learned"),
+                "schedules": ("oneshot,agp", "oneshot"), "scratch": ("same,dense", "same"),
+                "out": ("benchmarks/results/quality.md", "benchmarks/results/quality_fmnist.md")}
+    for name, pair in defaults.items():
+        if getattr(args, name) is None:
+            setattr(args, name, pair[fashion])
+
+    from prunecli.cost import count_params
     from prunecli.data import DataConfig, load_data
     from prunecli.demo import DENSE_RECIPE
-    from prunecli.finetune import FinetuneConfig, evaluate, fit
-    from prunecli.allocate.learned import SearchConfig
-    from prunecli.schedule import SCHEDULES, AgpConfig, Context
 
-    loaded, dense_flops, header = setup_dense()
-    dense_params = count_params(loaded.model)
-    header["dense_epochs"] = DENSE_RECIPE["epochs"]
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     runs_path = out.with_name(out.stem + "_runs.jsonl")
     runs = load_runs(runs_path)
     done = {_key(r) for r in runs}
+    headers_path = out.with_name(out.stem + "_dense.json")  # fashion-mnist: what the table states of each dense model
+    headers = json.loads(headers_path.read_text()) if fashion and headers_path.is_file() else {}
+
+    def write() -> None:
+        if fashion:
+            write_fashion_table(runs, out, headers)
+            plot_fashion(runs, out.with_suffix(".png"), headers)
+        else:
+            write_table(runs, out, header)
+
+    if fashion and (args.table_only or args.plot_only):
+        write()
+        return
+    models = args.model.split(",") if fashion else ["resnet20"]
+    for model_name in models:
+        if fashion:
+            if model_name not in FASHION_MODELS:
+                parser.error(f"--model {model_name}: choose from {', '.join(FASHION_MODELS)}")
+            loaded, dense_flops, header, fresh_data = fashion_setup(model_name, args.data_dir, args.train_subset)
+            headers[model_name] = header
+            headers_path.write_text(json.dumps(headers, indent=1) + "\n")
+            dense_epochs, dense_lr = FASHION_RECIPE["epochs"], FASHION_RECIPE["lr"]
+        else:
+            loaded, dense_flops, header = setup_dense()
+            header["dense_epochs"] = dense_epochs = DENSE_RECIPE["epochs"]
+            dense_lr = DENSE_RECIPE["lr"]
+
+            def fresh_data(seed: int):
+                """Loaders made anew for every run: the shuffle generator advances as a loader is iterated,
+                so sharing one between runs would make a run's data order depend on the runs before it."""
+                data = load_data(DataConfig("digits"), loaded.input_shape, seed=seed)
+                return data, [b for _, b in zip(range(8), data.train)]
+        if args.table_only:
+            write()
+            return
+        dense_params = count_params(loaded.model)
+        run_grid(args, model_name if fashion else None, loaded, dense_flops, dense_params, fresh_data, runs, done,
+                 runs_path, write, dense_epochs, dense_lr)
+
+
+def run_grid(args, model_name, loaded, dense_flops, dense_params, fresh_data, runs, done, runs_path, write,
+             dense_epochs: int, dense_lr: float) -> None:
+    import torch
+
+    from prunecli.allocate.learned import SearchConfig
+    from prunecli.config import BudgetTarget, PruneConfig
+    from prunecli.cost import count_flops, count_params
+    from prunecli.finetune import FinetuneConfig, evaluate, fit
+    from prunecli.schedule import SCHEDULES, AgpConfig, Context
+
+    tag = {"model": model_name} if model_name else {}
 
     def record(run: dict) -> None:
         runs.append(run)
         done.add(_key(run))
         with runs_path.open("a") as f:
             f.write(json.dumps(run) + "\n")
-        write_table(runs, out, header)
-        print(run["budget"], run["seed"], run["criterion"], run["allocation"], run["schedule"],
+        write()
+        print(model_name or "digits", run["budget"], run["seed"], run["criterion"], run["allocation"], run["schedule"],
               f"{run['top1']:.2f}", f"{run['wall_s']:.0f}s", flush=True)
-
-    if args.table_only:
-        write_table(runs, out, header)
-        return
 
     def ratios(model) -> dict:
         """The model's cost ratios and its conv widths: two plans can cost the same FLOPs, so a recorded run is
@@ -232,27 +441,24 @@ def main() -> None:
         return {"flops": count_flops(model, loaded.example_input) / dense_flops,
                 "params": count_params(model) / dense_params, "widths": widths}
 
+    def val_top1(model, data) -> dict:
+        return {"val_top1": evaluate(model, data.val)["top1"]} if model_name else {}
+
     scratch_modes = [m for m in args.scratch.split(",") if m and m != "none"]
     for budget in [float(b) for b in args.budgets.split(",")]:
         for seed in [int(s) for s in args.seeds.split(",")]:
-            def fresh_data(seed=seed):
-                """Loaders made anew for every run: the shuffle generator advances as a loader is iterated,
-                so sharing one between runs would make a run's data order depend on the runs before it."""
-                data = load_data(DataConfig("digits"), loaded.input_shape, seed=seed)
-                return data, [b for _, b in zip(range(8), data.train)]
-
             for criterion in args.criteria.split(","):
                 for allocation in args.allocations.split(","):
                     for schedule in args.schedules.split(","):
                         learned = allocation in ("learned", "learned-arch")
                         if learned and (criterion != "l1" or schedule != "oneshot"):
                             continue
-                        base = {"budget": budget, "criterion": SEARCHED if allocation == "learned" else criterion,
+                        base = {**tag, "budget": budget, "criterion": SEARCHED if allocation == "learned" else criterion,
                                 "allocation": LEARNED_ARCH if allocation == "learned-arch" else allocation,
                                 "schedule": schedule, "epochs": args.epochs, "seed": seed}
                         if _key(base) in done:
                             continue
-                        data, batches = fresh_data()
+                        data, batches = fresh_data(seed)
                         search = args.search_epochs if learned else 0
                         config = PruneConfig(flops=BudgetTarget("flops", budget), criterion=criterion,
                                              allocation="learned" if learned else allocation, seed=seed,
@@ -273,15 +479,16 @@ def main() -> None:
                                 "allocation_s": allocation_s,
                                 # a scan reused from the cache still cost its time once: count it
                                 "total_s": wall + (scan.get("scan_s", 0.0) if scan.get("cached") else 0.0),
-                                "search_epochs": search, "search_counted": bool(spent),
-                                "before": (outcome.accuracy_pruned or {}).get("top1"), **ratios(outcome.model)})
+                                "search_epochs": search, "search_counted": bool(spent), "best_epoch": outcome.best_epoch,
+                                "before": (outcome.accuracy_pruned or {}).get("top1"), **val_top1(outcome.model, data),
+                                **ratios(outcome.model)})
             for mode in scratch_modes:  # "Rethinking the value of pruning": same architecture, fresh weights
-                epochs = args.epochs if mode == "same" else DENSE_RECIPE["epochs"]
-                base = {"budget": budget, "criterion": SCRATCH, "allocation": "-", "schedule": "from scratch",
+                epochs = args.epochs if mode == "same" else dense_epochs
+                base = {**tag, "budget": budget, "criterion": SCRATCH, "allocation": "-", "schedule": "from scratch",
                         "epochs": epochs, "seed": seed}
                 if _key(base) in done:
                     continue
-                data, _ = fresh_data()
+                data, _ = fresh_data(seed)
                 t0 = time.perf_counter()
                 config = PruneConfig(flops=BudgetTarget("flops", budget), criterion="l1", allocation="uniform", seed=seed)
                 outcome = SCHEDULES.get("oneshot")(Context(loaded, config, FinetuneConfig(epochs=0), None, None, None, {}))
@@ -290,11 +497,11 @@ def main() -> None:
                 for m in model.modules():
                     if hasattr(m, "reset_parameters"):
                         m.reset_parameters()
-                lr = 0.02 if mode == "same" else DENSE_RECIPE["lr"]
+                lr = 0.02 if mode == "same" else dense_lr
                 fit(model, data.train, data.val, FinetuneConfig(epochs=epochs, lr=lr, seed=seed, progress=False), None)
                 result = evaluate(model, data.test)
                 record({**base, "top1": result["top1"], "top5": result["top5"], "before": None,
-                        "wall_s": time.perf_counter() - t0, **ratios(model)})
+                        "wall_s": time.perf_counter() - t0, **val_top1(model, data), **ratios(model)})
 
 
 if __name__ == "__main__":

@@ -293,3 +293,22 @@ def test_two_group_counts_share_one_lcm_step():
     pruned = shrink_copy(loaded, plan_model(loaded, PruneConfig(params=BudgetTarget("params", 0.8), round_to=1,
                                                                 tolerance=0.45), {}).plan)
     assert pruned(torch.randn(1, 3, 16, 16)).shape == (1, 4)
+
+
+def test_builtin_plain_vgg_prunes_to_budget_and_rebuilds(cli, tmp_path):
+    """prunecli:plain_vgg (the Fashion-MNIST benchmark's second model): a plain chain, so every conv is a group."""
+    from prunecli.arch import build_arch
+
+    spec = "prunecli:plain_vgg:width=2,num_classes=10,in_channels=1"
+    model = build_arch(spec)
+    convs = [m for m in model.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [4, 4, 8, 8, 16, 32, 64, 64]
+    result = cli("prune", spec, "--input-shape", "1,1,28,28", "--data", "synthetic:64", "--flops", "0.5",
+                 "--epochs", "0", "--no-latency", "--out", tmp_path / "o", "--json")
+    assert result.code == 0, result
+    report = json.loads(result.stdout)
+    assert 0.45 <= report["achieved"]["flops_ratio"] <= 0.5
+    rebuilt = prunecli.load_bundle(tmp_path / "o", arch=spec)
+    widths = [m.out_channels for m in rebuilt.modules() if isinstance(m, torch.nn.Conv2d)]
+    assert all(w < d for w, d in zip(widths, [4, 4, 8, 8, 16, 32, 64, 64]) if d >= 16)  # the wide late layers shrink
+    assert rebuilt(torch.randn(2, 1, 28, 28)).shape == (2, 10)

@@ -10,6 +10,16 @@ import torch
 from torch import nn
 
 
+def _head_and_init(net: nn.Module, cin: int, num_classes: int) -> None:
+    """Global average pool + one linear layer, then He initialisation of every conv (in this order, which fixes
+    the random stream a seed gives the weights)."""
+    net.pool = nn.AdaptiveAvgPool2d(1)
+    net.fc = nn.Linear(cin, num_classes)
+    for m in net.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+
+
 class BasicBlock(nn.Module):
     def __init__(self, cin: int, cout: int, stride: int) -> None:
         super().__init__()
@@ -42,11 +52,7 @@ class CifarResNet(nn.Module):
                 layers.append(BasicBlock(cin, cout, 2 if (i == 0 and stage > 0) else 1))
                 cin = cout
         self.layers = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(cin, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        _head_and_init(self, cin, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = torch.relu(self.bn1(self.conv1(x)))
@@ -76,11 +82,7 @@ class PlainVGG(nn.Module):
             layers += [nn.Conv2d(cin, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
             cin = cout
         self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.fc = nn.Linear(cin, num_classes)
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+        _head_and_init(self, cin, num_classes)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.fc(torch.flatten(self.pool(self.features(x)), 1))

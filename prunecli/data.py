@@ -230,6 +230,16 @@ class _NumpyOnlyUnpickler:
             return Restricted(fh, encoding="latin1").load()
 
 
+def _scaled(images, input_shape):
+    """uint8 NCHW images -> float in [-1, 1] at the model's height and width (bilinear)."""
+    import torch
+
+    x = images.float() / 255.0
+    if tuple(input_shape[-2:]) != tuple(x.shape[-2:]):
+        x = torch.nn.functional.interpolate(x, size=tuple(input_shape[-2:]), mode="bilinear", align_corners=False)
+    return (x - 0.5) / 0.5
+
+
 def _cifar(kind: str, root: Path, config: DataConfig, input_shape, seed: int) -> Loaders:
     """torchvision's CIFAR python layout, read with a numpy-only unpickler (torchvision's loader runs any pickle)."""
     import pickle
@@ -255,10 +265,7 @@ def _cifar(kind: str, root: Path, config: DataConfig, input_shape, seed: int) ->
                 labels.extend(int(v) for v in batch[label_key])
             except (pickle.UnpicklingError, KeyError, ValueError, EOFError) as exc:
                 raise UsageError(f"--data {kind}:{root}: {folder / name} is not a CIFAR batch ({exc})") from exc
-        x = torch.from_numpy(np.concatenate(images)).float() / 255.0
-        x = (x - 0.5) / 0.5
-        if tuple(input_shape[-2:]) != (32, 32):
-            x = torch.nn.functional.interpolate(x, size=tuple(input_shape[-2:]), mode="bilinear", align_corners=False)
+        x = _scaled(torch.from_numpy(np.concatenate(images)), input_shape)
         return torch.utils.data.TensorDataset(x, torch.tensor(labels, dtype=torch.long))
 
     train_full, test = read(train_files), read(test_files)
@@ -273,29 +280,29 @@ IDX_FILES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
 IDX_TYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
-def _idx_folder(kind: str, root: Path) -> Path:
-    """The folder holding the four IDX files: DIR itself or torchvision's DIR/<Name>/raw."""
+def _idx_paths(kind: str, root: Path) -> dict[str, Path]:
+    """IDX file name -> its path, in DIR itself or torchvision's DIR/<Name>/raw (an uncompressed copy first)."""
     spec = f"{kind}:{root}"
-    candidates = [root, root / IDX_KINDS[kind] / "raw"]
-    for folder in candidates:
-        if all(_idx_file(folder, name) is not None for pair in IDX_FILES.values() for name in pair):
-            return folder
-    found = [folder for folder in candidates if folder.is_dir()]
-    if not found:
+    if not root.is_dir():
         raise UsageError(f"--data {spec}: {root} is not a directory (prunecli never downloads; "
                          + ("apt-get install dataset-fashion-mnist puts it in /usr/share/datasets/fashion-mnist)"
                             if kind == "fashion-mnist" else "put the four IDX files there)"))
-    folder = next((f for f in found if any(_idx_file(f, n) for pair in IDX_FILES.values() for n in pair)), found[0])
-    missing = next(name for pair in IDX_FILES.values() for name in pair if _idx_file(folder, name) is None)
+    names = [name for pair in IDX_FILES.values() for name in pair]
+    found = {}
+    for folder in (root, root / IDX_KINDS[kind] / "raw"):
+        found = {}
+        for name in names:
+            path = next((c for c in (folder / name, folder / (name + ".gz")) if c.is_file()), None)
+            if path is not None:
+                found[name] = path
+        if len(found) == len(names):
+            return found
+        if found:  # a partial set: name what is missing there
+            break
+    missing = next(name for name in names if name not in found)
+    folder = next(iter(found.values())).parent if found else root
     raise UsageError(f"--data {spec}: {folder / missing}[.gz] not found; DIR must hold the four IDX files "
                      f"(train-/t10k- images-idx3 and labels-idx1, gzipped or not) or {IDX_KINDS[kind]}/raw/ with them")
-
-
-def _idx_file(folder: Path, name: str) -> Path | None:
-    for candidate in (folder / name, folder / (name + ".gz")):  # the uncompressed copy reads faster
-        if candidate.is_file():
-            return candidate
-    return None
 
 
 def read_idx(path: Path, spec: str, ndim: int):
@@ -335,10 +342,10 @@ def idx_arrays(kind: str, root: Path) -> dict:
     import numpy as np
 
     spec = f"{kind}:{root}"
-    folder = _idx_folder(kind, root)
+    paths = _idx_paths(kind, root)
     arrays = {}
     for split, (image_name, label_name) in IDX_FILES.items():
-        image_path, label_path = _idx_file(folder, image_name), _idx_file(folder, label_name)
+        image_path, label_path = paths[image_name], paths[label_name]
         images, labels = read_idx(image_path, spec, 3), read_idx(label_path, spec, 1)
         if images.dtype != np.uint8 or labels.dtype != np.uint8:
             raise DataFault(f"--data {spec}: {image_path if images.dtype != np.uint8 else label_path} "
@@ -355,10 +362,7 @@ def idx_arrays(kind: str, root: Path) -> dict:
 def _idx_tensors(images, labels, input_shape):
     import torch
 
-    x = torch.from_numpy(images.copy()).float().unsqueeze(1) / 255.0
-    if tuple(input_shape[-2:]) != tuple(x.shape[-2:]):
-        x = torch.nn.functional.interpolate(x, size=tuple(input_shape[-2:]), mode="bilinear", align_corners=False)
-    x = (x - 0.5) / 0.5
+    x = _scaled(torch.from_numpy(images.copy()).unsqueeze(1), input_shape)
     if input_shape[1] != 1:
         x = x.expand(-1, input_shape[1], -1, -1).contiguous()
     return torch.utils.data.TensorDataset(x, torch.from_numpy(labels))

@@ -84,7 +84,9 @@ def handle_errors(fn):
 
 
 def _interrupted() -> None:
-    sys.stderr.write("error: interrupted (Ctrl-C); nothing was written\n")
+    from . import interrupts
+
+    interrupts.report_interrupted()
     raise typer.Exit(130)
 
 
@@ -374,8 +376,10 @@ def prune(
                          f"target {missed['target']:.4g}; {out} holds it; rerun on a quieter machine or lower the target\n")
         raise typer.Exit(1)
     if report.get("interrupted"):
-        sys.stderr.write(f"error: interrupted during fine-tuning; {out} holds the bundle from the best checkpoint "
-                         f"(epoch {report['accuracy']['best_epoch']}); rerun with --resume to continue\n")
+        from . import interrupts
+
+        interrupts.report(f"interrupted during fine-tuning; {out} holds the bundle from the best checkpoint "
+                          f"(epoch {report['accuracy']['best_epoch']}); rerun with --resume to continue")
         raise typer.Exit(130)
 
 

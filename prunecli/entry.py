@@ -13,6 +13,12 @@ def main() -> None:
         from .cli import app
 
         app(prog_name="prunecli")
-    except KeyboardInterrupt:  # while importing, or parsing arguments: nothing was started
-        sys.stderr.write("error: interrupted (Ctrl-C)\n")
+    except KeyboardInterrupt:  # while importing: nothing was started
+        interrupts.report_interrupted()
         sys.exit(130)
+    except SystemExit as exc:
+        # Typer turns a KeyboardInterrupt raised while it parses arguments into a silent exit 130: say it once.
+        if exc.code == 130 or (interrupts.received() and exc.code not in (0, None)):
+            interrupts.report_interrupted()
+            raise SystemExit(130) from None
+        raise

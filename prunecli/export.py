@@ -147,6 +147,7 @@ def run_export(loaded, out: Path, *, opset: int = 18, force: bool = False, input
     """
     import os
 
+    from . import interrupts
     from .cost import count_macs
     from .outputs import apply_umask, check_out_file, staging_dir
 
@@ -157,11 +158,13 @@ def run_export(loaded, out: Path, *, opset: int = 18, force: bool = False, input
         exporter, check = export_verified(loaded.model, loaded.example_input, tmp / out.name, opset, loaded.input_shape)
         for path in tmp.iterdir():
             apply_umask(path, directory=False)
-        if (tmp / side.name).exists():
-            os.replace(tmp / side.name, side)
-        else:
-            side.unlink(missing_ok=True)  # a stale side file of an earlier, larger export under --force
-        os.replace(tmp / out.name, out)
+        with interrupts.deferred():  # the side file and the model move together, or not at all
+            if (tmp / side.name).exists():
+                os.replace(tmp / side.name, side)
+            else:
+                side.unlink(missing_ok=True)  # a stale side file of an earlier, larger export under --force
+            os.replace(tmp / out.name, out)
+            interrupts.wrote(out)
     files = [str(out)] + ([str(side)] if side.exists() else [])
     return {"file": str(out), "files": files, "self_contained": len(files) == 1, "opset": opset, "exporter": exporter,
             "input_shape": list(loaded.input_shape), "macs": count_macs(loaded.model, loaded.example_input), **check}

@@ -10,9 +10,10 @@ from __future__ import annotations
 
 import contextlib
 import signal
+import sys
 import threading
 
-_state = {"received": False, "deferring": 0, "pending": False}
+_state = {"received": False, "deferring": 0, "pending": False, "reported": False, "written": []}
 
 
 def _handler(signum, frame) -> None:
@@ -38,7 +39,31 @@ def received() -> bool:
 
 
 def reset() -> None:
-    _state.update(received=False, pending=False, deferring=0)
+    _state.update(received=False, pending=False, deferring=0, reported=False, written=[])
+
+
+def report(message: str) -> None:
+    """Write the one interrupt line to stderr (once per process, whoever gets there first)."""
+    if not _state["reported"]:
+        _state["reported"] = True
+        sys.stderr.write(f"error: {message}\n")
+
+
+def wrote(path) -> None:
+    """Record an output that is complete and in place (a Ctrl-C after this must not say "nothing was written")."""
+    _state["written"].append(str(path))
+
+
+def report_interrupted() -> None:
+    """The one line for a Ctrl-C that stopped a command: what, if anything, was already written in full."""
+    done = _state["written"]
+    report("interrupted (Ctrl-C); " + (f"{', '.join(done)} had already been written in full" if done
+                                       else "nothing was written"))
+
+
+def reported() -> bool:
+    """True once the interrupt line was written."""
+    return _state["reported"]
 
 
 @contextlib.contextmanager

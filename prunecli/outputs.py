@@ -17,6 +17,7 @@ import tempfile
 from pathlib import Path
 from typing import Iterable
 
+from . import interrupts
 from .errors import UsageError
 
 
@@ -127,17 +128,19 @@ def atomic_dir(out: Path, force: bool, *, merge: bool = False, keep: Iterable[st
         yield tmp
         for path in tmp.rglob("*"):  # some writers (safetensors) create 0600 files
             apply_umask(path, directory=path.is_dir())
-        if merge and out.is_dir():
-            for name in last:
-                (out / name).unlink(missing_ok=True)
-            for name in sorted(os.listdir(tmp), key=lambda n: n in last):
-                os.replace(tmp / name, out / name)
-        elif out.exists():
-            old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
-            try:
-                os.replace(out, old / "previous")
+        with interrupts.deferred():  # a Ctrl-C between the renames would lose both the old and the new output
+            if merge and out.is_dir():
+                for name in last:
+                    (out / name).unlink(missing_ok=True)
+                for name in sorted(os.listdir(tmp), key=lambda n: n in last):
+                    os.replace(tmp / name, out / name)
+            elif out.exists():
+                old = Path(tempfile.mkdtemp(prefix=f".{out.name}.old-", dir=out.parent))
+                try:
+                    os.replace(out, old / "previous")
+                    os.replace(tmp, out)
+                finally:
+                    shutil.rmtree(old, ignore_errors=True)
+            else:
                 os.replace(tmp, out)
-            finally:
-                shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out)
+            interrupts.wrote(out)

@@ -64,23 +64,35 @@ FASHION_CACHE = "bench-fashion-mnist-{model}-v1.pt"
 
 
 def _key(run: dict) -> tuple:
-    return (run.get("model", "resnet20"), run["budget"], run["criterion"], run["allocation"], run["schedule"],
+    return (run.get("model", "resnet20"), run.get("dense"), run["budget"], run["criterion"], run["allocation"], run["schedule"],
             run["epochs"], run["seed"])
 
 
-def fashion_dense(model: str, data_dir: str):
-    """(path of the trained dense Fashion-MNIST model, its test top-1), training and caching it on first use."""
+FASHION_DENSE = "{stem}_dense_{model}.pt"  # beside the table: benchmarks/results/quality_fmnist_dense_MODEL.pt
+
+
+def _sha(path: Path) -> str:
+    import hashlib
+
+    return hashlib.sha256(path.read_bytes()).hexdigest()[:16]
+
+
+def fashion_dense(model: str, data_dir: str, out: Path):
+    """(path of the trained dense Fashion-MNIST model, its test top-1, its training seconds, its sha256 prefix).
+
+    The dense models are committed (benchmarks/results/quality_fmnist_dense_MODEL.pt, weights_only checkpoints of
+    about 1-4 MB): training is not bit-reproducible across CPUs, so a later session on another machine must start
+    from the very same weights for its runs to join the table. Trained here on first use only."""
     import torch
 
     from prunecli.arch import build_arch
-    from prunecli.cache import cache_dir
     from prunecli.data import DataConfig, load_data
     from prunecli.finetune import FinetuneConfig, evaluate, fit
 
-    path = cache_dir() / FASHION_CACHE.format(model=model)
+    path = out.with_name(FASHION_DENSE.format(stem=out.stem, model=model))
     if path.is_file():
         saved = torch.load(path, weights_only=True)
-        return path, saved["test"]["top1"], saved["train_s"]
+        return path, saved["test"]["top1"], saved["train_s"], _sha(path)
     arch = FASHION_MODELS[model][0]
     recipe = FASHION_RECIPE
     torch.manual_seed(recipe["seed"])
@@ -94,14 +106,15 @@ def fashion_dense(model: str, data_dir: str):
     train_s = time.perf_counter() - t0
     test = evaluate(net, data.test)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
+    tmp = path.with_name("." + path.name + ".tmp")
     torch.save({"arch": arch, "state_dict": net.state_dict(), "input_shape": list(FASHION_SHAPE),
                 "trained_on": f"fashion-mnist ({len(data.train.dataset)} training images)", "recipe": recipe,
                 "val": evaluate(net, data.val), "test": test, "train_s": train_s,
+                "machine": f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores)",
                 "history": json.dumps(history)}, tmp)
     os.replace(tmp, path)
     print(f"dense {model}: test top-1 {test['top1']:.2f}% after {train_s:.0f} s", flush=True)
-    return path, test["top1"], train_s
+    return path, test["top1"], train_s, _sha(path)
 
 
 def load_runs(path: Path) -> list[dict]:
@@ -177,7 +190,7 @@ def write_table(runs: list[dict], out: Path, header: dict) -> None:
     out.write_text("\n".join(lines) + "\n")
 
 
-def fashion_setup(model: str, data_dir: str, train_subset: int):
+def fashion_setup(model: str, data_dir: str, train_subset: int, threads: int, out: Path):
     """(loaded dense model, its FLOPs, table header, fresh_data(seed)) for Fashion-MNIST: the training split's
     fixed subset (the same for every method and seed), validation and test whole."""
     import torch
@@ -186,9 +199,9 @@ def fashion_setup(model: str, data_dir: str, train_subset: int):
     from prunecli.data import SPLIT_SEED, DataConfig, Loaders, _loaders, load_data
     from prunecli.load import load_model
 
-    threads = os.cpu_count() or 1
+    threads = threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
-    path, dense_top1, train_s = fashion_dense(model, data_dir)
+    path, dense_top1, train_s, dense_sha = fashion_dense(model, data_dir, out)
     loaded = load_model(str(path))
     config = DataConfig(f"fashion-mnist:{data_dir}", batch_size=64)
     full = load_data(config, loaded.input_shape, seed=0)
@@ -203,6 +216,7 @@ def fashion_setup(model: str, data_dir: str, train_subset: int):
         return data, [b for _, b in zip(range(8), data.train)]
 
     header = {"dense_top1": dense_top1, "dense_train_s": train_s, "threads": threads, "model": model,
+              "dense_sha256": dense_sha, "dense_file": path.name,
               "machine": f"{platform.processor() or platform.machine()} ({os.cpu_count()} cores)",
               "sizes": (len(train), len(val), len(test)), "dense_val_top1": evaluate_val(loaded.model, full.val)}
     return loaded, count_flops(loaded.model, loaded.example_input), header, fresh_data
@@ -218,6 +232,13 @@ def _sem(values: list[float]) -> float:
     return statistics.stdev(values) / len(values) ** 0.5 if len(values) > 1 else float("nan")
 
 
+def current_runs(runs: list[dict], headers: dict, model: str) -> list[dict]:
+    """The runs of ``model`` that started from its current dense weights (runs from an earlier dense model, trained
+    on another machine, stay in the JSONL but join no table)."""
+    sha = headers.get(model, {}).get("dense_sha256")
+    return [r for r in runs if r.get("model") == model and r.get("dense") == sha]
+
+
 def write_fashion_table(runs: list[dict], out: Path, headers: dict) -> None:
     """The Fashion-MNIST table: one section per model, then learned against uniform and global per budget."""
     lines = [
@@ -231,12 +252,13 @@ def write_fashion_table(runs: list[dict], out: Path, headers: dict) -> None:
         "is of the selected epoch on the validation split carved from training (6,000 images), which selects "
         "everything; test selects nothing. "
         "`wall s` is one run's mean wall time (pruning decision including a sensitivity scan or the learned search, "
-        "fine-tuning and evaluation), nothing else running.",
+        "fine-tuning and evaluation) in one process with the torch threads the model's header states; with 1 thread, "
+        "the two models' grids ran side by side, one process per core, and nothing else.",
         "",
     ]
     for model in FASHION_MODELS:
         header = headers.get(model)
-        mine = [r for r in runs if r.get("model") == model]
+        mine = current_runs(runs, headers, model)
         if header is None and not mine:
             continue
         if header is not None:
@@ -293,16 +315,15 @@ def plot_fashion(runs: list[dict], out: Path, headers: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    models = [m for m in FASHION_MODELS if any(r.get("model") == m for r in runs)]
+    models = [m for m in FASHION_MODELS if current_runs(runs, headers, m)]
     if not models:
         return
     fig, axes = plt.subplots(1, len(models), figsize=(6.5 * len(models), 4.5), squeeze=False)
     for ax, model in zip(axes[0], models):
         methods: dict[str, dict[float, list]] = {}
-        for r in runs:
-            if r.get("model") == model:
-                name = "scratch (uniform arch)" if r["criterion"] == SCRATCH else r["allocation"]
-                methods.setdefault(name, {}).setdefault(r["budget"], []).append(r)
+        for r in current_runs(runs, headers, model):
+            name = "scratch (uniform arch)" if r["criterion"] == SCRATCH else r["allocation"]
+            methods.setdefault(name, {}).setdefault(r["budget"], []).append(r)
         for name, by_budget in sorted(methods.items()):
             budgets = sorted(by_budget)
             xs = [statistics.mean(r["flops"] for r in by_budget[b]) for b in budgets]
@@ -313,7 +334,7 @@ def plot_fashion(runs: list[dict], out: Path, headers: dict) -> None:
             ax.axhline(headers[model]["dense_top1"], color="grey", linestyle="--", label="dense")
         ax.set_xscale("log")
         ax.minorticks_off()
-        ticks = sorted({r["budget"] for r in runs if r.get("model") == model})
+        ticks = sorted({r["budget"] for r in current_runs(runs, headers, model)})
         ax.set_xticks(ticks, [f"{t:g}" for t in ticks])
         ax.set_xlim(min(ticks) * 0.8, max(ticks) * 1.25)
         ax.set_xlabel("FLOPs ratio (pruned / dense)")
@@ -350,6 +371,8 @@ def main() -> None:
     parser.add_argument("--search-epochs", type=int, default=2, help="of --epochs, spent by --allocation learned")
     parser.add_argument("--scratch", default=None, help="from-scratch controls: same,dense or none "
                                                         "(default same,dense on digits, same on fashion-mnist)")
+    parser.add_argument("--threads", type=int, default=0, help="fashion-mnist: torch threads (default: every core); "
+                        "--threads 1 lets two processes, one per core, run two models of the grid at once")
     parser.add_argument("--table-only", action="store_true")
     parser.add_argument("--plot-only", action="store_true", help="fashion-mnist: rebuild table and plot only")
     parser.add_argument("--out", default=None, help="default benchmarks/results/quality.md or quality_fmnist.md")
@@ -376,8 +399,13 @@ def main() -> None:
     headers_path = out.with_name(out.stem + "_dense.json")  # fashion-mnist: what the table states of each dense model
     headers = json.loads(headers_path.read_text()) if fashion and headers_path.is_file() else {}
 
+    models = args.model.split(",") if fashion else ["resnet20"]
+
     def write() -> None:
-        if fashion:
+        if fashion:  # from the files: another process may be running another model of the grid
+            headers.update({k: v for k, v in (json.loads(headers_path.read_text()) if headers_path.is_file()
+                                              else {}).items() if k not in models})
+            runs[:] = load_runs(runs_path)
             write_fashion_table(runs, out, headers)
             plot_fashion(runs, out.with_suffix(".png"), headers)
         else:
@@ -386,14 +414,15 @@ def main() -> None:
     if fashion and (args.table_only or args.plot_only):
         write()
         return
-    models = args.model.split(",") if fashion else ["resnet20"]
     for model_name in models:
         if fashion:
             if model_name not in FASHION_MODELS:
                 parser.error(f"--model {model_name}: choose from {', '.join(FASHION_MODELS)}")
-            loaded, dense_flops, header, fresh_data = fashion_setup(model_name, args.data_dir, args.train_subset)
+            loaded, dense_flops, header, fresh_data = fashion_setup(model_name, args.data_dir, args.train_subset,
+                                                                      args.threads, out)
             headers[model_name] = header
-            headers_path.write_text(json.dumps(headers, indent=1) + "\n")
+            on_disk = json.loads(headers_path.read_text()) if headers_path.is_file() else {}
+            headers_path.write_text(json.dumps({**on_disk, model_name: header}, indent=1) + "\n")
             dense_epochs, dense_lr = FASHION_RECIPE["epochs"], FASHION_RECIPE["lr"]
         else:
             loaded, dense_flops, header = setup_dense()
@@ -409,11 +438,11 @@ def main() -> None:
             write()
             return
         dense_params = count_params(loaded.model)
-        run_grid(args, model_name if fashion else None, loaded, dense_flops, dense_params, fresh_data, runs, done,
+        run_grid(args, model_name if fashion else None, header.get("dense_sha256"), loaded, dense_flops, dense_params, fresh_data, runs, done,
                  runs_path, write, dense_epochs, dense_lr)
 
 
-def run_grid(args, model_name, loaded, dense_flops, dense_params, fresh_data, runs, done, runs_path, write,
+def run_grid(args, model_name, dense_sha, loaded, dense_flops, dense_params, fresh_data, runs, done, runs_path, write,
              dense_epochs: int, dense_lr: float) -> None:
     import torch
 
@@ -423,7 +452,7 @@ def run_grid(args, model_name, loaded, dense_flops, dense_params, fresh_data, ru
     from prunecli.finetune import FinetuneConfig, evaluate, fit
     from prunecli.schedule import SCHEDULES, AgpConfig, Context
 
-    tag = {"model": model_name} if model_name else {}
+    tag = {"model": model_name, "dense": dense_sha} if model_name else {}
 
     def record(run: dict) -> None:
         runs.append(run)

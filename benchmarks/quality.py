@@ -51,6 +51,16 @@ SEARCHED = "gamma (searched weights)"
 LEARNED_ARCH = "learned counts, dense weights"
 
 
+# learned:VARIANT in --allocations: the learned allocator with other search settings, tuned on validation
+# (SearchConfig fields; "epochs" is the search's share of --epochs)
+LEARNED_VARIANTS = {
+    "search1": {"epochs": 1},  # one search epoch of the five, four of fine-tuning
+    "search3": {"epochs": 3},
+    "fd4": {"fd_groups": 4},  # loss slopes of 4 groups per step, in rotation (about 1/3 of the forwards on ResNet-20)
+    "ste": {"estimator": "ste"},  # DSA's straight-through estimator: one backward per step, no finite differences
+    "slow": {"target_fraction": 0.9},  # the target reaches the budget at 90% of the search (default 50%)
+}
+
 FASHION_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_SHAPE = (1, 1, 28, 28)
 FASHION_MODELS = {  # name -> (arch, what the table calls it)
@@ -68,7 +78,7 @@ def _key(run: dict) -> tuple:
             run["epochs"], run["seed"])
 
 
-FASHION_DENSE = "{stem}_dense_{model}.pt"  # beside the table: benchmarks/results/quality_fmnist_dense_MODEL.pt
+FASHION_DENSE = "quality_fmnist_dense_{model}.pt"  # beside the table (benchmarks/results/), whatever --out says
 
 
 def _sha(path: Path) -> str:
@@ -89,7 +99,7 @@ def fashion_dense(model: str, data_dir: str, out: Path):
     from prunecli.data import DataConfig, load_data
     from prunecli.finetune import FinetuneConfig, evaluate, fit
 
-    path = out.with_name(FASHION_DENSE.format(stem=out.stem, model=model))
+    path = out.with_name(FASHION_DENSE.format(model=model))
     if path.is_file():
         saved = torch.load(path, weights_only=True)
         return path, saved["test"]["top1"], saved["train_s"], _sha(path)
@@ -247,7 +257,10 @@ def write_fashion_table(runs: list[dict], out: Path, headers: dict) -> None:
         "Protocol: every method starts from the same dense model (trained once, cached) and gets the same training "
         f"after it: {FASHION_PRUNE_EPOCHS_TEXT}. Budgets are FLOPs fractions (FlopCounterMode FLOPs, not MACs; one "
         "multiply-add is 2 FLOPs), channels by l1 except `learned`, which keeps each group's channels with the highest "
-        "BatchNorm |gamma| on its searched weights; round_to 8 (preset). Test top-1 is on the whole t10k test set "
+        "BatchNorm |gamma| on its searched weights; round_to from the preset (8 for the CIFAR ResNet; plain_vgg has none: 1), halved where a budget cannot be "
+        "reached with it "
+        "(ResNet-20 at 0.1 uses 4: with 8 its residual streams keep 8 of 16 channels and 0.117 is the floor; each run "
+        "records its round_to). Test top-1 is on the whole t10k test set "
         "(10,000 images: one image is 0.01 points), mean +- std and the standard error (se) over seeds; `val top-1` "
         "is of the selected epoch on the validation split carved from training (6,000 images), which selects "
         "everything; test selects nothing. "
@@ -270,7 +283,7 @@ def write_fashion_table(runs: list[dict], out: Path, headers: dict) -> None:
                       f"train on {n_train} images, validate on {n_val}, test on {n_test}; "
                       f"{header['machine']}, {header['threads']} torch threads.", ""]
         lines += ["| budget | allocation | criterion | epochs | FLOPs ratio | params ratio | top-1 before fine-tune | "
-                  "val top-1 | test top-1 (mean +- std) | se | seeds | wall s |",
+                  "val top-1 (mean +- se) | test top-1 (mean +- std) | se | seeds | wall s |",
                   "|---:|---|---|---:|---:|---:|---:|---:|---:|---:|---|---:|"]
         groups: dict[tuple, list] = {}
         for run in mine:
@@ -279,10 +292,11 @@ def write_fashion_table(runs: list[dict], out: Path, headers: dict) -> None:
             rs = groups[key]
             top1 = [r["top1"] for r in rs]
             before = [r["before"] for r in rs if r.get("before") is not None]
+            val = [r["val_top1"] for r in rs]
             lines.append(
                 f"| {key[0]} | {key[1]} | {key[2]} | {key[3]} | {statistics.mean(r['flops'] for r in rs):.4f} | "
                 f"{statistics.mean(r['params'] for r in rs):.4f} | "
-                f"{f'{statistics.mean(before):.2f}' if before else '-'} | {statistics.mean(r['val_top1'] for r in rs):.2f} | "
+                f"{f'{statistics.mean(before):.2f}' if before else '-'} | {statistics.mean(val):.2f} +- {_sem(val):.2f} | "
                 f"{statistics.mean(top1):.2f} +- {statistics.stdev(top1) if len(top1) > 1 else 0:.2f} | {_sem(top1):.2f} | "
                 f"{','.join(str(r['seed']) for r in sorted(rs, key=lambda r: r['seed']))} | "
                 f"{statistics.mean(r.get('total_s', r['wall_s']) for r in rs):.0f} |")
@@ -442,6 +456,19 @@ def main() -> None:
                  runs_path, write, dense_epochs, dense_lr)
 
 
+def round_to_for(loaded, budget: float) -> int:
+    """The preset's round_to, halved until ``budget`` (a FLOPs fraction) is reachable: ResNet-20 at width 16 stops
+    at 0.117 of its FLOPs with round_to 8 (its residual streams keep 8 of 16 channels) and needs 4 for 0.1."""
+    from prunecli.inspect import prunable_groups
+
+    step = None
+    while True:
+        analysis, step = prunable_groups(loaded, round_to=step)
+        if analysis.min_flops_ratio < budget * 0.99 or step == 1:
+            return step
+        step = max(1, step // 2)
+
+
 def run_grid(args, model_name, dense_sha, loaded, dense_flops, dense_params, fresh_data, runs, done, runs_path, write,
              dense_epochs: int, dense_lr: float) -> None:
     import torch
@@ -475,27 +502,35 @@ def run_grid(args, model_name, dense_sha, loaded, dense_flops, dense_params, fre
 
     scratch_modes = [m for m in args.scratch.split(",") if m and m != "none"]
     for budget in [float(b) for b in args.budgets.split(",")]:
+        round_to = round_to_for(loaded, budget)
         for seed in [int(s) for s in args.seeds.split(",")]:
             for criterion in args.criteria.split(","):
                 for allocation in args.allocations.split(","):
                     for schedule in args.schedules.split(","):
-                        learned = allocation in ("learned", "learned-arch")
+                        method, _, variant = allocation.partition(":")  # learned:VARIANT, see LEARNED_VARIANTS
+                        learned = method in ("learned", "learned-arch")
                         if learned and (criterion != "l1" or schedule != "oneshot"):
                             continue
-                        base = {**tag, "budget": budget, "criterion": SEARCHED if allocation == "learned" else criterion,
-                                "allocation": LEARNED_ARCH if allocation == "learned-arch" else allocation,
+                        if variant and (method != "learned" or variant not in LEARNED_VARIANTS):
+                            raise SystemExit(f"--allocations {allocation}: variants are learned:"
+                                             f"{'|'.join(LEARNED_VARIANTS)}")
+                        overrides = dict(LEARNED_VARIANTS.get(variant, {}))
+                        search = overrides.pop("epochs", args.search_epochs) if learned else 0
+                        base = {**tag, "budget": budget, "criterion": SEARCHED if method == "learned" else criterion,
+                                "allocation": LEARNED_ARCH if method == "learned-arch" else allocation,
                                 "schedule": schedule, "epochs": args.epochs, "seed": seed}
                         if _key(base) in done:
                             continue
                         data, batches = fresh_data(seed)
-                        search = args.search_epochs if learned else 0
                         config = PruneConfig(flops=BudgetTarget("flops", budget), criterion=criterion,
                                              allocation="learned" if learned else allocation, seed=seed,
+                                             round_to=round_to,
                                              allocation_settings=SearchConfig(
-                                                 epochs=search, weights="dense" if allocation == "learned-arch" else "searched")
+                                                 epochs=search, weights="dense" if method == "learned-arch" else "searched",
+                                                 **overrides)
                                              if learned else None,
                                              schedule_settings=AgpConfig(steps=3) if schedule == "agp" else None)
-                        spent = search if allocation == "learned" else 0  # the control does not count its search
+                        spent = search if method == "learned" else 0  # the control does not count its search
                         finetune = FinetuneConfig(epochs=args.epochs - spent, lr=0.02, seed=seed, progress=False)
                         t0 = time.perf_counter()
                         ctx = Context(loaded, config, finetune, data, batches, None, {})
@@ -508,7 +543,7 @@ def run_grid(args, model_name, dense_sha, loaded, dense_flops, dense_params, fre
                                 "allocation_s": allocation_s,
                                 # a scan reused from the cache still cost its time once: count it
                                 "total_s": wall + (scan.get("scan_s", 0.0) if scan.get("cached") else 0.0),
-                                "search_epochs": search, "search_counted": bool(spent), "best_epoch": outcome.best_epoch,
+                                "round_to": round_to, "search_epochs": search, "search_counted": bool(spent), "best_epoch": outcome.best_epoch,
                                 "before": (outcome.accuracy_pruned or {}).get("top1"), **val_top1(outcome.model, data),
                                 **ratios(outcome.model)})
             for mode in scratch_modes:  # "Rethinking the value of pruning": same architecture, fresh weights
@@ -519,7 +554,8 @@ def run_grid(args, model_name, dense_sha, loaded, dense_flops, dense_params, fre
                     continue
                 data, _ = fresh_data(seed)
                 t0 = time.perf_counter()
-                config = PruneConfig(flops=BudgetTarget("flops", budget), criterion="l1", allocation="uniform", seed=seed)
+                config = PruneConfig(flops=BudgetTarget("flops", budget), criterion="l1", allocation="uniform", seed=seed,
+                                     round_to=round_to)
                 outcome = SCHEDULES.get("oneshot")(Context(loaded, config, FinetuneConfig(epochs=0), None, None, None, {}))
                 model = copy.deepcopy(outcome.model)
                 torch.manual_seed(seed)
@@ -529,7 +565,7 @@ def run_grid(args, model_name, dense_sha, loaded, dense_flops, dense_params, fre
                 lr = 0.02 if mode == "same" else dense_lr
                 fit(model, data.train, data.val, FinetuneConfig(epochs=epochs, lr=lr, seed=seed, progress=False), None)
                 result = evaluate(model, data.test)
-                record({**base, "top1": result["top1"], "top5": result["top5"], "before": None,
+                record({**base, "top1": result["top1"], "top5": result["top5"], "before": None, "round_to": round_to,
                         "wall_s": time.perf_counter() - t0, **val_top1(model, data), **ratios(model)})
 
 

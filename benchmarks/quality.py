@@ -336,6 +336,8 @@ def plot_fashion(runs: list[dict], out: Path, headers: dict) -> None:
     for ax, model in zip(axes[0], models):
         methods: dict[str, dict[float, list]] = {}
         for r in current_runs(runs, headers, model):
+            if ":" in r["allocation"]:  # learned:VARIANT, tuning runs at one budget: in the table, not the plot
+                continue
             name = "scratch (uniform arch)" if r["criterion"] == SCRATCH else r["allocation"]
             methods.setdefault(name, {}).setdefault(r["budget"], []).append(r)
         for name, by_budget in sorted(methods.items()):

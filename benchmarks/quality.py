@@ -329,6 +329,8 @@ def plot_fashion(runs: list[dict], out: Path, headers: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    from prunecli.report import save_figure
+
     models = [m for m in FASHION_MODELS if current_runs(runs, headers, m)]
     if not models:
         return
@@ -359,10 +361,7 @@ def plot_fashion(runs: list[dict], out: Path, headers: dict) -> None:
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
     fig.tight_layout()
-    tmp = out.with_name("." + out.name + ".tmp.png")
-    fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    os.replace(tmp, out)
+    save_figure(fig, out)  # a unique temporary name: two processes of the grid may write the plot at once
 
 
 FASHION_PRUNE_EPOCHS_TEXT = ("--epochs of SGD (lr 0.02, cosine, cross-entropy, batch 64, no distillation) on the "

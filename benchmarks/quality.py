@@ -70,7 +70,6 @@ FASHION_MODELS = {  # name -> (arch, what the table calls it)
 }
 # the dense models: SGD momentum 0.9, lr 0.1 cosine with warmup, weight decay 5e-4, batch 128, no augmentation
 FASHION_RECIPE = {"epochs": 10, "lr": 0.1, "optimizer": "sgd", "weight_decay": 5e-4, "seed": 0, "batch_size": 128}
-FASHION_CACHE = "bench-fashion-mnist-{model}-v1.pt"
 
 
 def _key(run: dict) -> tuple:

@@ -61,11 +61,6 @@ def report_interrupted() -> None:
                                        else "nothing was written"))
 
 
-def reported() -> bool:
-    """True once the interrupt line was written."""
-    return _state["reported"]
-
-
 @contextlib.contextmanager
 def deferred():
     """Hold SIGINT back during the block (if prunecli's handler is installed) and raise it right after."""

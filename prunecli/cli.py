@@ -44,7 +44,10 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show full traceback
 
 def _fail(message: str, code: int) -> None:
     # One plain line (no Rich wrapping), so scripts and people read the same thing.
-    sys.stderr.write(f"error: {message}\n")
+    from . import distributed
+
+    if not distributed.silent_error():
+        sys.stderr.write(f"{distributed.rank_prefix()}error: {message}\n")
     raise typer.Exit(code)
 
 
@@ -125,7 +128,11 @@ JsonOpt = typer.Option(False, "--json", help="Print one JSON document to stdout 
 DataHelp = "digits, imagefolder:DIR, cifar10:DIR, cifar100:DIR, fashion-mnist:DIR, mnist:DIR, file.py:factory, synthetic[:N]."
 IgnoreOpt = typer.Option([], "--ignore", help="Module name glob kept intact (repeatable).")
 MinChannelsOpt = typer.Option(1, "--min-channels", help="Fewest channels any group keeps.")
-WorkersOpt = typer.Option(0, "--workers", help="Data loader worker processes.")
+WorkersOpt = typer.Option(None, "--workers", help="Data loader worker processes (default: none for data held in "
+                          "memory, else the CPUs available to each process, at most 8).")
+DeviceOpt = typer.Option("auto", "--device", help="Where data stages run: auto (CUDA when available), cpu, cuda, "
+                         "cuda:N or mps. The plan, bundle and ONNX do not depend on it.")
+AmpOpt = typer.Option("off", "--amp", help="Mixed precision for training: bf16, fp16 (GPU, with a GradScaler) or off.")
 SkipBadOpt = typer.Option(False, "--skip-bad-images", help="imagefolder: decode every image first and leave out "
                           "those that fail (listed in report.json); without it a bad image stops the run (exit 2).")
 CriterionBatchesOpt = typer.Option(8, "--criterion-batches", help="Training batches for taylor/activation criteria.")
@@ -295,7 +302,11 @@ def prune(
     optimizer: str = typer.Option("sgd", "--optimizer", help="sgd or adamw."),
     weight_decay: float = typer.Option(5e-4, "--weight-decay", help="Weight decay."),
     batch_size: int = typer.Option(64, "--batch-size", help="Batch size for training and evaluation."),
-    workers: int = WorkersOpt,
+    workers: Optional[int] = WorkersOpt,
+    device: str = DeviceOpt,
+    amp: str = AmpOpt,
+    sync_bn: bool = typer.Option(False, "--sync-bn", help="Under torchrun on GPUs: BatchNorm statistics over the "
+                                 "global batch (SyncBatchNorm)."),
     skip_bad_images: bool = SkipBadOpt,
     distill: bool = typer.Option(False, "--distill", help="Distil from the dense model (KL on softened logits + task loss)."),
     distill_weight: float = typer.Option(0.7, "--distill-weight", help="Weight of the KL term."),
@@ -332,9 +343,12 @@ def prune(
         prunecli prune model.pt --latency 12ms --threads 4 --latency-batch 8 --out pruned/
 
         prunecli prune pruned/ --flops 0.5 --out pruned-again/   # prune a bundle further
+
+        torchrun --nproc_per_node 8 -m prunecli prune torchvision:resnet50 --flops 0.5 --data imagefolder:/data/imagenet --epochs 90 --amp bf16 --out pruned/
     """
     from pathlib import Path
 
+    from . import distributed
     from .prune import run_prune
 
     if latency is not None and no_latency:
@@ -350,19 +364,26 @@ def prune(
                                                               sensitivity_metric, sensitivity_batches),
                      schedule_settings=_schedule_settings(schedule, agp_steps))
     finetune = _finetune_config(epochs=epochs, lr=lr, optimizer=optimizer, weight_decay=weight_decay, distill=distill,
-                                distill_weight=distill_weight, temperature=temperature, seed=seed)
+                                distill_weight=distill_weight, temperature=temperature, seed=seed, sync_bn=sync_bn)
     _check_prune_flags(out, force, resume, criterion, config.allocation, schedule, data, epochs,
-                       inputs=_typed_inputs(model, weights, arch, data))
+                       inputs=_typed_inputs(model, weights, arch, data), check_out=not distributed.is_quiet_rank())
+    placement = _placement(device, amp, sync_bn, schedule, data, epochs)
     if config.latency is not None or config.allocation == "latency":
         from .latency import check_provider
 
         check_provider(config.latency_settings.runtime())  # exit 4 before loading: the provider is not usable here
     loaded = _load(model, arch, weights, trust_pickle, input_shape, preset)
-    loaders = _data(data, batch_size, workers, loaded, seed, skip_bad_images) if data else None
-    with _progress(enabled=not as_json) as progress:
-        report = run_prune(loaded, config, Path(out), force=force, measure_latency=not no_latency, data=loaders,
-                           finetune=finetune, schedule=schedule, resume=resume, progress=progress,
-                           criterion_batches=criterion_batches)
+    loaders = _data(data, batch_size, workers, loaded, seed, skip_bad_images, placement) if data else None
+    world = distributed.init(placement.kind)
+    try:
+        with _progress(enabled=not as_json and world.main) as progress:
+            report = run_prune(loaded, config, Path(out), force=force, measure_latency=not no_latency, data=loaders,
+                               finetune=finetune, schedule=schedule, resume=resume, progress=progress,
+                               criterion_batches=criterion_batches, placement=placement, world=world)
+    finally:
+        distributed.shutdown()
+    if report is None:  # a rank other than 0: rank 0 writes and reports
+        return
     if as_json:
         typer.echo(json.dumps(report, indent=2))
     else:
@@ -447,7 +468,29 @@ def _finetune_config(**kwargs):
         raise UsageError(str(exc)) from exc
 
 
-def _check_prune_flags(out, force, resume, criterion, allocation, schedule, data, epochs, inputs=()) -> None:
+def _placement(device: str, amp: str, sync_bn: bool, schedule: str, data, epochs: int):
+    """--device/--amp resolved (exit 2 for a device this machine lacks), and what torchrun runs refused up front."""
+    from . import distributed
+    from .device import resolve
+    from .errors import UsageError
+
+    placement = resolve(device, amp, local_rank=distributed.local_rank())
+    if sync_bn and not distributed.launched():
+        raise UsageError("--sync-bn synchronises BatchNorm across torchrun processes: run under torchrun or drop it")
+    if sync_bn and placement.kind != "cuda":
+        raise UsageError("--sync-bn needs GPUs (torch's SyncBatchNorm runs on CUDA only); drop it on "
+                         f"--device {placement.device}")
+    if distributed.launched():
+        if schedule != "oneshot":
+            raise UsageError(f"--schedule {schedule} runs in one process; under torchrun use --schedule oneshot")
+        if not data or epochs == 0:
+            raise UsageError("under torchrun prunecli fine-tunes in parallel: pass --data SPEC and --epochs N "
+                             "(to prune without training, run prunecli without torchrun)")
+    return placement
+
+
+def _check_prune_flags(out, force, resume, criterion, allocation, schedule, data, epochs, inputs=(),
+                       check_out: bool = True) -> None:
     """Everything that can be refused before loading anything."""
     from pathlib import Path
 
@@ -457,7 +500,7 @@ def _check_prune_flags(out, force, resume, criterion, allocation, schedule, data
     from .outputs import check_not_input, check_out_dir
     from .schedule import SCHEDULES
 
-    if resume:
+    if resume or not check_out:  # under torchrun rank 0 checks --out (the others write nothing)
         check_not_input(Path(out), inputs)
     else:
         check_out_dir(Path(out), force, inputs=inputs)
@@ -475,12 +518,14 @@ def _check_prune_flags(out, force, resume, criterion, allocation, schedule, data
         raise UsageError(f"--epochs {epochs} needs --data SPEC to fine-tune on (e.g. --data digits)")
 
 
-def _data(spec, batch_size, workers, loaded, seed, skip_bad_images=False):
+def _data(spec, batch_size, workers, loaded, seed, skip_bad_images=False, placement=None):
     from .data import DataConfig, load_data
     from .errors import UsageError
 
     try:
-        config = DataConfig(spec=spec, batch_size=batch_size, workers=workers, skip_bad_images=skip_bad_images)
+        config = DataConfig(spec=spec, batch_size=batch_size, workers=workers, skip_bad_images=skip_bad_images,
+                            pin_memory=bool(placement and placement.pin_memory),
+                            crop_pct=loaded.preset.crop_pct if loaded.preset else 0.875)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     outputs = loaded.output_classes()
@@ -521,7 +566,8 @@ def sensitivity(
     min_channels: int = MinChannelsOpt,
     seed: int = typer.Option(0, "--seed", help="Seed for the random criterion and the data order."),
     batch_size: int = typer.Option(64, "--batch-size", help="Evaluation batch size."),
-    workers: int = WorkersOpt,
+    workers: Optional[int] = WorkersOpt,
+    device: str = DeviceOpt,
     skip_bad_images: bool = SkipBadOpt,
     criterion_batches: int = CriterionBatchesOpt,
     arch: Optional[str] = ArchOpt,
@@ -558,12 +604,15 @@ def sensitivity(
                                    batches=batches, seed=seed)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
+    from .device import resolve
+
+    placement = resolve(device)
     loaded = _load(model, arch, weights, trust_pickle, input_shape, preset)
-    loaders = _data(data, batch_size, workers, loaded, seed, skip_bad_images)
+    loaders = _data(data, batch_size, workers, loaded, seed, skip_bad_images, placement)
     with _progress(enabled=not as_json) as progress:
         scan, _ = scan_model(loaded, loaders, config, ignore=tuple(ignore), round_to=round_to, min_channels=min_channels,
                              criterion_batches=criterion_batches if criterion in DATA_CRITERIA else 0,
-                             progress=progress, use_cache=not no_cache)
+                             progress=progress, use_cache=not no_cache, placement=placement)
     if not scan.curves:
         raise UsageError(f"MODEL {loaded.display_name} has no group that loses a channel at --levels {levels}; "
                          "use higher levels or a smaller --round-to")

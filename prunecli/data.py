@@ -56,17 +56,21 @@ class DataFault(UsageError):
 class DataConfig:
     spec: str
     batch_size: int = 64
-    workers: int = 0  # a 2-core machine gains nothing from loader processes on small data
+    workers: int | None = None  # None: auto (see loader_workers)
     val_fraction: float = 0.1
     skip_bad_images: bool = False  # imagefolder: decode every image first and leave out those that fail
+    pin_memory: bool = False  # page-locked batches for fast copies to a GPU
+    crop_pct: float = 0.875  # imagefolder evaluation: resize to size / crop_pct, then centre-crop (torchvision's)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
             raise ValueError(f"--batch-size {self.batch_size} must be >= 1")
-        if self.workers < 0:
+        if self.workers is not None and self.workers < 0:
             raise ValueError(f"--workers {self.workers} must be >= 0")
         if not 0 < self.val_fraction < 0.5:
             raise ValueError(f"val_fraction {self.val_fraction} must be in (0, 0.5)")
+        if not 0 < self.crop_pct <= 1:
+            raise ValueError(f"crop_pct {self.crop_pct} must be in (0, 1]")
 
 
 @dataclass
@@ -94,14 +98,75 @@ def _split(dataset, fraction: float):
     return train, val
 
 
-def _loaders(train_set, val_set, test_set, config: DataConfig, seed: int):
+def available_cpus() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def loader_workers(config: DataConfig, decodes: bool) -> int:
+    """``--workers`` or, by default, what the machine has: none for tensors already in memory (digits, IDX,
+    CIFAR, synthetic: a worker would only copy them), else the CPUs this process may use, shared among the
+    processes torchrun started on this machine, at most 8."""
+    import os
+
+    if config.workers is not None:
+        return config.workers
+    if not decodes:
+        return 0
+    per_node = int(os.environ.get("LOCAL_WORLD_SIZE", "1") or 1)
+    return max(1, min(8, available_cpus() // max(1, per_node)))
+
+
+def make_loader(dataset, config: DataConfig, *, train: bool, seed: int, workers: int, rank: int = 0, world_size: int = 1):
+    """A DataLoader over ``dataset``. Training batches come from a DistributedSampler (shuffled by ``seed`` and
+    the epoch; its ``set_epoch`` is called every epoch) in every run, one process or many, so that N processes
+    with batch B see exactly the samples one process with batch N*B sees. Evaluation shards are disjoint and
+    unpadded: every sample is counted once."""
     import torch
 
-    generator = torch.Generator().manual_seed(seed)
-    make = lambda ds, shuffle: torch.utils.data.DataLoader(  # noqa: E731
-        ds, batch_size=config.batch_size, shuffle=shuffle, num_workers=config.workers, generator=generator if shuffle else None
-    )
+    if train:
+        sampler = torch.utils.data.DistributedSampler(dataset, num_replicas=world_size, rank=rank, shuffle=True,
+                                                      seed=seed, drop_last=False)
+    else:
+        sampler = list(range(rank, len(dataset), world_size)) if world_size > 1 else None
+    return torch.utils.data.DataLoader(dataset, batch_size=config.batch_size, sampler=sampler, num_workers=workers,
+                                       pin_memory=config.pin_memory, persistent_workers=workers > 0)
+
+
+def _loaders(train_set, val_set, test_set, config: DataConfig, seed: int, decodes: bool = False):
+    workers = loader_workers(config, decodes)
+    make = lambda ds, train: make_loader(ds, config, train=train, seed=seed, workers=workers)  # noqa: E731
     return make(train_set, True), make(val_set, False), (make(test_set, False) if test_set is not None else None)
+
+
+def shard(loaders: "Loaders", rank: int, world_size: int, seed: int) -> "Loaders":
+    """This rank's loaders under torchrun: training through a DistributedSampler, evaluation on a disjoint,
+    unpadded share of each split (sums are reduced across ranks, so every sample counts once). A factory's
+    loaders are rebuilt from their datasets, keeping batch size, workers and collate function."""
+    import dataclasses
+
+    import torch
+
+    if world_size <= 1:
+        return loaders
+
+    def rebuild(loader, train: bool):
+        if loader is None:
+            return None
+        dataset = getattr(loader, "dataset", None)
+        if dataset is None or isinstance(dataset, torch.utils.data.IterableDataset):
+            raise UsageError(f"--data {loaders.name}: under torchrun each process needs its share of the data; "
+                             "the factory's loaders must wrap map-style datasets (not IterableDataset)")
+        config = DataConfig(spec=loaders.name, batch_size=loader.batch_size or 1,
+                            pin_memory=bool(getattr(loader, "pin_memory", False)))
+        rebuilt = make_loader(dataset, config, train=train, seed=seed, workers=loader.num_workers, rank=rank,
+                              world_size=world_size)
+        rebuilt.collate_fn = loader.collate_fn
+        return rebuilt
+
+    return dataclasses.replace(loaders, train=rebuild(loaders.train, True), val=rebuild(loaders.val, False),
+                               test=rebuild(loaders.test, False))
 
 
 def digits_tensors(input_shape):
@@ -129,19 +194,31 @@ def _digits(config: DataConfig, input_shape, seed: int) -> Loaders:
     return Loaders(*_loaders(train, val, test, config, seed), num_classes=10, name="digits")
 
 
-def _image_transforms(input_shape, train: bool):
+def eval_resize(input_shape, crop_pct: float) -> int:
+    """The shorter side evaluation images are resized to before the centre crop (256 for 224 at 0.875)."""
+    return int(max(input_shape[-2:]) / crop_pct)
+
+
+def _image_transforms(input_shape, train: bool, crop_pct: float = 0.875):
+    """Training: random resized crop and flip. Evaluation: torchvision's recipe for its weights
+    (``transforms._presets.ImageClassification``): resize the shorter side to size / crop_pct (bilinear,
+    antialiased), centre-crop to the input size."""
     from torchvision import transforms
 
     size = tuple(input_shape[-2:])
     grey = input_shape[1] == 1
-    steps = [transforms.Grayscale(1)] if grey else [transforms.Lambda(lambda im: im.convert("RGB"))]
+    steps = [transforms.Grayscale(1)] if grey else [transforms.Lambda(_rgb)]
     if train:
         steps += [transforms.RandomResizedCrop(size, scale=(0.5, 1.0), antialias=True), transforms.RandomHorizontalFlip()]
     else:
-        steps += [transforms.Resize(size, antialias=True)]
+        steps += [transforms.Resize(eval_resize(input_shape, crop_pct), antialias=True), transforms.CenterCrop(size)]
     mean, std = ((0.5,), (0.5,)) if grey else (IMAGENET_MEAN, IMAGENET_STD)
     steps += [transforms.ToTensor(), transforms.Normalize(mean, std)]
     return transforms.Compose(steps)
+
+
+def _rgb(image):
+    return image.convert("RGB")
 
 
 class ImageReader:
@@ -191,9 +268,10 @@ def _imagefolder(root: Path, config: DataConfig, input_shape, seed: int) -> Load
             raise UsageError(f"--data {spec}: {root / sub} is missing; expected DIR/train/<class>/... and DIR/val/<class>/...")
     reader = ImageReader(spec)
     try:
+        evaluation = _image_transforms(input_shape, False, config.crop_pct)
         train_full = datasets.ImageFolder(str(root / "train"), transform=_image_transforms(input_shape, True), loader=reader)
-        eval_train = datasets.ImageFolder(str(root / "train"), transform=_image_transforms(input_shape, False), loader=reader)
-        test = datasets.ImageFolder(str(root / "val"), transform=_image_transforms(input_shape, False), loader=reader)
+        eval_train = datasets.ImageFolder(str(root / "train"), transform=evaluation, loader=reader)
+        test = datasets.ImageFolder(str(root / "val"), transform=evaluation, loader=reader)
     except (FileNotFoundError, OSError) as exc:
         raise UsageError(f"--data {spec}: {first_line(exc)}") from exc
     if train_full.classes != test.classes:
@@ -205,8 +283,8 @@ def _imagefolder(root: Path, config: DataConfig, input_shape, seed: int) -> Load
     train_idx, val_idx = _split(range(len(train_full)), config.val_fraction)
     train = torch.utils.data.Subset(train_full, list(train_idx))
     val = torch.utils.data.Subset(eval_train, list(val_idx))  # validation without augmentation
-    return Loaders(*_loaders(train, val, test, config, seed), num_classes=len(train_full.classes), name=spec,
-                   skipped=skipped)
+    return Loaders(*_loaders(train, val, test, config, seed, decodes=True), num_classes=len(train_full.classes),
+                   name=spec, skipped=skipped)
 
 
 class _NumpyOnlyUnpickler:

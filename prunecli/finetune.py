@@ -17,7 +17,9 @@ from pathlib import Path
 
 from .config import require_finite
 from .data import DataFault
-from .errors import RuntimeFailure
+from .device import CPU, Placement, to_cpu_
+from .distributed import SINGLE, World, broadcast_buffers_, broadcast_state_
+from .errors import RuntimeFailure, VerificationFailed
 
 LAST = "last.pt"
 BEST = "best.safetensors"
@@ -37,6 +39,7 @@ class FinetuneConfig:
     seed: int = 0
     bn_batches: int = 20  # batches for BatchNorm recalibration after pruning
     progress: bool = True
+    sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm, GPUs only)
 
     def __post_init__(self) -> None:
         if self.epochs < 0:
@@ -63,32 +66,39 @@ class FitResult:
     best_epoch: int = 0
     best_val: dict | None = None
     interrupted: bool = False
+    training: dict = field(default_factory=dict)  # device, AMP, world size, throughput, ranks' weights
 
 
-def evaluate(model, loader, max_batches: int | None = None) -> dict:
-    """top-1, top-5 (top-k with k = min(5, classes)) accuracy in percent and mean cross-entropy loss."""
+def evaluate(model, loader, max_batches: int | None = None, placement: Placement = CPU, world: World = SINGLE) -> dict:
+    """top-1, top-5 (top-k with k = min(5, classes)) accuracy in percent and mean cross-entropy loss, in fp32.
+
+    Under torchrun each rank evaluates its share of ``loader`` and the sums are reduced: every sample once.
+    """
     import torch
 
     model.eval()
-    correct1 = correct5 = total = 0
-    loss_sum = 0.0
-    with torch.no_grad():
+    sums = torch.zeros(4, dtype=torch.float64, device=placement.device)  # correct1, correct5, total, loss
+    with torch.no_grad(), placement.placed(model):
         for i, (x, y) in enumerate(loader):
             if max_batches is not None and i >= max_batches:
                 break
-            logits = model(x)
-            loss_sum += float(torch.nn.functional.cross_entropy(logits, y, reduction="sum"))
+            x, y = placement.batch(x, y)
+            logits = model(x).float()
             k = min(5, logits.shape[1])
             top = logits.topk(k, dim=1).indices
-            correct1 += int((top[:, 0] == y).sum())
-            correct5 += int((top == y.unsqueeze(1)).any(dim=1).sum())
-            total += int(y.numel())
+            sums += torch.stack([(top[:, 0] == y).sum().double(), (top == y.unsqueeze(1)).any(dim=1).sum().double(),
+                                 torch.tensor(float(y.numel()), dtype=torch.float64, device=sums.device),
+                                 torch.nn.functional.cross_entropy(logits, y, reduction="sum").double()])
+    from .distributed import all_sum
+
+    correct1, correct5, total, loss_sum = all_sum(world, sums.cpu().tolist())
+    total = int(total)
     if total == 0:
         return {"top1": float("nan"), "top5": float("nan"), "loss": float("nan"), "samples": 0}
     return {"top1": 100.0 * correct1 / total, "top5": 100.0 * correct5 / total, "loss": loss_sum / total, "samples": total}
 
 
-def recalibrate_bn(model, loader, batches: int) -> None:
+def recalibrate_bn(model, loader, batches: int, placement: Placement = CPU) -> None:
     """Re-estimate BatchNorm running statistics after pruning (cumulative average over ``batches``)."""
     import torch
 
@@ -100,11 +110,11 @@ def recalibrate_bn(model, loader, batches: int) -> None:
         m.reset_running_stats()
         m.momentum = None
     model.train()
-    with torch.no_grad():
-        for i, (x, _) in enumerate(loader):
+    with torch.no_grad(), placement.placed(model):
+        for i, (x, y) in enumerate(loader):
             if i >= batches:
                 break
-            model(x)
+            model(placement.batch(x, y)[0])
     for m, momentum in saved:
         m.momentum = momentum
     model.eval()
@@ -143,24 +153,19 @@ def _schedule(optimizer, total_steps: int, warmup_fraction: float):
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
 
-def _save_atomic(obj, path: Path) -> None:
-    import torch
-
-    tmp = path.with_name(path.name + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def _save_best(model, directory: Path, epoch: int, val: dict) -> None:
     from safetensors.torch import save_model
 
     from .outputs import apply_umask
 
+    from . import interrupts
+
     tmp = directory / (BEST + ".tmp")
-    save_model(model, str(tmp))
-    apply_umask(tmp, directory=False)  # safetensors writes 0600
-    os.replace(tmp, directory / BEST)
-    (directory / "best.json").write_text(json.dumps({"epoch": epoch, "val": val}))
+    with interrupts.deferred():
+        save_model(model, str(tmp))
+        apply_umask(tmp, directory=False)  # safetensors writes 0600
+        os.replace(tmp, directory / BEST)
+        (directory / "best.json").write_text(json.dumps({"epoch": epoch, "val": val}))
 
 
 def load_best_(model, directory: Path) -> None:
@@ -169,101 +174,206 @@ def load_best_(model, directory: Path) -> None:
     load_model(model, str(directory / BEST))
 
 
+def _training_copy(model, config: FinetuneConfig, placement: Placement, world: World):
+    """What the optimiser steps: ``model`` itself, or under torchrun a DistributedDataParallel around it (around a
+    SyncBatchNorm copy with ``--sync-bn``; the caller's model then takes its weights at the end)."""
+    import torch
+
+    if not world.distributed:
+        return model, model
+    work = model
+    if config.sync_bn:
+        work = torch.nn.SyncBatchNorm.convert_sync_batchnorm(copy.deepcopy(model))
+    device_ids = [placement.device] if placement.kind == "cuda" else None
+    return work, torch.nn.parallel.DistributedDataParallel(work, device_ids=device_ids)
+
+
+def _rank_check(model, world: World) -> dict:
+    """Every rank takes rank 0's BatchNorm statistics (each updates its own), then the ranks' weights are hashed:
+    DistributedDataParallel keeps parameters identical, so a difference is a fault (exit 3), never a bundle."""
+    from .distributed import all_gather, broadcast_buffers_, state_sha256
+
+    broadcast_buffers_(world, model)
+    hashes = all_gather(world, state_sha256(model))
+    if len(set(hashes)) != 1:
+        raise VerificationFailed(f"the {world.world_size} ranks ended fine-tuning with different weights "
+                                 f"(sha256 {', '.join(h[:12] for h in hashes)}); the bundle was not written. "
+                                 "Rerun; if it persists, report it with --debug output")
+    return {"ranks_identical": True, "weights_sha256": hashes[0]}
+
+
+def _set_epoch(loader, epoch: int) -> None:
+    sampler = getattr(loader, "sampler", None)
+    if hasattr(sampler, "set_epoch"):
+        sampler.set_epoch(epoch)
+
+
 def fit(model, train_loader, val_loader, config: FinetuneConfig, checkpoints: Path | None, *, teacher=None,
-        resume: dict | None = None, progress=None, label: str = "fine-tune", after_epoch=None) -> FitResult:
-    """Fine-tune ``model`` in place for ``config.epochs``; afterwards it holds the best-validation weights.
+        resume: dict | None = None, progress=None, label: str = "fine-tune", after_epoch=None,
+        placement: Placement = CPU, world: World = SINGLE) -> FitResult:
+    """Fine-tune ``model`` in place for ``config.epochs``; afterwards it holds the best-validation weights, on the CPU.
 
     ``after_epoch(model)`` runs before the first evaluation and after every epoch's training, before
     validation (Soft Filter Pruning zeroes its filters there, so validation sees the pruned model).
+    ``placement``: device and AMP. Under torchrun (``world``) every rank trains its share of each global batch
+    through DistributedDataParallel; only rank 0 writes checkpoints; validation counts every sample once.
     """
+    import time
+
     import torch
 
     torch.manual_seed(config.seed)
     result = FitResult()
     if config.epochs == 0:
         return result
+    placement.move_(model)
+    if teacher is not None:
+        placement.move_(teacher)
+        teacher.eval()
+    writes = checkpoints is not None and world.main
     optimizer = _optimizer(model, config)
     steps_per_epoch = max(1, len(train_loader))
     scheduler = _schedule(optimizer, config.epochs * steps_per_epoch, config.warmup_fraction)
+    scaler = placement.scaler()
     start_epoch = 0
     best_top1 = -1.0
     if resume:
         model.load_state_dict(resume["model"])
         optimizer.load_state_dict(resume["optimizer"])
         scheduler.load_state_dict(resume["scheduler"])
+        if resume.get("scaler"):
+            scaler.load_state_dict(resume["scaler"])
         start_epoch = int(resume["epoch"])
         result.history = list(resume.get("history", []))
         best_top1 = float(resume.get("best_top1", -1.0))
         result.best_epoch = int(resume.get("best_epoch", 0))
         torch.set_rng_state(resume["rng"])
-    else:
+    broadcast_state_(world, model)  # under torchrun every rank starts from rank 0's weights
+    if not resume:
         if after_epoch is not None:
             after_epoch(model)
-        val = evaluate(model, val_loader)
+        val = evaluate(model, val_loader, placement=placement, world=world)
         best_top1 = val["top1"]
         result.best_val = val
-        if checkpoints is not None:
+        if writes:
             _save_best(model, checkpoints, 0, val)
-    best_state = copy.deepcopy(model.state_dict())
-    if teacher is not None:
-        teacher.eval()
+    work, net = _training_copy(model, config, placement, world)
+    if work is not model:  # a SyncBatchNorm copy: its optimiser state is the one the checkpoints keep
+        state = optimizer.state_dict()
+        optimizer = _optimizer(work, config)
+        optimizer.load_state_dict(state)
+        scheduler = _schedule(optimizer, config.epochs * steps_per_epoch, config.warmup_fraction)
+        if resume:
+            scheduler.load_state_dict(resume["scheduler"])
+    best_state = copy.deepcopy(work.state_dict())
     task_id = progress.add_task(label, total=config.epochs * steps_per_epoch, completed=start_epoch * steps_per_epoch,
                                 info="") if progress is not None else None
+    check_every = 1 if placement.device == "cpu" else 25  # reading the loss waits for the GPU: not every step
+    train_s, train_samples = 0.0, 0
     epoch = start_epoch
     try:
         for epoch in range(start_epoch, config.epochs):
-            model.train()
-            running, seen = 0.0, 0
+            net.train()
+            _set_epoch(train_loader, epoch)
+            running = torch.zeros((), dtype=torch.float64, device=placement.device)
+            seen = 0
+            t0 = time.perf_counter()
             for step, (x, y) in enumerate(train_loader):
-                logits = model(x)
-                if teacher is not None and config.distill:
-                    with torch.no_grad():
-                        teacher_logits = teacher(x)
-                    loss = distill_loss(logits, teacher_logits, y, config.distill_weight, config.temperature)
-                else:
-                    loss = torch.nn.functional.cross_entropy(logits, y)
-                if not torch.isfinite(loss):
-                    where = f"{checkpoints / LAST} (epoch {epoch})" if checkpoints is not None and (checkpoints / LAST).exists() else "none yet"
-                    raise TrainingDiverged(
-                        f"the training loss became {float(loss)} at epoch {epoch + 1}, step {step + 1}; stopped. "
-                        f"Last good checkpoint: {where}. Lower --lr (now {config.lr:g}) or check the data"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-                scheduler.step()
-                running += float(loss) * len(y)
+                x, y = placement.batch(x, y)
+                with placement.autocast():
+                    logits = net(x)
+                    if teacher is not None and config.distill:
+                        with torch.no_grad():
+                            teacher_logits = teacher(x)
+                        loss = distill_loss(logits.float(), teacher_logits.float(), y, config.distill_weight,
+                                            config.temperature)
+                    else:
+                        loss = torch.nn.functional.cross_entropy(logits.float(), y)
+                running += loss.detach().double() * len(y)
                 seen += len(y)
-                if progress is not None:
-                    progress.update(task_id, advance=1, info=f"epoch {epoch + 1}/{config.epochs} loss {running / seen:.3f}")
+                if (step + 1) % check_every == 0 or step + 1 == steps_per_epoch:
+                    if not torch.isfinite(running):
+                        where = (f"{checkpoints / LAST} (epoch {epoch})" if checkpoints is not None
+                                 and (checkpoints / LAST).exists() else "none yet")
+                        raise TrainingDiverged(
+                            f"the training loss became {float(loss)} at epoch {epoch + 1}, step {step + 1}; stopped. "
+                            f"Last good checkpoint: {where}. Lower --lr (now {config.lr:g}) or check the data"
+                        )
+                optimizer.zero_grad(set_to_none=True)
+                scaler.scale(loss).backward()
+                scaler.step(optimizer)
+                scaler.update()
+                scheduler.step()
+                if progress is not None and (step + 1) % check_every == 0:
+                    progress.update(task_id, advance=check_every,
+                                    info=f"epoch {epoch + 1}/{config.epochs} loss {float(running) / seen:.3f}")
+            if placement.kind == "cuda":
+                torch.cuda.synchronize(placement.device)
+            train_s += time.perf_counter() - t0
+            train_samples += seen
+            if progress is not None:
+                progress.update(task_id, completed=(epoch + 1) * steps_per_epoch)
             if after_epoch is not None:
-                after_epoch(model)
-            val = evaluate(model, val_loader)
-            record = {"epoch": epoch + 1, "train_loss": running / max(1, seen), "val": val,
+                after_epoch(work)
+            broadcast_buffers_(world, work)  # validate rank 0's BatchNorm statistics on every share
+            val = evaluate(work, val_loader, placement=placement, world=world)
+            from .distributed import all_sum
+
+            train_loss = all_sum(world, [float(running), float(seen)])
+            record = {"epoch": epoch + 1, "train_loss": train_loss[0] / max(1.0, train_loss[1]), "val": val,
                       "lr": scheduler.get_last_lr()[0]}
             result.history.append(record)
             if val["top1"] > best_top1:
                 best_top1, result.best_epoch, result.best_val = val["top1"], epoch + 1, val
-                best_state = copy.deepcopy(model.state_dict())
-                if checkpoints is not None:
-                    _save_best(model, checkpoints, epoch + 1, val)
+                best_state = copy.deepcopy(work.state_dict())
+                if writes:
+                    _save_best(work, checkpoints, epoch + 1, val)
             if progress is not None:
                 progress.update(task_id, info=f"epoch {epoch + 1}/{config.epochs} val top-1 {val['top1']:.2f}%")
-            if checkpoints is not None:
-                _save_atomic({"model": model.state_dict(), "optimizer": optimizer.state_dict(),
-                              "scheduler": scheduler.state_dict(), "epoch": epoch + 1, "history": result.history,
+            if writes:
+                _save_atomic({"model": work.state_dict(), "optimizer": optimizer.state_dict(),
+                              "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                              "epoch": epoch + 1, "history": result.history,
                               "best_top1": best_top1, "best_epoch": result.best_epoch, "rng": torch.get_rng_state(),
                               "config": json.dumps(asdict(config))}, checkpoints / LAST)
     except KeyboardInterrupt:
+        if world.distributed:  # the other ranks stop too (the terminal signals them all): no bundle, resume later
+            raise
         result.interrupted = True
     except DataFault as exc:
         kept = f"{checkpoints / LAST} (epoch {epoch})" if checkpoints is not None and (checkpoints / LAST).exists() else None
         raise DataFault(f"{exc}. Stopped in epoch {epoch + 1}; "
                         + (f"last good checkpoint {kept}: rerun with --resume after the fix" if kept
                            else "no checkpoint yet")) from exc
+    samples = all_sum_samples(world, train_samples)
+    result.training = {**placement.to_json(), **world.to_json(), "batch_per_process": getattr(train_loader, "batch_size", None),
+                       "train_images": samples, "train_s": train_s,
+                       "images_per_s": samples / train_s if train_s > 0 else None}
+    if world.distributed and not result.interrupted:
+        result.training.update(_rank_check(work, world))
     model.load_state_dict(best_state)
-    model.eval()
+    broadcast_buffers_(world, model)
+    to_cpu_(model.eval())
+    if teacher is not None:
+        to_cpu_(teacher)
     return result
+
+
+def all_sum_samples(world: World, samples: int) -> int:
+    from .distributed import all_sum
+
+    return int(all_sum(world, [float(samples)])[0])
+
+
+def _save_atomic(obj, path: Path) -> None:
+    import torch
+
+    from . import interrupts
+
+    tmp = path.with_name(path.name + ".tmp")
+    with interrupts.deferred():  # a Ctrl-C waits for the checkpoint: never a half-written file beside it
+        torch.save(obj, tmp)
+        os.replace(tmp, path)
 
 
 def read_resume_state(checkpoints: Path) -> dict:

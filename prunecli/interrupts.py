@@ -44,9 +44,12 @@ def reset() -> None:
 
 def report(message: str) -> None:
     """Write the one interrupt line to stderr (once per process, whoever gets there first)."""
+    from .distributed import is_quiet_rank
+
     if not _state["reported"]:
         _state["reported"] = True
-        sys.stderr.write(f"error: {message}\n")
+        if not is_quiet_rank():  # under torchrun rank 0 speaks for the group
+            sys.stderr.write(f"error: {message}\n")
 
 
 def wrote(path) -> None:

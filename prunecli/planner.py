@@ -198,7 +198,8 @@ def _fit_with_latency(bench: LatencyBench, analysis, order, targets, oracle, den
     return fit, {"binding": "latency", "probe": result.probe, "probes": result.probes, "target": target, "unit": unit}
 
 
-def _evidence(allocator, loaded: LoadedModel, config: PruneConfig, analysis, data, batches, progress, timings) -> dict:
+def _evidence(allocator, loaded: LoadedModel, config: PruneConfig, analysis, data, batches, progress, timings,
+              placement=None) -> dict:
     """What a data-driven allocator declared it needs (``needs``), computed here so allocators stay pure."""
     needs = getattr(allocator, "needs", None)
     if needs is None or needs == "latency":  # the latency model is provided by plan_model's LatencyBench
@@ -209,7 +210,7 @@ def _evidence(allocator, loaded: LoadedModel, config: PruneConfig, analysis, dat
         from .sensitivity import cached_scan
 
         scan = cached_scan(loaded.model, loaded.example_input, analysis.groups, data.val, allocation_settings(config),
-                           criterion_batches=batches, progress=progress)
+                           criterion_batches=batches, progress=progress, placement=placement)
         timings["sensitivity"] = {"scan_s": scan.wall_s, "cached": scan.cached, "key": scan.key}
         return {"sensitivity": scan}
     if needs == "search":
@@ -220,7 +221,7 @@ def _evidence(allocator, loaded: LoadedModel, config: PruneConfig, analysis, dat
         target = budget.resolve(analysis.flops if metric == "flops" else analysis.params)
         search_config = allocation_settings(config)
         result = search(loaded.model, loaded.example_input, analysis.groups, data.train, metric, target, search_config,
-                        progress=progress)
+                        progress=progress, placement=placement)
         timings["search_allocation_s"] = result.wall_s
         wanted = {g.root: result.alpha[g.root] * g.channels for g in analysis.groups}  # the fit's last gap follows these
         if search_config.weights == "dense":
@@ -266,7 +267,8 @@ class PlanResult:
     evidence: dict
 
 
-def plan_model(loaded: LoadedModel, config: PruneConfig, timings: dict, batches=None, data=None, progress=None):
+def plan_model(loaded: LoadedModel, config: PruneConfig, timings: dict, batches=None, data=None, progress=None,
+               placement=None):
     """Decide which channels go (a PlanResult). Never changes ``loaded``.
 
     ``data`` (Loaders) is needed by data-driven allocators (sensitivity); ``batches`` by data-driven criteria.
@@ -294,7 +296,7 @@ def plan_model(loaded: LoadedModel, config: PruneConfig, timings: dict, batches=
     scores = channel_scores(loaded.model, loaded.example_input, [(g.root, g.channels) for g in analysis.groups],
                             config.criterion, seed=config.seed, batches=batches, notes=notes)
     timings["score_s"] = time.perf_counter() - t0
-    evidence = _evidence(allocator, loaded, config, analysis, data, batches, progress, timings)
+    evidence = _evidence(allocator, loaded, config, analysis, data, batches, progress, timings, placement)
     if notes:
         evidence["criterion_fallbacks"] = notes
     if staircase_note:

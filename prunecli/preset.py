@@ -25,10 +25,13 @@ class Preset:
     input_shapes: dict[str, tuple[int, ...]] = field(default_factory=dict)
     round_to: int = 1
     ignore: tuple[str, ...] = ()
+    crop_pct: float = 0.875  # imagefolder evaluation: resize to input / crop_pct, centre-crop (torchvision's recipe)
 
     def __post_init__(self) -> None:
         if self.round_to < 1:
             raise ValueError(f"preset {self.name}: round_to={self.round_to} must be >= 1")
+        if not 0 < self.crop_pct <= 1:
+            raise ValueError(f"preset {self.name}: crop_pct={self.crop_pct} must be in (0, 1]")
 
     def input_shape_for(self, arch_name: str | None) -> tuple[int, ...]:
         if arch_name and arch_name in self.input_shapes:
@@ -55,6 +58,7 @@ def _from_yaml(text: str, source: str) -> Preset:
             input_shapes={k: tuple(int(v) for v in s) for k, s in (raw.get("input_shapes") or {}).items()},
             round_to=int(raw.get("round_to", 1)),
             ignore=tuple(raw.get("ignore") or ()),
+            crop_pct=float(raw.get("crop_pct", 0.875)),
         )
     except (KeyError, TypeError, ValueError, yaml.YAMLError) as exc:
         raise UsageError(f"preset file {source} is malformed: {exc}") from exc

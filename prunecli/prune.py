@@ -122,22 +122,30 @@ def latency_budget_report(config: PruneConfig, measured: dict, evidence: dict) -
 
 def run_prune(loaded: LoadedModel, config: PruneConfig, out: Path, *, force: bool = False,
               measure_latency: bool = True, data=None, finetune=None, schedule: str = "oneshot",
-              resume: bool = False, progress=None, criterion_batches: int = 8) -> dict:
+              resume: bool = False, progress=None, criterion_batches: int = 8, placement=None, world=None) -> dict | None:
     """Prune ``loaded`` to ``config``'s budget (optionally fine-tuning on ``data``) and write the bundle to ``out``.
 
     Returns report.json's content. With fine-tuning, ``out/checkpoints/`` holds a checkpoint per epoch;
     an interrupt (Ctrl-C) during fine-tuning still writes the bundle, from the best checkpoint, and the
     report says ``interrupted``; ``resume=True`` continues from ``out/checkpoints/last.pt``.
+
+    ``placement``: where the data stages run (device, AMP). ``world``: under torchrun, every rank calls this;
+    rank 0 plans and writes (checkpoints, bundle, report) and returns the report, the others train their share
+    and return None.
     """
     import shutil
 
+    from .data import shard
+    from .device import CPU
+    from .distributed import SINGLE
     from .finetune import LAST, FinetuneConfig, evaluate, read_resume_state
     from .schedule import SCHEDULES, Context, schedule_settings
 
+    placement, world = placement or CPU, world or SINGLE
     finetune = finetune or FinetuneConfig()
     run_schedule = SCHEDULES.get(schedule)
     training = data is not None and finetune.epochs > 0
-    if not resume:
+    if not resume and world.main:
         check_out_dir(out, force, inputs=input_paths(loaded))
     check_budgets(config, dense_flops_params(loaded))
     if not loaded.arch:
@@ -158,39 +166,49 @@ def run_prune(loaded: LoadedModel, config: PruneConfig, out: Path, *, force: boo
     timings: dict = {}
     started = time.perf_counter()
     batches = None
-    if data is not None:
+    if data is not None and world.main:
         batches = [batch for _, batch in zip(range(criterion_batches), data.train)]
     accuracy = {}
+    shards = shard(data, world.rank, world.world_size, config.seed) if data is not None else None
     if data is not None:
-        eval_loader = data.test if data.test is not None else data.val
+        eval_loader = shards.test if shards.test is not None else shards.val
         accuracy["split"] = "test" if data.test is not None else "val"
-        accuracy["dense"] = evaluate(loaded.model, eval_loader)
-    if training and not resume:
+        accuracy["dense"] = evaluate(loaded.model, eval_loader, placement=placement, world=world)
+    if training and not resume and world.main:
         if out.exists() and force:
             shutil.rmtree(out)
         checkpoints.mkdir(parents=True, exist_ok=True)
 
     def on_pruned(outcome) -> None:  # the final structure exists: make it resumable
-        if checkpoints is not None and resume_state is None:
+        if checkpoints is not None and resume_state is None and world.main:
             recipe = make_recipe({"arch": base_arch}, loaded.input_shape, previous + [p.to_json() for p in outcome.plans])
             (checkpoints / "recipe.json").write_text(json.dumps(recipe, indent=1))
             (checkpoints / "state.json").write_text(json.dumps({"fit_cost": outcome.fit_cost, "round_to": outcome.round_to,
                                                                  "accuracy_pruned": outcome.accuracy_pruned}))
 
-    ctx = Context(loaded, config, finetune, data, batches, checkpoints, timings, progress, resume_state, on_pruned)
+    def rebuild(plans):  # ranks other than 0: the structure rank 0's plans give
+        from .bundle import rebuild_structure
+
+        recipe = make_recipe({"arch": base_arch}, loaded.input_shape, previous + [p.to_json() for p in plans])
+        return rebuild_structure(recipe, base_arch)
+
+    ctx = Context(loaded, config, finetune, data, batches, checkpoints, timings, progress, resume_state, on_pruned,
+                  placement=placement, world=world, shards=shards, rebuild=rebuild)
     t0 = time.perf_counter()
     try:
         outcome = run_schedule(ctx)
     except BaseException:
-        if checkpoints is not None and not resume and not (checkpoints / LAST).exists():
+        if checkpoints is not None and not resume and world.main and not (checkpoints / LAST).exists():
             shutil.rmtree(out, ignore_errors=True)  # nothing resumable yet: leave nothing behind
         raise
     timings["schedule_s"] = time.perf_counter() - t0
     pruned = outcome.model.eval()
     if data is not None:
         accuracy["pruned"] = outcome.accuracy_pruned
-        accuracy["finetuned"] = evaluate(pruned, eval_loader) if training else None
+        accuracy["finetuned"] = evaluate(pruned, eval_loader, placement=placement, world=world) if training else None
         accuracy["best_epoch"] = outcome.best_epoch
+    if not world.main:
+        return None
 
     t0 = time.perf_counter()
     dense_cost = measure(loaded.model, loaded.example_input)
@@ -218,6 +236,8 @@ def run_prune(loaded: LoadedModel, config: PruneConfig, out: Path, *, force: boo
             "schedule_settings": _settings_json(schedule_settings(schedule, config)),
             "sensitivity": _settings_json(allocation) if config.allocation == "sensitivity" else None,  # schema v1 key
             "finetune": dataclasses.asdict(finetune) if data is not None else None,
+            "device": placement.to_json(),
+            "world_size": world.world_size,
             "data": data.describe() if data is not None else None,
         },
         "units": {"flops": FLOPS_LABEL, "macs": MACS_LABEL, "params": PARAMS_LABEL},
@@ -247,6 +267,8 @@ def run_prune(loaded: LoadedModel, config: PruneConfig, out: Path, *, force: boo
     if data is not None:
         report["accuracy"] = accuracy
         report["history"] = outcome.history
+    if outcome.training:
+        report["training"] = outcome.training
     if outcome.interrupted:
         report["interrupted"] = True
 

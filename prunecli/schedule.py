@@ -23,6 +23,8 @@ from dataclasses import dataclass, field
 
 from .config import PruneConfig
 from .criteria import channel_scores
+from .device import CPU, Placement, to_cpu_
+from .distributed import SINGLE, World, broadcast
 from .errors import UsageError
 from .finetune import FinetuneConfig, evaluate, fit, recalibrate_bn
 from .load import LoadedModel
@@ -46,6 +48,7 @@ class Outcome:
     best_epoch: int | None = None
     round_to: int = 1
     evidence: dict = field(default_factory=dict)  # what a data-driven allocator computed (scan, search)
+    training: dict = field(default_factory=dict)  # the fine-tuning's device, AMP, world size and throughput
 
 
 @dataclass
@@ -60,6 +63,10 @@ class Context:
     progress: object | None = None
     resume: dict | None = None
     on_pruned: object | None = None  # callback(model, plans) once the final structure exists
+    placement: Placement = CPU
+    world: World = SINGLE
+    shards: object | None = None  # this rank's data.Loaders under torchrun (``data`` itself otherwise)
+    rebuild: object | None = None  # plans -> the pruned structure (ranks other than 0 under torchrun)
 
     def eval_loader(self):
         return self.data.test if self.data is not None and self.data.test is not None else (self.data.val if self.data else None)
@@ -68,16 +75,29 @@ class Context:
 def _recalibrate_and_measure(ctx: Context, model) -> dict | None:
     if ctx.data is None:
         return None
-    recalibrate_bn(model, ctx.data.train, ctx.finetune.bn_batches)
-    return evaluate(model, ctx.eval_loader())
+    recalibrate_bn(model, ctx.data.train, ctx.finetune.bn_batches, ctx.placement)
+    return evaluate(model, ctx.eval_loader(), placement=ctx.placement)
 
 
 def _fit(ctx: Context, model, epochs: int, label: str, resume=None, after_epoch=None, checkpoints=None):
     if ctx.data is None or epochs == 0:
         return None
     teacher = ctx.loaded.model if ctx.finetune.distill else None
-    return fit(model, ctx.data.train, ctx.data.val, dataclasses.replace(ctx.finetune, epochs=epochs), checkpoints,
-               teacher=teacher, resume=resume, progress=ctx.progress, label=label, after_epoch=after_epoch)
+    data = ctx.shards or ctx.data
+    return fit(model, data.train, data.val, dataclasses.replace(ctx.finetune, epochs=epochs), checkpoints,
+               teacher=teacher, resume=resume, progress=ctx.progress, label=label, after_epoch=after_epoch,
+               placement=ctx.placement, world=ctx.world)
+
+
+def _on_cpu(ctx: Context, step):
+    """``step(net)`` with ``net`` on the CPU (the graph and the criteria run there), back on the device after."""
+    def run(net) -> None:
+        to_cpu_(net)
+        try:
+            step(net)
+        finally:
+            ctx.placement.move_(net)
+    return run
 
 
 def schedule_settings(name: str, config: PruneConfig):
@@ -91,17 +111,25 @@ def oneshot(ctx: Context) -> Outcome:
         model, plans = ctx.resume["model_structure"], ctx.resume["plans"]
         outcome = Outcome(model, plans, None, ctx.resume["fit_cost"], ctx.resume.get("accuracy_pruned"),
                           round_to=ctx.resume.get("round_to", 1))
-    else:
-        r = plan_model(ctx.loaded, ctx.config, ctx.timings, batches=ctx.batches, data=ctx.data, progress=ctx.progress)
+    elif ctx.world.main:  # under torchrun rank 0 decides the plan (and recalibrates) alone, then sends it
+        r = plan_model(ctx.loaded, ctx.config, ctx.timings, batches=ctx.batches, data=ctx.data, progress=ctx.progress,
+                   placement=ctx.placement)
         model = shrink_copy(r.source, r.plan)
         outcome = Outcome(model, [r.plan], r.analysis, r.fit.cost, _recalibrate_and_measure(ctx, model),
                           round_to=r.round_to, evidence=r.evidence)
+        broadcast(ctx.world, {"plans": [p.to_json() for p in outcome.plans], "fit_cost": outcome.fit_cost,
+                              "round_to": outcome.round_to})
+    else:  # the structure from rank 0's plan; DistributedDataParallel then copies rank 0's weights and buffers
+        sent = broadcast(ctx.world)
+        plans = [Plan.from_json(p) for p in sent["plans"]]
+        outcome = Outcome(ctx.rebuild(plans), plans, None, sent["fit_cost"], round_to=sent["round_to"])
     if ctx.on_pruned is not None:
         ctx.on_pruned(outcome)
     result = _fit(ctx, outcome.model, ctx.finetune.epochs, "fine-tune", resume=ctx.resume and ctx.resume.get("state"),
                   checkpoints=ctx.checkpoints)
     if result is not None:
         outcome.history, outcome.interrupted, outcome.best_epoch = result.history, result.interrupted, result.best_epoch
+        outcome.training = result.training
     return outcome
 
 
@@ -132,7 +160,8 @@ def agp(ctx: Context) -> Outcome:
     if ctx.resume is not None:
         raise UsageError("--resume works with --schedule oneshot; rerun agp without --resume")
     steps = schedule_settings("agp", ctx.config).steps
-    r = plan_model(ctx.loaded, ctx.config, ctx.timings, batches=ctx.batches, data=ctx.data, progress=ctx.progress)
+    r = plan_model(ctx.loaded, ctx.config, ctx.timings, batches=ctx.batches, data=ctx.data, progress=ctx.progress,
+                   placement=ctx.placement)
     analysis = r.analysis
     final = {g.root: len(g.keep) for g in r.plan.groups}
     epochs = ctx.finetune.epochs
@@ -159,7 +188,7 @@ def agp(ctx: Context) -> Outcome:
         result = _fit(ctx, model, per_step[t - 1], f"agp step {t}/{steps}", checkpoints=ctx.checkpoints if last else None)
         if result is not None:
             outcome.history += [{**h, "agp_step": t} for h in result.history]
-            outcome.best_epoch = result.best_epoch
+            outcome.best_epoch, outcome.training = result.best_epoch, result.training
             if result.interrupted:
                 if not last:  # an interrupted intermediate step cannot end on the budget
                     raise KeyboardInterrupt
@@ -174,7 +203,8 @@ def soft(ctx: Context) -> Outcome:
         raise UsageError("--resume works with --schedule oneshot; rerun soft without --resume")
     if ctx.data is None or ctx.finetune.epochs == 0:
         raise UsageError("--schedule soft trains while it prunes: pass --data SPEC and --epochs N (N >= 1)")
-    r = plan_model(ctx.loaded, ctx.config, ctx.timings, batches=ctx.batches, data=ctx.data, progress=ctx.progress)
+    r = plan_model(ctx.loaded, ctx.config, ctx.timings, batches=ctx.batches, data=ctx.data, progress=ctx.progress,
+                   placement=ctx.placement)
     analysis = r.analysis
     counts = {g.root: len(g.keep) for g in r.plan.groups}
     by_root = {g.root: g for g in analysis.groups}
@@ -190,12 +220,13 @@ def soft(ctx: Context) -> Outcome:
     def zero_lowest(net) -> None:
         zero_channels_(net, ctx.loaded.example_input, current_plan(net).removed(), graph=graph)
 
-    result = _fit(ctx, model, ctx.finetune.epochs, "soft filter pruning", after_epoch=zero_lowest)
+    result = _fit(ctx, model, ctx.finetune.epochs, "soft filter pruning", after_epoch=_on_cpu(ctx, zero_lowest))
     final = current_plan(model)
     pruned = shrink_copy(dataclasses.replace(ctx.loaded, model=model), final)
     accuracy = _recalibrate_and_measure(ctx, pruned)
     outcome = Outcome(pruned, [final], analysis, r.fit.cost, accuracy, round_to=r.round_to, evidence=r.evidence)
     outcome.history, outcome.interrupted, outcome.best_epoch = result.history, result.interrupted, result.best_epoch
+    outcome.training = result.training
     if ctx.on_pruned is not None:
         ctx.on_pruned(outcome)
     return outcome

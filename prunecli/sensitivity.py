@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import copy
 import csv
+import functools
 import hashlib
 import io
 import json
@@ -185,14 +186,17 @@ def _zeroing_is_exact(model, group) -> bool:
 
 
 def run_scan(model, example_input, groups, eval_batches, config: SensitivityConfig, *, criterion_batches=None,
-             progress=None, key: str = "") -> Scan:
+             progress=None, key: str = "", placement=None) -> Scan:
     """Scan ``groups`` of ``model`` (left unchanged) on ``eval_batches`` (a list of (x, y))."""
     import torch
 
     from .budget import CostOracle
     from .criteria import channel_scores
-    from .finetune import evaluate
+    from .device import CPU
+    from .finetune import evaluate as evaluate_on
     from .plan import select_keep
+
+    evaluate = functools.partial(evaluate_on, placement=placement or CPU)
     from .shrink import build_graph, remove_channels_, zero_channels_
 
     started = time.perf_counter()
@@ -239,7 +243,7 @@ def run_scan(model, example_input, groups, eval_batches, config: SensitivityConf
 
 
 def cached_scan(model, example_input, groups, val_loader, config: SensitivityConfig, *, criterion_batches=None,
-                progress=None, use_cache: bool = True) -> Scan:
+                progress=None, use_cache: bool = True, placement=None) -> Scan:
     """The scan of ``model`` on the first ``config.batches`` batches of ``val_loader``, from the cache when there."""
     eval_batches = [batch for _, batch in zip(range(config.batches), val_loader)]
     key = scan_key(model, eval_batches, groups, config)
@@ -249,20 +253,20 @@ def cached_scan(model, example_input, groups, val_loader, config: SensitivityCon
         if doc is not None and doc.get("version") == CACHE_VERSION:
             return Scan.from_json(doc, cached=True)
     scan = run_scan(model, example_input, groups, eval_batches, config, criterion_batches=criterion_batches,
-                    progress=progress, key=key)
+                    progress=progress, key=key, placement=placement)
     write_json(path, scan.to_json())
     return scan
 
 
 def scan_model(loaded, loaders, config: SensitivityConfig, *, ignore=(), round_to=None, min_channels: int = 1,
-               criterion_batches: int = 8, progress=None, use_cache: bool = True):
+               criterion_batches: int = 8, progress=None, use_cache: bool = True, placement=None):
     """(scan, analysis) of a loaded model on ``loaders.val``, with the groups `prune` would see."""
     from .inspect import prunable_groups
 
     analysis, _ = prunable_groups(loaded, ignore=ignore, round_to=round_to, min_channels=min_channels)
     batches = [batch for _, batch in zip(range(criterion_batches), loaders.train)]
     scan = cached_scan(loaded.model, loaded.example_input, analysis.groups, loaders.val, config,
-                       criterion_batches=batches, progress=progress, use_cache=use_cache)
+                       criterion_batches=batches, progress=progress, use_cache=use_cache, placement=placement)
     return scan, analysis
 
 

@@ -90,6 +90,7 @@ import time
 from dataclasses import dataclass, field
 
 from ..config import DEFAULT_SEARCH_EPOCHS
+from ..device import CPU, to_cpu_
 from . import ALLOCATORS, removable_steps
 
 
@@ -271,7 +272,7 @@ class Masks:
             if mask is None:
                 return output
             shape = [1, -1] + [1] * (output.dim() - 2)
-            return output * mask.view(*shape).to(output.dtype)
+            return output * mask.view(*shape).to(device=output.device, dtype=output.dtype)
 
         return apply
 
@@ -295,7 +296,7 @@ class Masks:
         self.current = {}
         for k, g in enumerate(self.groups):
             p = keep_probabilities(self.u[g.root], alpha[k], beta2)
-            hard = (noise[g.root] < p.detach()).float()
+            hard = (noise[g.root].to(p.device) < p.detach()).float()
             self.current[g.root] = hard + p - p.detach() if straight_through else hard
 
     def sample(self, alpha, beta2: float, generator) -> None:
@@ -402,7 +403,7 @@ def loss_slopes(model, masks, alpha, beta2: float, x, y, noise, delta: float, lo
             values = []
             for a in (up, down):
                 p = keep_probabilities(masks.u[g.root], torch.tensor(a), beta2)
-                masks.current = {**base_masks, g.root: (noise[g.root] < p).float()}
+                masks.current = {**base_masks, g.root: (noise[g.root].to(p.device) < p).float()}
                 values.append(float(loss_fn(model(x), y)))
             out[k] = (values[0] - values[1]) / (up - down)
         masks.current = base_masks
@@ -410,7 +411,7 @@ def loss_slopes(model, masks, alpha, beta2: float, x, y, noise, delta: float, lo
 
 
 def search(source_model, example_input, groups, train_loader, metric: str, target: float, config: SearchConfig,
-           progress=None) -> SearchResult:
+           progress=None, placement=None) -> SearchResult:
     """Learn per-group keep ratios under ``cost(alpha) <= target`` (``metric`` flops|params, absolute)."""
     import torch
 
@@ -435,6 +436,8 @@ def search(source_model, example_input, groups, train_loader, metric: str, targe
     a_batches = _cycle(a_loader)
     steps = config.epochs * len(w_loader)
     start_cost = float(cost(torch.full_like(theta, config.alpha_init).maximum(lo)))
+    placement = placement or CPU
+    placement.move_(model)
     masks = Masks(model, groups, roles)
     order = torch.randperm(len(groups), generator=generator).tolist()
     per_step = min(len(groups), config.fd_groups)
@@ -445,6 +448,7 @@ def search(source_model, example_input, groups, train_loader, metric: str, targe
         step = 0
         for _ in range(config.epochs):
             for x, y in w_loader:
+                x, y = placement.batch(x, y)
                 frac = step / max(1, steps - 1)
                 beta2 = config.beta2_start * (config.beta2_end / config.beta2_start) ** frac
                 ramp = min(1.0, step / max(1.0, config.target_fraction * steps))
@@ -460,7 +464,7 @@ def search(source_model, example_input, groups, train_loader, metric: str, targe
                 weights_opt.step()
                 # ratios on the held-out 10%
                 masks.refresh()
-                xa, ya = next(a_batches)
+                xa, ya = placement.batch(*next(a_batches))
                 if config.estimator == "fd":
                     start = (step * per_step) % len(groups)
                     subset = [order[(start + i) % len(groups)] for i in range(per_step)]
@@ -502,7 +506,7 @@ def search(source_model, example_input, groups, train_loader, metric: str, targe
                 step += 1
     finally:
         masks.remove()
-    model.eval()
+    to_cpu_(model.eval())
     final = alpha_of(theta - budget_shift(theta, alpha_of, cost, target))
     scores = {g.root: importance(model, g, roles).numpy().astype("float64") for g in groups}
     return SearchResult(model, {g.root: float(final[k]) for k, g in enumerate(groups)}, history, scores,

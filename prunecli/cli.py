@@ -80,6 +80,13 @@ def handle_errors(fn):
                 _interrupted()
             if _state["debug"]:
                 traceback.print_exc()
+            from . import distributed
+
+            peer = distributed.peer_failure(exc)
+            if peer is not None:  # under torchrun: another rank failed first
+                if peer:
+                    sys.stderr.write(f"error: {peer}\n")
+                raise typer.Exit(4)
             first = str(exc).splitlines()[0] if str(exc) else ""
             _fail(f"{type(exc).__name__}: {first} (rerun with --debug for the traceback)", 4)
 

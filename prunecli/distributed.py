@@ -83,6 +83,24 @@ def silent_error() -> bool:
     return is_quiet_rank() and not joined()
 
 
+PEER_FAILURE = ("closed by peer", "reset by peer", "Broken pipe", "communicator was aborted", "NCCL error",
+                "DistBackendError", "DistNetworkError", "DistStoreError")
+
+
+def peer_failure(exc: BaseException) -> str | None:
+    """For an error that only says another rank of the group went away: the line to print (rank 0), or "" (the
+    others keep quiet: the rank that failed, or torchrun's summary, says why). None for any other error."""
+    if not joined():
+        return None
+    text = f"{type(exc).__name__}: {exc}"
+    if not any(marker in text for marker in PEER_FAILURE):
+        return None
+    if is_quiet_rank():
+        return ""
+    return ("another process of the torchrun group failed and the group stopped (its own error line, or torchrun's "
+            "summary below, says why)")
+
+
 def init(device_kind: str) -> World:
     """Join the process group torchrun describes (nccl on CUDA, gloo otherwise); SINGLE without torchrun."""
     if not launched():

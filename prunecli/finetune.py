@@ -337,7 +337,13 @@ def fit(model, train_loader, val_loader, config: FinetuneConfig, checkpoints: Pa
                               "best_top1": best_top1, "best_epoch": result.best_epoch, "rng": torch.get_rng_state(),
                               "config": json.dumps(asdict(config))}, checkpoints / LAST)
     except KeyboardInterrupt:
-        if world.distributed:  # the other ranks stop too (the terminal signals them all): no bundle, resume later
+        if world.distributed:  # every rank stops (the terminal or torchrun signals them all): no bundle; resume later
+            from . import interrupts
+
+            kept = checkpoints / LAST if checkpoints is not None and (checkpoints / LAST).exists() else None
+            interrupts.report("interrupted; " + (f"{kept} (epoch {torch.load(kept, map_location='cpu', weights_only=True)['epoch']}) "
+                                                 "is kept: rerun the same torchrun command with --resume"
+                                                 if kept else "no checkpoint had been written yet"))
             raise
         result.interrupted = True
     except DataFault as exc:

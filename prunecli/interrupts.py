@@ -28,6 +28,12 @@ def install() -> None:
     """Route SIGINT through :func:`_handler` (main thread only; a no-op elsewhere)."""
     if threading.current_thread() is not threading.main_thread():
         return
+    import os
+
+    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+        # under torchrun the agent stops the other processes with SIGTERM when one fails or is interrupted:
+        # the same clean stop (a checkpoint being written is finished first)
+        signal.signal(signal.SIGTERM, _handler)
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         return  # started with interrupts ignored (nohup, a background job): leave it so
     signal.signal(signal.SIGINT, _handler)

@@ -210,3 +210,24 @@ class TinyVgg(nn.Module):
 
 def tiny_vgg(num_classes: int = 10, width: int = 32) -> nn.Module:
     return TinyVgg(num_classes=num_classes, width=width)
+
+
+class TinyPlain(nn.Module):
+    """conv -> relu -> conv -> relu -> pool -> linear, no normalisation: N processes with batch B train it exactly
+    as one process with batch N*B does (BatchNorm would see each process's share only)."""
+
+    def __init__(self, num_classes: int = 4, width: int = 16) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, width, 3, padding=1)
+        self.conv2 = nn.Conv2d(width, width, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+        return self.head(torch.flatten(self.pool(x), 1))
+
+
+def tiny_plain(num_classes: int = 4, width: int = 16) -> nn.Module:
+    torch.manual_seed(0)
+    return TinyPlain(num_classes=num_classes, width=width)

@@ -18,7 +18,7 @@ from pathlib import Path
 from .config import require_finite
 from .data import DataFault
 from .device import CPU, Placement, to_cpu_
-from .distributed import SINGLE, World, broadcast_buffers_, broadcast_state_
+from .distributed import SINGLE, World, all_gather, all_sum, broadcast_buffers_, broadcast_state_, state_sha256
 from .errors import RuntimeFailure, VerificationFailed
 
 LAST = "last.pt"
@@ -89,8 +89,6 @@ def evaluate(model, loader, max_batches: int | None = None, placement: Placement
             sums += torch.stack([(top[:, 0] == y).sum().double(), (top == y.unsqueeze(1)).any(dim=1).sum().double(),
                                  torch.tensor(float(y.numel()), dtype=torch.float64, device=sums.device),
                                  torch.nn.functional.cross_entropy(logits, y, reduction="sum").double()])
-    from .distributed import all_sum
-
     correct1, correct5, total, loss_sum = all_sum(world, sums.cpu().tolist())
     total = int(total)
     if total == 0:
@@ -191,8 +189,6 @@ def _training_copy(model, config: FinetuneConfig, placement: Placement, world: W
 def _rank_check(model, world: World) -> dict:
     """Every rank takes rank 0's BatchNorm statistics (each updates its own), then the ranks' weights are hashed:
     DistributedDataParallel keeps parameters identical, so a difference is a fault (exit 3), never a bundle."""
-    from .distributed import all_gather, broadcast_buffers_, state_sha256
-
     broadcast_buffers_(world, model)
     hashes = all_gather(world, state_sha256(model))
     if len(set(hashes)) != 1:
@@ -269,7 +265,7 @@ def fit(model, train_loader, val_loader, config: FinetuneConfig, checkpoints: Pa
     task_id = progress.add_task(label, total=config.epochs * steps_per_epoch, completed=start_epoch * steps_per_epoch,
                                 info="") if progress is not None else None
     check_every = 1 if placement.device == "cpu" else 25  # reading the loss waits for the GPU: not every step
-    train_s, train_samples = 0.0, 0
+    train_s, train_samples, epoch_s = 0.0, 0, []
     epoch = start_epoch
     try:
         for epoch in range(start_epoch, config.epochs):
@@ -309,7 +305,8 @@ def fit(model, train_loader, val_loader, config: FinetuneConfig, checkpoints: Pa
                                     info=f"epoch {epoch + 1}/{config.epochs} loss {float(running) / seen:.3f}")
             if placement.kind == "cuda":
                 torch.cuda.synchronize(placement.device)
-            train_s += time.perf_counter() - t0
+            epoch_s.append(time.perf_counter() - t0)
+            train_s += epoch_s[-1]
             train_samples += seen
             if progress is not None:
                 progress.update(task_id, completed=(epoch + 1) * steps_per_epoch)
@@ -317,8 +314,6 @@ def fit(model, train_loader, val_loader, config: FinetuneConfig, checkpoints: Pa
                 after_epoch(work)
             broadcast_buffers_(world, work)  # validate rank 0's BatchNorm statistics on every share
             val = evaluate(work, val_loader, placement=placement, world=world)
-            from .distributed import all_sum
-
             train_loss = all_sum(world, [float(running), float(seen)])
             record = {"epoch": epoch + 1, "train_loss": train_loss[0] / max(1.0, train_loss[1]), "val": val,
                       "lr": scheduler.get_last_lr()[0]}
@@ -353,7 +348,7 @@ def fit(model, train_loader, val_loader, config: FinetuneConfig, checkpoints: Pa
                            else "no checkpoint yet")) from exc
     samples = all_sum_samples(world, train_samples)
     result.training = {**placement.to_json(), **world.to_json(), "batch_per_process": getattr(train_loader, "batch_size", None),
-                       "train_images": samples, "train_s": train_s,
+                       "train_images": samples, "train_s": train_s, "epoch_train_s": epoch_s,
                        "images_per_s": samples / train_s if train_s > 0 else None}
     if world.distributed and not result.interrupted:
         result.training.update(_rank_check(work, world))
@@ -366,8 +361,6 @@ def fit(model, train_loader, val_loader, config: FinetuneConfig, checkpoints: Pa
 
 
 def all_sum_samples(world: World, samples: int) -> int:
-    from .distributed import all_sum
-
     return int(all_sum(world, [float(samples)])[0])
 
 

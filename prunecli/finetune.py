@@ -336,7 +336,9 @@ def fit(model, train_loader, val_loader, config: FinetuneConfig, checkpoints: Pa
             from . import interrupts
 
             kept = checkpoints / LAST if checkpoints is not None and (checkpoints / LAST).exists() else None
-            interrupts.report("interrupted; " + (f"{kept} (epoch {torch.load(kept, map_location='cpu', weights_only=True)['epoch']}) "
+            why = "stopped by torchrun (SIGTERM: another process failed or was stopped)" if interrupts.by_sigterm() \
+                else "interrupted"
+            interrupts.report(why + "; " + (f"{kept} (epoch {torch.load(kept, map_location='cpu', weights_only=True)['epoch']}) "
                                                  "is kept: rerun the same torchrun command with --resume"
                                                  if kept else "no checkpoint had been written yet"))
             raise

@@ -13,11 +13,12 @@ import signal
 import sys
 import threading
 
-_state = {"received": False, "deferring": 0, "pending": False, "reported": False, "written": []}
+_state = {"received": False, "deferring": 0, "pending": False, "reported": False, "written": [], "signal": None}
 
 
 def _handler(signum, frame) -> None:
     _state["received"] = True
+    _state["signal"] = signum
     if _state["deferring"]:
         _state["pending"] = True
         return
@@ -39,13 +40,18 @@ def install() -> None:
     signal.signal(signal.SIGINT, _handler)
 
 
+def by_sigterm() -> bool:
+    """True when the stop came from SIGTERM (torchrun stopping the group), not Ctrl-C."""
+    return _state.get("signal") == signal.SIGTERM
+
+
 def received() -> bool:
     """True once SIGINT arrived in this process (even if a library swallowed or wrapped the exception)."""
     return _state["received"]
 
 
 def reset() -> None:
-    _state.update(received=False, pending=False, deferring=0, reported=False, written=[])
+    _state.update(received=False, pending=False, deferring=0, reported=False, written=[], signal=None)
 
 
 def report(message: str) -> None:

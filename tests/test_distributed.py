@@ -16,9 +16,9 @@ import torch
 
 TESTS = Path(__file__).parent
 TORCHRUN = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
-# 135 synthetic images: 108 train (an even split over 2 ranks), 27 validation (odd: a padded sampler would
-# count one twice)
-RUN = ["tinynets:tiny_plain", "--input-shape", "1,3,16,16", "--data", "synthetic:135", "--flops", "0.4",
+# digits: 1,294 training images (an even split over 2 ranks, and the last global batch of 14 is 7 + 7), 144
+# validation and 359 test images (odd: a padded sampler would count one twice)
+RUN = ["tinynets:tiny_plain:num_classes=10", "--input-shape", "1,3,16,16", "--data", "digits", "--flops", "0.4",
        "--epochs", "2", "--no-latency", "--json"]
 needs_cpu_only = pytest.mark.skipif(torch.cuda.is_available(), reason="checks behaviour on a machine without CUDA")
 
@@ -30,7 +30,12 @@ def _env() -> dict:
 
 def _torchrun(tmp_path, *args, timeout=150, **kwargs):
     cmd = [TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "prunecli", "prune", *map(str, args)]
-    return subprocess.run(cmd, env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=timeout, **kwargs)
+    result = subprocess.run(cmd, env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=timeout, **kwargs)
+    if result.returncode != 0 and "(SIGABRT)" in result.stderr and not _errors(result.stderr):
+        # gloo has aborted a process at start-up here (once in ~20 launches, "terminate called without an active
+        # exception", before prunecli ran): one more launch, so that the test judges prunecli, not that flake
+        result = subprocess.run(cmd, env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=timeout, **kwargs)
+    return result
 
 
 def _single(tmp_path, *args, timeout=150):
@@ -63,12 +68,13 @@ def test_two_processes_train_as_one_process_with_the_global_batch(tmp_path):
     training = report["training"]
     assert training["world_size"] == 2 and training["backend"] == "gloo" and training["batch_per_process"] == 8
     assert training["ranks_identical"] is True and len(training["weights_sha256"]) == 64
-    assert training["train_images"] == 2 * 108 and training["images_per_s"] > 0
+    assert training["train_images"] == 2 * 1294 and training["images_per_s"] > 0
     assert report["config"]["device"]["device"] == "cpu" and report["config"]["world_size"] == 2
-    # every validation sample counted once: 27 on 2 ranks, not 28
-    for key in ("dense", "finetuned"):
-        assert report["accuracy"][key]["samples"] == 27
-    assert all(h["val"]["samples"] == 27 for h in report["history"])
+    # every test and validation sample counted once: 359 and 144 on 2 ranks, not 360
+    assert report["accuracy"]["split"] == "test"
+    for key in ("dense", "pruned", "finetuned"):
+        assert report["accuracy"][key]["samples"] == 359
+    assert all(h["val"]["samples"] == 144 for h in report["history"])
     # the same samples per global step, the gradients averaged: the same training within float rounding
     reference = json.loads(single.stdout)
     a, b = _last_weights(tmp_path / "multi"), _last_weights(tmp_path / "single")

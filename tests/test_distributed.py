@@ -125,6 +125,9 @@ def test_ctrl_c_stops_every_rank_and_resume_continues_exactly(tmp_path):
 @pytest.mark.parametrize("extra, message", [
     (["--schedule", "agp"], "--schedule agp runs in one process"),
     (["--sync-bn"], "--sync-bn needs GPUs"),
+    # after the group formed: rank 0 fails while planning, rank 1 (waiting for the plan) loses its peer and
+    # keeps quiet; the one line is rank 0's
+    (["--flops", "0.01"], "is not reachable"),
 ])
 def test_torchrun_refusals_are_one_line(tmp_path, extra, message):
     if "--sync-bn" in extra and torch.cuda.is_available():

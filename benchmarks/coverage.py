@@ -33,8 +33,11 @@ t0 = time.perf_counter()
 try:
     loaded = load_model(f"torchvision:{name}")
     report = run_prune(loaded, PruneConfig(flops=BudgetTarget("flops", flops)), Path(out), measure_latency=False)
+    check = report["correctness"][-1]
     row = {"status": "ok", "ratio": report["achieved"]["flops_ratio"], "diff": report["onnx"]["max_abs_diff"],
-           "scale": report["onnx"]["max_abs_output"]}
+           "scale": report["onnx"]["max_abs_output"],
+           "check": (f"zeroed dense: {check['max_abs_diff']:.1e} / tol {check['tolerance']:.1e}" if check["identity"]
+                     else "shape only: " + check["reason"].split(",")[0])}
 except PruneCliError as exc:
     row = {"status": f"refused (exit {exc.exit_code}): {str(exc)[:160]}"}
 row["seconds"] = time.perf_counter() - t0
@@ -60,8 +63,8 @@ def run_one(name: str, flops: float, timeout: int) -> dict:
 def _line(name: str, row: dict) -> str:
     if "ratio" in row:
         return (f"| {name} | {row['status']} | {row['ratio']:.4f} | {row['diff']:.2e} | {row['scale']:.2e} | "
-                f"{row['seconds']:.1f} |")
-    return f"| {name} | {row['status']} | - | - | - | {row['seconds']:.1f} |"
+                f"{row.get('check', '-')} | {row['seconds']:.1f} |")
+    return f"| {name} | {row['status']} | - | - | - | - | {row['seconds']:.1f} |"
 
 
 def main() -> None:
@@ -84,10 +87,10 @@ def main() -> None:
     if args.resume and out.is_file():
         for line in out.read_text().splitlines():
             cells = [c.strip() for c in line.strip("|").split("|")]
-            if len(cells) == 6 and cells[0] in names and not (args.retry and cells[1].startswith(tuple(args.retry.split(",")))):
-                row = {"status": cells[1], "seconds": float(cells[5])}
+            if len(cells) == 7 and cells[0] in names and not (args.retry and cells[1].startswith(tuple(args.retry.split(",")))):
+                row = {"status": cells[1], "seconds": float(cells[6])}
                 if cells[2] != "-":
-                    row.update(ratio=float(cells[2]), diff=float(cells[3]), scale=float(cells[4]))
+                    row.update(ratio=float(cells[2]), diff=float(cells[3]), scale=float(cells[4]), check=cells[5])
                 done[cells[0]] = row
     header = [
         f"# Coverage: `prune --flops {args.flops}` (l1, uniform, preset round_to and input shape)",
@@ -96,17 +99,19 @@ def main() -> None:
         f"{torchvision.__version__}, threads {torch.get_num_threads()}; timeout {args.timeout}s per model.",
         "",
         "ONNX diff: max |onnxruntime - PyTorch| over batches 1 and 2; output scale: max |PyTorch output| "
-        "(random init: a near-zero scale makes any absolute diff small).",
+        "(random init: a near-zero scale makes any absolute diff small). Check: the pruned model against the dense "
+        "model with the removed channels zeroed (max abs diff / tolerance, relative to the output scale), or, where "
+        "that identity does not hold, the output shape only and why; a failed check is exit 3 (refused).",
         "",
-        "| model | status | achieved FLOPs ratio | max abs ONNX diff | output scale | seconds |",
-        "|---|---|---:|---:|---:|---:|",
+        "| model | status | achieved FLOPs ratio | max abs ONNX diff | output scale | correctness check | seconds |",
+        "|---|---|---:|---:|---:|---|---:|",
     ]
     for name in names:
         row = done.get(name) or run_one(name, args.flops, args.timeout)
         rows.append((name, row))
         print(_line(name, row), flush=True)
         ok = sum(1 for _, r in rows if r["status"] == "ok")
-        summary = ["", f"{ok} of {len(rows)} models pruned, budget met and ONNX verified."]
+        summary = ["", f"{ok} of {len(rows)} models pruned, budget met, ONNX verified and checked against the dense model."]
         out.write_text("\n".join(header + [_line(n, r) for n, r in rows] + summary) + "\n")
 
 

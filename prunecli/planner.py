@@ -345,9 +345,13 @@ def plan_model(loaded: LoadedModel, config: PruneConfig, timings: dict, batches=
     return PlanResult(plan, analysis, fit, dense, targets, round_to, source, evidence)
 
 
-def shrink_copy(loaded: LoadedModel, plan: Plan):
-    """A physically pruned copy; the loaded model is left as it was."""
+def shrink_copy(loaded: LoadedModel, plan: Plan, checks: list | None = None):
+    """A physically pruned copy; the loaded model is left as it was. ``checks`` (if given) gets the result of
+    checking the copy against the dense model (:func:`prunecli.shrink.check_against_dense`), which raises
+    VerificationFailed (exit 3) when the pruning is wrong."""
     import torch
+
+    from .shrink import check_against_dense
 
     pruned = copy.deepcopy(loaded.model)
     remove_channels_(pruned, loaded.example_input, plan.removed())
@@ -357,4 +361,6 @@ def shrink_copy(loaded: LoadedModel, plan: Plan):
         after = pruned(loaded.example_input)
     if tuple(before.shape) != tuple(after.shape):
         raise RuntimeFailure(f"pruning changed the output shape {tuple(before.shape)} -> {tuple(after.shape)}")
+    if checks is not None:
+        checks.append(check_against_dense(loaded.model, pruned, loaded.example_input, plan.removed()))
     return pruned

@@ -252,6 +252,8 @@ def run_prune(loaded: LoadedModel, config: PruneConfig, out: Path, *, force: boo
         report["config"]["round_to_note"] = outcome.evidence["round_to_note"]
     if config.latency is not None:
         report["config"]["latency"] = dataclasses.asdict(config.latency_settings)
+    if outcome.evidence.get("correctness"):  # one per pruning step: the pruned model checked against the dense one
+        report["correctness"] = outcome.evidence["correctness"]
     if outcome.evidence.get("criterion_fallbacks"):
         report["criterion_fallbacks"] = outcome.evidence["criterion_fallbacks"]
     search = outcome.evidence.get("search")

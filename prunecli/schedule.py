@@ -114,7 +114,7 @@ def oneshot(ctx: Context) -> Outcome:
     elif ctx.world.main:  # under torchrun rank 0 decides the plan (and recalibrates) alone, then sends it
         r = plan_model(ctx.loaded, ctx.config, ctx.timings, batches=ctx.batches, data=ctx.data, progress=ctx.progress,
                    placement=ctx.placement)
-        model = shrink_copy(r.source, r.plan)
+        model = shrink_copy(r.source, r.plan, checks=r.evidence.setdefault("correctness", []))
         outcome = Outcome(model, [r.plan], r.analysis, r.fit.cost, _recalibrate_and_measure(ctx, model),
                           round_to=r.round_to, evidence=r.evidence)
         broadcast(ctx.world, {"plans": [p.to_json() for p in outcome.plans], "fit_cost": outcome.fit_cost,
@@ -175,7 +175,7 @@ def agp(ctx: Context) -> Outcome:
                                 ctx.config.criterion, seed=ctx.config.seed, batches=ctx.batches)
         plan = Plan(tuple(GroupPlan(g.root, width[g.root], select_keep(scores[g.root], counts[g.root], g.channel_groups))
                           for g in changing), ctx.config.criterion, ctx.config.allocation)
-        model = shrink_copy(current, plan)
+        model = shrink_copy(current, plan, checks=r.evidence.setdefault("correctness", []))
         plans.append(plan)
         width.update({g.root: counts[g.root] for g in changing})
         accuracy = _recalibrate_and_measure(ctx, model)
@@ -222,7 +222,8 @@ def soft(ctx: Context) -> Outcome:
 
     result = _fit(ctx, model, ctx.finetune.epochs, "soft filter pruning", after_epoch=_on_cpu(ctx, zero_lowest))
     final = current_plan(model)
-    pruned = shrink_copy(dataclasses.replace(ctx.loaded, model=model), final)
+    pruned = shrink_copy(dataclasses.replace(ctx.loaded, model=model), final,
+                         checks=r.evidence.setdefault("correctness", []))
     accuracy = _recalibrate_and_measure(ctx, pruned)
     outcome = Outcome(pruned, [final], analysis, r.fit.cost, accuracy, round_to=r.round_to, evidence=r.evidence)
     outcome.history, outcome.interrupted, outcome.best_epoch = result.history, result.interrupted, result.best_epoch

@@ -75,3 +75,67 @@ def zero_channels_(model, example_input, remove: Mapping[str, Sequence[int]], gr
                     tensor = getattr(target, name, None)
                     if tensor is not None and tensor.dim() >= 1:
                         tensor.index_fill_(0, index, 0.0)
+
+
+# Leaf modules through which a zeroed channel stays exactly zero, or contributes nothing, once its producers'
+# weights, biases and norm affines are zeroed. Anything else with parameters, or a norm across channels, and
+# the identity below is not claimed.
+_LINEAR_KINDS = ("_ConvNd", "Linear", "_BatchNorm", "_InstanceNorm")
+_ACROSS_CHANNELS = ("LayerNorm", "GroupNorm", "LocalResponseNorm", "MultiheadAttention", "RMSNorm")
+TOLERANCE = 1e-4  # relative to the largest output magnitude
+
+
+def _blocker(model) -> str | None:
+    """Why the zeroed-dense identity cannot be claimed for ``model`` (None when it can)."""
+    import torch
+
+    for name, module in model.named_modules():
+        kinds = {cls.__name__ for cls in type(module).__mro__}
+        if kinds & set(_ACROSS_CHANNELS):
+            return f"{name} ({type(module).__name__}) mixes channels, so a zeroed channel is not a removed one there"
+        if next(module.children(), None) is not None:
+            continue
+        own = [p for p in module.parameters(recurse=False)]
+        if own and not kinds & set(_LINEAR_KINDS) and not isinstance(module, torch.nn.PReLU):
+            return f"{name} ({type(module).__name__}) has parameters prunecli does not zero"
+    return None
+
+
+def check_against_dense(source, pruned, example_input, remove: Mapping[str, Sequence[int]]) -> dict:
+    """Is ``pruned`` the dense model without the removed channels? Where the identity holds (BatchNorm/ReLU-style
+    networks), the dense model with the removed channels zeroed (weights, biases, norm affines of every layer
+    the groups couple) must give the pruned model's outputs on a random input, within float tolerance; a
+    difference means the channels removed are not the channels planned (VerificationFailed, exit 3). Elsewhere
+    only the output shape is compared, and the result says why."""
+    import copy
+
+    import torch
+
+    from .errors import VerificationFailed
+
+    blocker = _blocker(source)
+    if blocker is not None:
+        return {"check": "output shape", "identity": False, "reason": blocker}
+    zeroed = copy.deepcopy(source).eval()
+    zero_channels_(zeroed, example_input, remove)
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(example_input.shape, generator=generator, dtype=example_input.dtype) \
+        if example_input.is_floating_point() else example_input
+    with torch.no_grad():
+        expected, got = zeroed(x), pruned.eval()(x)
+    if not (isinstance(expected, torch.Tensor) and isinstance(got, torch.Tensor)):
+        return {"check": "output shape", "identity": False, "reason": "the model's output is not one tensor"}
+    if expected.shape != got.shape:
+        raise VerificationFailed(f"the pruned model's output shape {tuple(got.shape)} is not the dense model's "
+                                 f"{tuple(expected.shape)}; the bundle was not written")
+    diff = float((expected.float() - got.float()).abs().max())
+    scale = float(expected.float().abs().max())
+    tolerance = TOLERANCE * scale + 1e-30  # relative: a random-init network can have logits of 1e-10
+    if not diff <= tolerance:
+        raise VerificationFailed(
+            f"the pruned model is not the dense model without the removed channels: on a random input its outputs "
+            f"differ from the dense model with those channels zeroed by {diff:.3g} (tolerance {tolerance:.3g}); "
+            "Torch-Pruning did not update some layer consistently (e.g. an attention layer's heads or a reshape "
+            "over channels). The bundle was not written; --ignore the layer (see `prunecli inspect`) and retry")
+    return {"check": "zeroed dense model", "identity": True, "max_abs_diff": diff, "tolerance": tolerance,
+            "output_scale": scale}

@@ -312,3 +312,41 @@ def test_builtin_plain_vgg_prunes_to_budget_and_rebuilds(cli, tmp_path):
     widths = [m.out_channels for m in rebuilt.modules() if isinstance(m, torch.nn.Conv2d)]
     assert all(w < d for w, d in zip(widths, [4, 4, 8, 8, 16, 32, 64, 64]) if d >= 16)  # the wide late layers shrink
     assert rebuilt(torch.randn(2, 1, 28, 28)).shape == (2, 10)
+
+
+# ---------------------------------------------------------------- correctness against the dense model
+def test_every_prune_is_checked_against_the_dense_model(cli, tmp_path):
+    result = cli("prune", "tinynets:tiny_resnet", "--input-shape", "1,3,16,16", "--flops", "0.5", "--no-latency",
+                 "--json", "--out", tmp_path / "o")
+    assert result.code == 0, result.stderr
+    (check,) = json.loads(result.stdout)["correctness"]
+    assert check["check"] == "zeroed dense model" and check["identity"] is True
+    assert check["max_abs_diff"] <= check["tolerance"] < 1e-3
+
+
+def test_a_mis_pruned_model_is_exit_3_and_no_bundle(cli, tmp_path, monkeypatch):
+    """A pruning bug (here: every group loses the channel after the planned one, as a layer whose indices are
+    not remapped would) still runs and still matches its own ONNX; the check against the dense model catches it."""
+    import prunecli.planner as planner
+
+    real = planner.remove_channels_
+
+    def off_by_one(model, example_input, remove, graph=None):
+        shifted = {root: [(i + 1) % 64 if (i + 1) % 64 not in idxs else i for i in idxs] for root, idxs in remove.items()}
+        return real(model, example_input, shifted, graph=graph)
+
+    monkeypatch.setattr(planner, "remove_channels_", off_by_one)
+    result = cli("prune", "tinynets:tiny_resnet", "--input-shape", "1,3,16,16", "--flops", "0.5", "--no-latency",
+                 "--out", tmp_path / "o")
+    assert result.code == 3, result.stderr
+    assert result.stderr.count("\n") == 1 and "not the dense model without the removed channels" in result.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_models_that_mix_channels_say_which_check_ran(cli, tmp_path):
+    result = cli("prune", "tinynets:tiny_groupnorm", "--input-shape", "1,3,16,16", "--flops", "0.65", "--no-latency",
+                 "--json", "--out", tmp_path / "o")
+    assert result.code == 0, result.stderr
+    (check,) = json.loads(result.stdout)["correctness"]
+    assert check["check"] == "output shape" and check["identity"] is False
+    assert "norm (GroupNorm) mixes channels" in check["reason"]

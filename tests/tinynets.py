@@ -231,3 +231,24 @@ class TinyPlain(nn.Module):
 def tiny_plain(num_classes: int = 4, width: int = 16) -> nn.Module:
     torch.manual_seed(0)
     return TinyPlain(num_classes=num_classes, width=width)
+
+
+class TinyGroupNorm(nn.Module):
+    """conv -> GroupNorm -> relu -> conv -> pool -> head: the norm mixes channels (zeroing one is not removing it)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.norm = nn.GroupNorm(4, 16)
+        self.conv2 = nn.Conv2d(16, 48, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(48, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv2(torch.relu(self.norm(self.conv1(x)))))
+        return self.head(torch.flatten(self.pool(x), 1))
+
+
+def tiny_groupnorm() -> nn.Module:
+    torch.manual_seed(0)
+    return TinyGroupNorm()

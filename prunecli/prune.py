@@ -15,7 +15,7 @@ from pathlib import Path
 from .bundle import ONNX, RECIPE, WEIGHTS, make_recipe, write_weights
 from .config import PruneConfig
 from .cost import FLOPS_LABEL, MACS_LABEL, PARAMS_LABEL, measure
-from .errors import UsageError
+from .errors import BudgetNotMet, UsageError
 from .export import export_onnx, export_verified, external_data_name
 from .inspect import constraints_for
 from .load import LoadedModel
@@ -252,6 +252,7 @@ def run_prune(loaded: LoadedModel, config: PruneConfig, out: Path, *, force: boo
         report["config"]["round_to_note"] = outcome.evidence["round_to_note"]
     if config.latency is not None:
         report["config"]["latency"] = dataclasses.asdict(config.latency_settings)
+    check_measured_budget(config, report["budget"])
     if outcome.evidence.get("correctness"):  # one per pruning step: the pruned model checked against the dense one
         report["correctness"] = outcome.evidence["correctness"]
     if outcome.evidence.get("criterion_fallbacks"):
@@ -311,6 +312,22 @@ def run_prune(loaded: LoadedModel, config: PruneConfig, out: Path, *, force: boo
                              previous + [p.to_json() for p in outcome.plans], directory=tmp)
         (tmp / RECIPE).write_text(json.dumps(recipe, indent=1))
     return report
+
+
+def check_measured_budget(config: PruneConfig, budget: dict) -> None:
+    """The budget reported is the budget measured: the final model's FLOPs/params (re-measured on the real model,
+    not the plan's meta-device estimate) must be at most every target and, without a latency budget, the binding
+    one within ``config.tolerance`` below its target; otherwise exit 1 before any bundle is written."""
+    if not budget:
+        return
+    missed = [m for m, b in budget.items() if not b["met"]]
+    closest = min(budget.values(), key=lambda b: b["gap"])
+    if missed or (config.latency is None and closest["gap"] > config.tolerance + 1e-9):
+        m, b = (missed[0], budget[missed[0]]) if missed else next((m, b) for m, b in budget.items() if b is closest)
+        raise BudgetNotMet(f"--{m} {b['requested']:g}: the final model measures {b['achieved_ratio']:.4f} of dense "
+                           f"against the target {b['target_ratio']:.4f} (tolerance {config.tolerance:g} below it); the "
+                           "plan's estimate and the pruned model disagree, so no bundle was written (rerun with --debug "
+                           "and report it)")
 
 
 def _settings_json(settings) -> dict | None:

@@ -350,3 +350,27 @@ def test_models_that_mix_channels_say_which_check_ran(cli, tmp_path):
     (check,) = json.loads(result.stdout)["correctness"]
     assert check["check"] == "output shape" and check["identity"] is False
     assert "norm (GroupNorm) mixes channels" in check["reason"]
+
+
+def test_the_budget_is_re_measured_on_the_final_model(cli, tmp_path, monkeypatch):
+    """If the pruned model measures other than the plan said (e.g. a layer left unpruned), exit 1, no bundle."""
+    import prunecli.prune as prune_module
+
+    real = prune_module.measure
+    calls = []
+
+    def inflated(model, example_input):
+        cost = real(model, example_input)
+        calls.append(cost)
+        if len(calls) == 2:  # the pruned model (the dense one is measured first)
+            import dataclasses
+
+            return dataclasses.replace(cost, flops=int(cost.flops * 0.66))  # far below the target: not "within 1%"
+        return cost
+
+    monkeypatch.setattr(prune_module, "measure", inflated)
+    result = cli("prune", "tinynets:tiny_resnet", "--input-shape", "1,3,16,16", "--flops", "0.5", "--no-latency",
+                 "--out", tmp_path / "o")
+    assert result.code == 1, result.stderr
+    assert "--flops 0.5: the final model measures 0.32" in result.stderr and result.stderr.count("\n") == 1
+    assert not (tmp_path / "o").exists()

@@ -2,8 +2,9 @@
 
 Two kinds of spec build a model:
 
-*data specs* name an architecture in a library prunecli already imports, with literal options:
-    ``torchvision:NAME[:k=v,...]`` and ``prunecli:NAME[:k=v,...]`` (the built-in :mod:`prunecli.zoo`).
+*data specs* name an architecture in a model library, with literal options:
+    ``torchvision:NAME[:k=v,...]``, ``timm:NAME[:k=v,...]`` (``pip install prunecli[timm]``) and
+    ``prunecli:NAME[:k=v,...]`` (the built-in :mod:`prunecli.zoo`).
     Building one imports nothing new and calls no code chosen by the spec beyond that constructor.
 *code specs* name user code: ``path/file.py:factory[:k=v]`` or ``package.module:factory[:k=v]``.
     Building one **imports and runs that code**.
@@ -27,7 +28,8 @@ from typing import Any
 
 from .errors import UsageError
 
-DATA_SOURCES = ("torchvision", "prunecli")
+DATA_SOURCES = ("torchvision", "timm", "prunecli")
+# timm's names contain dots (``vit_base_patch16_224.augreg_in21k``: a pretrained tag) and dashes
 # Constructor options that would fetch weights from the network (prunecli never downloads).
 DOWNLOAD_KEYS = frozenset({"weights", "weights_backbone", "pretrained", "pretrained_backbone", "progress"})
 _LITERAL_STRING = re.compile(r"^[\w.\-]{0,64}$")
@@ -76,7 +78,7 @@ def arch_name(spec: str | None) -> str | None:
 
 def is_data_spec(text: str) -> bool:
     """``torchvision:NAME[...]`` or ``prunecli:NAME[...]``: safe to read from a file."""
-    return bool(re.match(rf"^({'|'.join(DATA_SOURCES)}):[A-Za-z_]\w*(:.*)?$", text))
+    return bool(re.match(rf"^({'|'.join(DATA_SOURCES)}):[A-Za-z_][\w.\-]*(:.*)?$", text))
 
 
 def is_code_spec(text: str) -> bool:
@@ -90,6 +92,16 @@ def is_code_spec(text: str) -> bool:
 def is_arch_spec(text: str) -> bool:
     """Either kind of spec."""
     return isinstance(text, str) and (is_data_spec(text) or is_code_spec(text))
+
+
+def structure_spec(spec: str) -> str:
+    """The spec a bundle records: the architecture without a typed ``pretrained=True`` (the weights travel in the
+    bundle; a recorded spec never downloads)."""
+    if not spec.startswith("timm:"):
+        return spec
+    head, _, opts = spec.partition(":")[2].partition(":")
+    kept = [o for o in opts.split(",") if o.strip() and not re.fullmatch(r"\s*pretrained\s*=\s*True\s*", o)]
+    return f"timm:{head}" + (f":{','.join(kept)}" if kept else "")
 
 
 def absolute_spec(spec: str) -> str:
@@ -128,6 +140,8 @@ def build_arch(spec: str, flag: str = "MODEL", *, from_file: str | None = None):
         return _build_torchvision(spec, origin)
     if spec.startswith("prunecli:"):
         return _build_zoo(spec, origin)
+    if spec.startswith("timm:"):
+        return _build_timm(spec, origin, typed=from_file is None)
     model = build_factory_object(spec, flag)
     if not isinstance(model, torch.nn.Module):
         raise UsageError(f"{flag} {spec!r} returned {type(model).__name__}, not a torch.nn.Module")
@@ -155,6 +169,43 @@ def _build_torchvision(spec: str, origin: str):
         return torchvision.models.get_model(name, weights=None, **kwargs)
     except (TypeError, ValueError) as exc:
         raise UsageError(f"{origin} {spec!r}: bad constructor option: {exc}") from exc
+
+
+def _build_timm(spec: str, origin: str, typed: bool):
+    """``timm:NAME[:k=v]``: timm's constructor with literal options, random init. ``pretrained=True`` (timm then
+    downloads the weights from the Hugging Face Hub) only when typed on the command line, never from a file."""
+    name, _, opts = spec[len("timm:"):].partition(":")
+    pretrained = False
+    if typed and re.search(r"(^|,)\s*pretrained\s*=\s*True\s*(,|$)", opts):
+        pretrained = True
+        opts = re.sub(r"(^|,)\s*pretrained\s*=\s*True\s*(?=,|$)", "", opts).strip(",")
+    kwargs = _literal_options(opts, spec, origin)
+    try:
+        import timm
+    except ImportError:
+        raise UsageError(f"{origin} {spec!r} needs timm, which is not installed: pip install 'prunecli[timm]'") from None
+    base = name.split(".", 1)[0]
+    known = timm.list_models()
+    if base not in known:
+        raise UsageError(f"{origin} {spec!r}: timm has no model {base!r}{_closest(base, known)}; "
+                         "see timm.list_models()")
+    import logging
+
+    hub_log = logging.getLogger("huggingface_hub")
+    level = hub_log.level
+    hub_log.setLevel(logging.ERROR)  # its retry warnings would precede prunecli's one line
+    try:
+        return timm.create_model(name, pretrained=pretrained, **kwargs)
+    except (TypeError, ValueError, RuntimeError) as exc:
+        raise UsageError(f"{origin} {spec!r}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}") from exc
+    except Exception as exc:  # noqa: BLE001 - pretrained=True: the Hub is unreachable, or has no such weights
+        if not pretrained:
+            raise
+        raise UsageError(f"{origin} {spec!r}: timm could not fetch the pretrained weights ({type(exc).__name__}); "
+                         f"save them where there is network (timm.create_model({name!r}, pretrained=True)"
+                         ".state_dict()) and pass --weights FILE with timm:" + name) from exc
+    finally:
+        hub_log.setLevel(level)
 
 
 def _build_zoo(spec: str, origin: str):

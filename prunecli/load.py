@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .arch import absolute_spec, arch_name, build_arch, is_arch_spec
+from .arch import absolute_spec, arch_name, build_arch, is_arch_spec, structure_spec
 from .bundle import is_bundle, load_bundle_model
 from .errors import UsageError
 from .formats import (check_file, check_finite, first_line, load_weights_into, read_safetensors, read_weights,
@@ -222,12 +222,13 @@ def load_model(
         if not is_arch_spec(spec):
             raise UsageError(
                 f"MODEL {spec!r} is neither an existing file nor an architecture spec "
-                "(torchvision:NAME, prunecli:NAME, file.py:factory, package.module:factory)"
+                "(torchvision:NAME, timm:NAME, prunecli:NAME, file.py:factory, package.module:factory)"
             )
         if arch is not None:
             raise UsageError(f"--arch is for weight files and bundles; MODEL {spec!r} names the architecture already")
         model = build_arch(spec)
-        arch_spec, kind = absolute_spec(spec), ("factory" if not spec.startswith(("torchvision:", "prunecli:")) else spec.split(":")[0])
+        arch_spec = structure_spec(absolute_spec(spec))
+        kind = "factory" if not spec.startswith(("torchvision:", "timm:", "prunecli:")) else spec.split(":")[0]
         if weights is not None:
             wpath = Path(weights)
             load_weights_into(model, read_weights(wpath), str(wpath), spec)

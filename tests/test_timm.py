@@ -1,0 +1,74 @@
+"""timm:NAME specs: random init, --weights, bundles that rebuild them, and what a file may not ask for."""
+
+from __future__ import annotations
+
+import json
+import sys
+
+import pytest
+import torch
+
+timm = pytest.importorskip("timm")
+
+import prunecli  # noqa: E402
+from prunecli.errors import UsageError  # noqa: E402
+from prunecli.load import load_model  # noqa: E402
+
+SMALL = ["--input-shape", "1,3,64,64"]
+
+
+def test_timm_spec_prunes_checks_and_rebuilds(cli, tmp_path):
+    result = cli("prune", "timm:test_resnet", *SMALL, "--flops", "0.5", "--no-latency", "--json", "--out", tmp_path / "o")
+    assert result.code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["source"]["arch"] == "timm:test_resnet" and report["source"]["kind"] == "timm"
+    assert report["budget"]["flops"]["met"] and report["budget"]["flops"]["gap"] <= 0.01
+    assert report["correctness"][0]["identity"] is True  # checked against the dense model, not only its ONNX
+    rebuilt = prunecli.load_bundle(tmp_path / "o")  # a data spec: no --arch needed
+    assert rebuilt(torch.randn(2, 3, 64, 64)).shape == (2, 1000)
+
+
+def test_timm_spec_loads_with_and_without_weights(tmp_path):
+    random_init = load_model("timm:test_resnet:num_classes=7")
+    assert random_init.arch == "timm:test_resnet:num_classes=7"
+    torch.manual_seed(123)
+    trained = timm.create_model("test_resnet", num_classes=7)
+    torch.save(trained.state_dict(), tmp_path / "w.pt")
+    loaded = load_model("timm:test_resnet:num_classes=7", weights=str(tmp_path / "w.pt"))
+    for key, value in trained.state_dict().items():
+        assert torch.equal(loaded.model.state_dict()[key], value), key
+    assert not torch.equal(random_init.model.state_dict()["fc.weight"], trained.state_dict()["fc.weight"])
+
+
+def test_a_file_cannot_ask_timm_to_download(cli, tmp_path):
+    model = timm.create_model("test_resnet")
+    torch.save({"arch": "timm:test_resnet:pretrained=True", "state_dict": model.state_dict()}, tmp_path / "m.pt")
+    result = cli("inspect", tmp_path / "m.pt")
+    assert result.code == 2
+    assert "'pretrained' would download weights" in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_typed_pretrained_is_not_recorded_in_the_bundle_spec():
+    from prunecli.arch import structure_spec
+
+    assert structure_spec("timm:resnet18:pretrained=True") == "timm:resnet18"
+    assert structure_spec("timm:resnet18:pretrained=True,num_classes=10") == "timm:resnet18:num_classes=10"
+    assert structure_spec("torchvision:resnet18") == "torchvision:resnet18"
+
+
+@pytest.mark.parametrize("spec, message", [
+    ("timm:test_resnt", "timm has no model 'test_resnt' (did you mean test_resnet?)"),
+    ("timm:test_resnet:depth=abc", "bad"),
+])
+def test_bad_timm_specs_are_one_line(cli, tmp_path, spec, message):
+    result = cli("inspect", spec)
+    assert result.code == 2
+    assert result.stderr.count("\n") == 1
+    if message != "bad":
+        assert message in result.stderr, result.stderr
+
+
+def test_without_timm_the_spec_says_how_to_install(monkeypatch):
+    monkeypatch.setitem(sys.modules, "timm", None)
+    with pytest.raises(UsageError, match=r"pip install 'prunecli\[timm\]'"):
+        load_model("timm:test_resnet")

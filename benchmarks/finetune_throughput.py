@@ -109,10 +109,10 @@ def prunecli_loop(args) -> dict:
 
     from prunecli.data import DataConfig, Loaders, make_loader, shard
     from prunecli.device import resolve
-    from prunecli.distributed import init
+    from prunecli.distributed import init, local_rank
     from prunecli.finetune import FinetuneConfig, fit
 
-    placement = resolve(args.device, args.amp, local_rank=int(os.environ["LOCAL_RANK"]) if "LOCAL_RANK" in os.environ else None)
+    placement = resolve(args.device, args.amp, local_rank=local_rank())
     world = init(placement.kind)
     dataset = _data(args.images)
     config = DataConfig("synthetic", batch_size=args.batch, workers=0, pin_memory=placement.pin_memory)

@@ -94,14 +94,21 @@ def is_arch_spec(text: str) -> bool:
     return isinstance(text, str) and (is_data_spec(text) or is_code_spec(text))
 
 
+def _without_pretrained(opts: str) -> tuple[str, bool]:
+    """(the options without ``pretrained=True``, whether it was there)."""
+    items = [o for o in opts.split(",") if o.strip()]
+    kept = [o for o in items if not re.fullmatch(r"\s*pretrained\s*=\s*True\s*", o)]
+    return ",".join(kept), len(kept) != len(items)
+
+
 def structure_spec(spec: str) -> str:
     """The spec a bundle records: the architecture without a typed ``pretrained=True`` (the weights travel in the
     bundle; a recorded spec never downloads)."""
     if not spec.startswith("timm:"):
         return spec
-    head, _, opts = spec.partition(":")[2].partition(":")
-    kept = [o for o in opts.split(",") if o.strip() and not re.fullmatch(r"\s*pretrained\s*=\s*True\s*", o)]
-    return f"timm:{head}" + (f":{','.join(kept)}" if kept else "")
+    name, _, opts = spec[len("timm:"):].partition(":")
+    kept, _ = _without_pretrained(opts)
+    return f"timm:{name}" + (f":{kept}" if kept else "")
 
 
 def absolute_spec(spec: str) -> str:
@@ -176,9 +183,8 @@ def _build_timm(spec: str, origin: str, typed: bool):
     downloads the weights from the Hugging Face Hub) only when typed on the command line, never from a file."""
     name, _, opts = spec[len("timm:"):].partition(":")
     pretrained = False
-    if typed and re.search(r"(^|,)\s*pretrained\s*=\s*True\s*(,|$)", opts):
-        pretrained = True
-        opts = re.sub(r"(^|,)\s*pretrained\s*=\s*True\s*(?=,|$)", "", opts).strip(",")
+    if typed:  # from a file, pretrained= stays in and _literal_options refuses it
+        opts, pretrained = _without_pretrained(opts)
     kwargs = _literal_options(opts, spec, origin)
     try:
         import timm

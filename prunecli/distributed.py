@@ -2,7 +2,7 @@
 
 prunecli does not launch processes: ``torchrun --nproc_per_node N -m prunecli prune ...`` (one machine) or
 with ``--nnodes``/``--rdzv-endpoint`` (several) starts them and sets ``RANK``, ``WORLD_SIZE``,
-``LOCAL_RANK`` and the rendezvous variables; :func:`from_env` reads them. Without them there is one
+``LOCAL_RANK`` and the rendezvous variables; :func:`init` reads them and joins the group. Without them there is one
 process and every helper here is a no-op. What runs on rank 0 only is listed in the README
 ("Many GPUs and machines").
 """
@@ -23,7 +23,6 @@ TIMEOUT_MINUTES = 240
 class World:
     rank: int = 0
     world_size: int = 1
-    local_rank: int = 0
     backend: str | None = None  # gloo | nccl once the process group is up
 
     @property
@@ -116,8 +115,7 @@ def init(device_kind: str) -> World:
             torch.cuda.set_device(_env_int("LOCAL_RANK") or 0)
         dist.init_process_group(backend, timeout=timedelta(minutes=TIMEOUT_MINUTES))
     _state["joined"] = True
-    return World(rank=dist.get_rank(), world_size=dist.get_world_size(), local_rank=_env_int("LOCAL_RANK") or 0,
-                 backend=backend)
+    return World(rank=dist.get_rank(), world_size=dist.get_world_size(), backend=backend)
 
 
 def shutdown() -> None:
@@ -138,16 +136,18 @@ def broadcast(world: World, value=None):
     return box[0]
 
 
-def all_sum(world: World, values: list[float], device: str = "cpu") -> list[float]:
+def all_sum(world: World, values: list[float]) -> list[float]:
     """Element-wise sum of ``values`` over the ranks (float64)."""
     if not world.distributed:
         return list(values)
     import torch
     import torch.distributed as dist
 
+    # nccl reduces GPU tensors only (init set this process's device)
+    device = f"cuda:{torch.cuda.current_device()}" if world.backend == "nccl" else "cpu"
     tensor = torch.tensor(values, dtype=torch.float64, device=device)
     dist.all_reduce(tensor)
-    return [float(v) for v in tensor.cpu()]
+    return tensor.tolist()
 
 
 def all_gather(world: World, value) -> list:
@@ -160,26 +160,23 @@ def all_gather(world: World, value) -> list:
     return out
 
 
-def broadcast_buffers_(world: World, model) -> None:
-    """Every rank takes rank 0's buffers (BatchNorm running statistics, which each rank updates locally)."""
+def _broadcast_(world: World, tensors) -> None:
     if not world.distributed:
         return
     import torch.distributed as dist
 
-    for buffer in model.buffers():
-        dist.broadcast(buffer, src=0)
+    for tensor in tensors:
+        dist.broadcast(tensor.data, src=0)
+
+
+def broadcast_buffers_(world: World, model) -> None:
+    """Every rank takes rank 0's buffers (BatchNorm running statistics, which each rank updates locally)."""
+    _broadcast_(world, model.buffers())
 
 
 def broadcast_state_(world: World, model) -> None:
     """Every rank takes rank 0's parameters and buffers (before training, so that all start alike)."""
-    if not world.distributed:
-        return
-    import torch
-    import torch.distributed as dist
-
-    with torch.no_grad():
-        for tensor in list(model.parameters()) + list(model.buffers()):
-            dist.broadcast(tensor.data, src=0)
+    _broadcast_(world, list(model.parameters()) + list(model.buffers()))
 
 
 def state_sha256(model) -> str:

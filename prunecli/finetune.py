@@ -227,18 +227,11 @@ def fit(model, train_loader, val_loader, config: FinetuneConfig, checkpoints: Pa
         placement.move_(teacher)
         teacher.eval()
     writes = checkpoints is not None and world.main
-    optimizer = _optimizer(model, config)
     steps_per_epoch = max(1, len(train_loader))
-    scheduler = _schedule(optimizer, config.epochs * steps_per_epoch, config.warmup_fraction)
-    scaler = placement.scaler()
     start_epoch = 0
     best_top1 = -1.0
     if resume:
         model.load_state_dict(resume["model"])
-        optimizer.load_state_dict(resume["optimizer"])
-        scheduler.load_state_dict(resume["scheduler"])
-        if resume.get("scaler"):
-            scaler.load_state_dict(resume["scaler"])
         start_epoch = int(resume["epoch"])
         result.history = list(resume.get("history", []))
         best_top1 = float(resume.get("best_top1", -1.0))
@@ -254,13 +247,14 @@ def fit(model, train_loader, val_loader, config: FinetuneConfig, checkpoints: Pa
         if writes:
             _save_best(model, checkpoints, 0, val)
     work, net = _training_copy(model, config, placement, world)
-    if work is not model:  # a SyncBatchNorm copy: its optimiser state is the one the checkpoints keep
-        state = optimizer.state_dict()
-        optimizer = _optimizer(work, config)
-        optimizer.load_state_dict(state)
-        scheduler = _schedule(optimizer, config.epochs * steps_per_epoch, config.warmup_fraction)
-        if resume:
-            scheduler.load_state_dict(resume["scheduler"])
+    optimizer = _optimizer(work, config)  # ``work``: the model, or its SyncBatchNorm copy
+    scheduler = _schedule(optimizer, config.epochs * steps_per_epoch, config.warmup_fraction)
+    scaler = placement.scaler()
+    if resume:
+        optimizer.load_state_dict(resume["optimizer"])
+        scheduler.load_state_dict(resume["scheduler"])
+        if resume.get("scaler"):
+            scaler.load_state_dict(resume["scaler"])
     best_state = copy.deepcopy(work.state_dict())
     task_id = progress.add_task(label, total=config.epochs * steps_per_epoch, completed=start_epoch * steps_per_epoch,
                                 info="") if progress is not None else None
@@ -348,7 +342,7 @@ def fit(model, train_loader, val_loader, config: FinetuneConfig, checkpoints: Pa
         raise DataFault(f"{exc}. Stopped in epoch {epoch + 1}; "
                         + (f"last good checkpoint {kept}: rerun with --resume after the fix" if kept
                            else "no checkpoint yet")) from exc
-    samples = all_sum_samples(world, train_samples)
+    samples = int(all_sum(world, [float(train_samples)])[0])
     result.training = {**placement.to_json(), **world.to_json(), "batch_per_process": getattr(train_loader, "batch_size", None),
                        "train_images": samples, "train_s": train_s, "epoch_train_s": epoch_s,
                        "images_per_s": samples / train_s if train_s > 0 else None}
@@ -360,10 +354,6 @@ def fit(model, train_loader, val_loader, config: FinetuneConfig, checkpoints: Pa
     if teacher is not None:
         to_cpu_(teacher)
     return result
-
-
-def all_sum_samples(world: World, samples: int) -> int:
-    return int(all_sum(world, [float(samples)])[0])
 
 
 def _save_atomic(obj, path: Path) -> None:

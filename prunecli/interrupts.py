@@ -29,9 +29,9 @@ def install() -> None:
     """Route SIGINT through :func:`_handler` (main thread only; a no-op elsewhere)."""
     if threading.current_thread() is not threading.main_thread():
         return
-    import os
+    from .distributed import launched
 
-    if int(os.environ.get("WORLD_SIZE", "1") or 1) > 1:
+    if launched():
         # under torchrun the agent stops the other processes with SIGTERM when one fails or is interrupted:
         # the same clean stop (a checkpoint being written is finished first)
         signal.signal(signal.SIGTERM, _handler)

@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .arch import absolute_spec, arch_name, build_arch, is_arch_spec, structure_spec
+from .arch import absolute_spec, arch_name, build_arch, is_arch_spec, is_data_spec, structure_spec
 from .bundle import is_bundle, load_bundle_model
 from .errors import UsageError
 from .formats import (check_file, check_finite, first_line, load_weights_into, read_safetensors, read_weights,
@@ -228,7 +228,7 @@ def load_model(
             raise UsageError(f"--arch is for weight files and bundles; MODEL {spec!r} names the architecture already")
         model = build_arch(spec)
         arch_spec = structure_spec(absolute_spec(spec))
-        kind = "factory" if not spec.startswith(("torchvision:", "timm:", "prunecli:")) else spec.split(":")[0]
+        kind = spec.split(":")[0] if is_data_spec(spec) else "factory"
         if weights is not None:
             wpath = Path(weights)
             load_weights_into(model, read_weights(wpath), str(wpath), spec)

@@ -152,7 +152,7 @@ def _rank_check_worker(rank: int, port: int, outdir: str, differ: bool) -> None:
     model = torch.nn.Sequential(torch.nn.Linear(4, 3), torch.nn.BatchNorm1d(3))
     model[1].running_mean.fill_(float(rank))  # buffers differ on every rank: rank 0's are taken, not a fault
     try:
-        result = _rank_check(model, World(rank, 2, rank, "gloo"))
+        result = _rank_check(model, World(rank, 2, "gloo"))
         Path(outdir, f"{rank}.json").write_text(json.dumps(result))
     except VerificationFailed as exc:
         Path(outdir, f"{rank}.json").write_text(json.dumps({"error": str(exc)}))

@@ -34,6 +34,9 @@ DATA_SOURCES = ("torchvision", "timm", "prunecli")
 DOWNLOAD_KEYS = frozenset({"weights", "weights_backbone", "pretrained", "pretrained_backbone", "progress"})
 _LITERAL_STRING = re.compile(r"^[\w.\-]{0,64}$")
 _OPTION_KEY = re.compile(r"^[A-Za-z_]\w{0,63}$")
+# Constructor options that point the library at a file, directory, URL or config (timm's checkpoint_path,
+# pretrained_cfg, cache_dir): refused in every data spec, typed or read from a file.
+_FILE_KEY = re.compile(r"path|file|dir|url|cfg", re.IGNORECASE)
 
 
 def _parse_kwargs(text: str, spec: str) -> dict[str, Any]:
@@ -60,6 +63,9 @@ def _literal_options(opts: str, spec: str, origin: str) -> dict[str, Any]:
         if key in DOWNLOAD_KEYS:
             raise UsageError(f"{origin} {spec!r}: option {key!r} would download weights, which prunecli never does; "
                              "drop it and load a local file with --weights FILE")
+        if _FILE_KEY.search(key):
+            raise UsageError(f"{origin} {spec!r}: option {key!r} would make the library read a file or a config "
+                             "(timm's checkpoint_path= unpickles it); load weights with --weights FILE instead")
         plain = value is None or isinstance(value, (bool, int, float)) or (
             isinstance(value, str) and _LITERAL_STRING.match(value))
         if not plain:

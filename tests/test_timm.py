@@ -48,6 +48,17 @@ def test_a_file_cannot_ask_timm_to_download(cli, tmp_path):
     assert "'pretrained' would download weights" in result.stderr and result.stderr.count("\n") == 1
 
 
+def test_a_spec_cannot_point_timm_at_a_file(cli, tmp_path):
+    """timm.create_model(checkpoint_path=...) unpickles that file: a data spec may never ask for it."""
+    model = timm.create_model("test_resnet")
+    torch.save({"arch": "timm:test_resnet:checkpoint_path=evil.pt", "state_dict": model.state_dict()}, tmp_path / "m.pt")
+    for args in ([tmp_path / "m.pt"], ["timm:test_resnet:checkpoint_path=evil.pt"]):
+        result = cli("inspect", *args)
+        assert result.code == 2
+        assert "option 'checkpoint_path' would make the library read a file" in result.stderr
+        assert result.stderr.count("\n") == 1
+
+
 def test_typed_pretrained_is_not_recorded_in_the_bundle_spec():
     from prunecli.arch import structure_spec
 

@@ -1,7 +1,13 @@
-"""Coverage: `prune --flops 0.5` on torchvision classification models, one subprocess per model.
+"""Coverage: `prune --flops 0.5` on torchvision classification models and a committed timm list, one subprocess
+per model.
 
     python benchmarks/coverage.py                       # every torchvision classification model
     python benchmarks/coverage.py --models resnet18,vgg16_bn --out benchmarks/results/coverage_core.md
+    python benchmarks/coverage.py --list benchmarks/timm_models.txt --out benchmarks/results/coverage_timm.md --resume
+
+A name without a source is torchvision's (``resnet18``); a list names full specs (``timm:resnet18``) or timm names.
+Every stage of a run is bounded by ``--stage-timeout`` (prunecli's ``--timeout``): a model past it is refused
+naming the stage; ``--timeout`` is the outer bound on the whole subprocess.
 
 Each model is built at its preset's input shape (224x224 unless the preset says otherwise), pruned
 with l1/uniform to --flops 0.5, exported to ONNX and verified against PyTorch in onnxruntime. The
@@ -28,11 +34,12 @@ from prunecli.config import BudgetTarget, PruneConfig
 from prunecli.errors import PruneCliError
 from prunecli.load import load_model
 from prunecli.prune import run_prune
-name, out, flops = sys.argv[1], sys.argv[2], float(sys.argv[3])
+name, out, flops, stage_timeout = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
 t0 = time.perf_counter()
 try:
-    loaded = load_model(f"torchvision:{name}")
-    report = run_prune(loaded, PruneConfig(flops=BudgetTarget("flops", flops)), Path(out), measure_latency=False)
+    loaded = load_model(name if ":" in name else f"torchvision:{name}")
+    config = PruneConfig(flops=BudgetTarget("flops", flops), timeout=stage_timeout)
+    report = run_prune(loaded, config, Path(out), measure_latency=False)
     check = report["correctness"][-1]
     row = {"status": "ok", "ratio": report["achieved"]["flops_ratio"], "diff": report["onnx"]["max_abs_diff"],
            "scale": report["onnx"]["max_abs_output"],
@@ -45,11 +52,12 @@ print("ROW " + json.dumps(row))
 """
 
 
-def run_one(name: str, flops: float, timeout: int) -> dict:
+def run_one(name: str, flops: float, timeout: int, stage_timeout: float) -> dict:
     with tempfile.TemporaryDirectory() as tmp:
         start = time.perf_counter()
         try:
-            proc = subprocess.run([sys.executable, "-c", CHILD, name, os.path.join(tmp, "o"), str(flops)],
+            proc = subprocess.run([sys.executable, "-c", CHILD, name, os.path.join(tmp, "o"), str(flops),
+                                   str(stage_timeout)],
                                   capture_output=True, text=True, timeout=timeout)
         except subprocess.TimeoutExpired:
             return {"status": f"timeout after {timeout}s", "seconds": time.perf_counter() - start}
@@ -67,11 +75,21 @@ def _line(name: str, row: dict) -> str:
     return f"| {name} | {row['status']} | - | - | - | - | {row['seconds']:.1f} |"
 
 
+def _timm_version() -> str:
+    try:
+        import timm
+    except ImportError:
+        return ""
+    return f", timm {timm.__version__}"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", help="comma-separated names (default: all torchvision classification models)")
     parser.add_argument("--flops", type=float, default=0.5)
-    parser.add_argument("--timeout", type=int, default=600, help="seconds per model")
+    parser.add_argument("--list", help="a file of model specs, one per line (timm names may omit 'timm:')")
+    parser.add_argument("--timeout", type=int, default=1800, help="outer bound: seconds per model subprocess")
+    parser.add_argument("--stage-timeout", type=float, default=600, help="prunecli --timeout: seconds per stage")
     parser.add_argument("--out", default="benchmarks/results/coverage.md")
     parser.add_argument("--resume", action="store_true", help="keep rows already in --out and run the rest")
     parser.add_argument("--retry", default="", help="with --resume: statuses to run again, e.g. crashed,timeout")
@@ -79,7 +97,12 @@ def main() -> None:
     import torch
     import torchvision
 
-    names = args.models.split(",") if args.models else torchvision.models.list_models(module=torchvision.models)
+    if args.list:
+        names = [line.strip() for line in Path(args.list).read_text().splitlines()
+                 if line.strip() and not line.startswith("#")]
+        names = [n if ":" in n else f"timm:{n}" for n in names]
+    else:
+        names = args.models.split(",") if args.models else torchvision.models.list_models(module=torchvision.models)
     rows = []
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -96,7 +119,8 @@ def main() -> None:
         f"# Coverage: `prune --flops {args.flops}` (l1, uniform, preset round_to and input shape)",
         "",
         f"Machine: {platform.machine()}, {os.cpu_count()} CPUs, torch {torch.__version__}, torchvision "
-        f"{torchvision.__version__}, threads {torch.get_num_threads()}; timeout {args.timeout}s per model.",
+        f"{torchvision.__version__}{_timm_version()}, threads {torch.get_num_threads()}; every stage bounded at "
+        f"{args.stage_timeout:g} s (prunecli --timeout), {args.timeout} s per model in all.",
         "",
         "ONNX diff: max |onnxruntime - PyTorch| over batches 1 and 2; output scale: max |PyTorch output| "
         "(random init: a near-zero scale makes any absolute diff small). Check: the pruned model against the dense "
@@ -107,7 +131,7 @@ def main() -> None:
         "|---|---|---:|---:|---:|---|---:|",
     ]
     for name in names:
-        row = done.get(name) or run_one(name, args.flops, args.timeout)
+        row = done.get(name) or run_one(name, args.flops, args.timeout, args.stage_timeout)
         rows.append((name, row))
         print(_line(name, row), flush=True)
         ok = sum(1 for _, r in rows if r["status"] == "ok")

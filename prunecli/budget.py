@@ -21,6 +21,7 @@ from dataclasses import dataclass
 
 from .cost import count_flops, count_params
 from .errors import BudgetNotMet, UsageError
+from .plan import shape_removal
 from .shrink import remove_channels_
 
 
@@ -30,7 +31,7 @@ class CostOracle:
     def __init__(self, model, example_input, groups) -> None:
         self._meta = copy.deepcopy(model).to("meta")
         self._x = example_input.to("meta")
-        self._channels = {g.root: g.channels for g in groups}
+        self._groups = list(groups)
         self._cache: dict[tuple, dict[str, int]] = {}
         self.evaluations = 0
 
@@ -38,8 +39,7 @@ class CostOracle:
         key = tuple(sorted(counts.items()))
         if key not in self._cache:
             model = copy.deepcopy(self._meta)
-            remove = {r: list(range(k, self._channels[r])) for r, k in counts.items() if k < self._channels[r]}
-            remove_channels_(model, self._x, remove)
+            remove_channels_(model, self._x, shape_removal(self._groups, counts))
             self._cache[key] = {"flops": count_flops(model, self._x), "params": count_params(model)}
             self.evaluations += 1
         return self._cache[key]

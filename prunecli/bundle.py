@@ -133,12 +133,14 @@ def rebuild_structure(recipe: dict, arch: str, origin: str | None = None):
 
 
 def _check_widths(model, plan) -> None:
+    from .attention import root_widths
+
     modules = dict(model.named_modules())
+    widths = root_widths(model, [g.root for g in plan.groups])
     for g in plan.groups:
-        module = modules.get(g.root)
-        if module is None:
+        if g.root not in modules:
             raise PlanFormatError(f"layer {g.root!r} is not in the model")
-        width = getattr(module, "out_channels", getattr(module, "out_features", None))
+        width = widths[g.root]
         if width is not None and int(width) != g.channels:
             raise PlanFormatError(f"layer {g.root} has {width} channels, the plan says {g.channels}")
 

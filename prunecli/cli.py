@@ -135,6 +135,8 @@ JsonOpt = typer.Option(False, "--json", help="Print one JSON document to stdout 
 DataHelp = "digits, imagefolder:DIR, cifar10:DIR, cifar100:DIR, fashion-mnist:DIR, mnist:DIR, file.py:factory, synthetic[:N]."
 IgnoreOpt = typer.Option([], "--ignore", help="Module name glob kept intact (repeatable).")
 MinChannelsOpt = typer.Option(1, "--min-channels", help="Fewest channels any group keeps.")
+PruneHeadsOpt = typer.Option(False, "--prune-heads", help="Attention layers lose whole heads (default: the same "
+                             "dimensions from every head).")
 WorkersOpt = typer.Option(None, "--workers", help="Data loader worker processes (default: none for data held in "
                           "memory, else the CPUs available to each process, at most 8).")
 DeviceOpt = typer.Option("auto", "--device", help="Where data stages run: auto (CUDA when available), cpu, cuda, "
@@ -166,6 +168,7 @@ def inspect(
     ignore: List[str] = typer.Option([], "--ignore", help="Module name glob to keep intact (repeatable)."),
     round_to: Optional[int] = typer.Option(None, "--round-to", min=1, help="Kept channels are multiples of N (default: preset's)."),
     min_channels: int = typer.Option(1, "--min-channels", min=1, help="Fewest channels any group keeps."),
+    prune_heads: bool = PruneHeadsOpt,
     latency: bool = typer.Option(False, "--latency", help="Measure the latency model on the runtime: per-group "
                                  "latency share and the runtime's channel blocks."),
     plot: Optional[str] = typer.Option(None, "--plot", help="With --latency: write a PNG of latency against kept "
@@ -201,14 +204,16 @@ def inspect(
         check_out_file(Path(plot), force=False, flag="--plot", inputs=_typed_inputs(model, weights, arch), suffix=".png")
     settings = _latency_settings(provider, threads, latency_batch, "p50")
     loaded = _load(model, arch, weights, trust_pickle, input_shape, preset)
-    doc = inspect_model(loaded, ignore=tuple(ignore), round_to=round_to, min_channels=min_channels)
+    doc = inspect_model(loaded, ignore=tuple(ignore), round_to=round_to, min_channels=min_channels,
+                        prune_heads=prune_heads)
     if latency:
         from .config import LatencyTarget, PruneConfig
         from .inspect import prunable_groups
         from .latency_model import describe
         from .planner import LatencyBench
 
-        analysis, _ = prunable_groups(loaded, ignore=tuple(ignore), round_to=round_to, min_channels=min_channels)
+        analysis, _ = prunable_groups(loaded, ignore=tuple(ignore), round_to=round_to, min_channels=min_channels,
+                                      prune_heads=prune_heads)
         config = PruneConfig(latency=LatencyTarget(0.5), latency_settings=settings)
         with LatencyBench(loaded, config, analysis, {}) as bench:
             doc["latency"] = describe(bench.model)
@@ -289,10 +294,14 @@ def prune(
     round_to: Optional[int] = typer.Option(None, "--round-to", help="Kept channels are multiples of N (default: preset's)."),
     ignore: List[str] = IgnoreOpt,
     min_channels: int = MinChannelsOpt,
+    prune_heads: bool = PruneHeadsOpt,
     max_group_prune: float = typer.Option(0.9, "--max-group-prune", help="global: most of a group that may go."),
     seed: int = typer.Option(0, "--seed", help="Seed for random criteria."),
     tolerance: float = typer.Option(0.01, "--tolerance", help="Achieved must be within this relative gap below the target."),
     opset: int = typer.Option(18, "--opset", help="ONNX opset."),
+    timeout: float = typer.Option(600.0, "--timeout", help="Seconds each model stage (graph, channel scoring, budget "
+                                  "fit, shrink, export) may take before the run is refused naming it; 0: no bound. "
+                                  "Fine-tuning and scans are not bounded."),
     latency: Optional[str] = typer.Option(None, "--latency", help="Latency budget on the runtime: fraction of the "
                                           "dense model's measured latency (0.6) or a time (12ms); see README."),
     no_latency: bool = typer.Option(False, "--no-latency", help="Skip the report's short dense-vs-pruned latency "
@@ -366,7 +375,7 @@ def prune(
                      latency_settings=_latency_settings(provider, threads, latency_batch, latency_stat),
                      criterion=criterion,
                      allocation=allocation, round_to=round_to, ignore=tuple(ignore), min_channels=min_channels,
-                     max_group_prune=max_group_prune, seed=seed, tolerance=tolerance, opset=opset,
+                     prune_heads=prune_heads, max_group_prune=max_group_prune, seed=seed, tolerance=tolerance, opset=opset, timeout=timeout,
                      allocation_settings=_allocation_settings(allocation, search_epochs, sensitivity_levels,
                                                               sensitivity_metric, sensitivity_batches),
                      schedule_settings=_schedule_settings(schedule, agp_steps))

@@ -155,10 +155,12 @@ class PruneConfig:
     round_to: int | None = None  # None: the preset's
     ignore: tuple[str, ...] = ()
     min_channels: int = 1
+    prune_heads: bool = False  # attention: remove whole heads instead of the same dimensions from every head
     max_group_prune: float = 0.9  # global allocation: no group loses more than this fraction
     seed: int = 0
     tolerance: float = 0.01  # achieved must be within this relative gap below the target
     opset: int = 18
+    timeout: float = 600.0  # seconds each bounded stage (graph, scores, budget fit, shrink, export) may take; 0: none
     # the allocator's and the schedule's own frozen settings (e.g. SearchConfig for learned, AgpConfig for agp),
     # declared by each where it is registered (``settings=``) and checked by prunecli.planner; None: their defaults
     allocation_settings: Any = None
@@ -179,6 +181,8 @@ class PruneConfig:
             raise ValueError(f"--max-group-prune {self.max_group_prune} must be in (0, 1]")
         if not (math.isfinite(self.tolerance) and 0 < self.tolerance < 0.5):
             raise ValueError(f"tolerance {self.tolerance} must be in (0, 0.5)")
+        if not (math.isfinite(self.timeout) and self.timeout >= 0):
+            raise ValueError(f"--timeout {self.timeout} must be seconds >= 0 (0: no bound)")
         if not 7 <= self.opset <= 23:
             raise ValueError(f"--opset {self.opset} must be between 7 and 23 (18 is the default)")
 

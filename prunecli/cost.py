@@ -10,6 +10,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from dataclasses import dataclass
 
 from .interrupts import torch_pruning
@@ -33,11 +35,34 @@ class Cost:
         }
 
 
+@contextlib.contextmanager
+def _flop_counter():
+    """FlopCounterMode that counts attention wherever it runs. Torch counts the CUDA attention kernels and the
+    unfused matmuls, but not ``_scaled_dot_product_flash_attention_for_cpu`` nor nn.MultiheadAttention's inference
+    fast path (``_native_multi_head_attention``, projections included): an attention model counted on the CPU
+    would lose those FLOPs, while a copy counted on the meta device (the unfused path) would not. So the CPU kernel
+    gets the formula of the CUDA ones, and the fast path is off while counting."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode, sdpa_flop_count
+
+    def cpu_attention(query_shape, key_shape, value_shape, *args, out_shape=None, **kwargs) -> int:
+        return sdpa_flop_count(query_shape, key_shape, value_shape)
+
+    cpu_kernel = getattr(torch.ops.aten, "_scaled_dot_product_flash_attention_for_cpu", None)
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with FlopCounterMode(display=False,
+                             custom_mapping={cpu_kernel: cpu_attention} if cpu_kernel is not None else None) as counter:
+            yield counter
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+
+
 def count_flops(model, example_input) -> int:
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    with torch.no_grad(), _flop_counter() as counter:
         model(example_input)
     return int(counter.get_total_flops())
 
@@ -45,9 +70,8 @@ def count_flops(model, example_input) -> int:
 def module_flops(model, example_input) -> dict[str, int]:
     """FLOPs per module name, exclusive of its submodules (so the values add up to the total)."""
     import torch
-    from torch.utils.flop_counter import FlopCounterMode
 
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    with torch.no_grad(), _flop_counter() as counter:
         model(example_input)
     root = type(model).__name__
     inclusive: dict[str, int] = {}

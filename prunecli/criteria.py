@@ -156,7 +156,10 @@ def channel_scores(model, example_input, roots_and_channels, criterion: str, see
                     notes.append(f"{root}: --criterion {criterion} failed in Torch-Pruning ({type(exc).__name__}: "
                                  f"{str(exc).splitlines()[0][:120] if str(exc) else ''}); scored by the L1 norm of "
                                  f"{root}'s own filters instead")
-        scores[root] = np.asarray(value.detach().cpu().double().numpy(), dtype=np.float64)
+        value = value.detach().cpu().double()
+        if value.numel() == 3 * channels:  # a fused qkv projection: one score per q, k and v row of a channel
+            value = value.reshape(3, channels).sum(dim=0)
+        scores[root] = np.asarray(value.numpy(), dtype=np.float64)
     if criterion == "taylor":
         model.zero_grad(set_to_none=True)
     for m in model.modules():  # drop activation statistics left on modules

@@ -17,8 +17,10 @@ import fnmatch
 import math
 from dataclasses import asdict, dataclass, field
 
+from . import attention
 from .cost import count_flops, count_params, module_flops
-from .errors import RuntimeFailure
+from .errors import RuntimeFailure, UsageError
+from .plan import shape_removal
 from .shrink import build_graph, remove_channels_
 
 
@@ -33,7 +35,8 @@ class GroupInfo:
     params_share: float  # share of model params in the layers it touches
     step: int  # kept counts are multiples of this (round_to and grouped-conv channel groups)
     min_keep: int  # fewest channels the group may keep under the current constraints
-    channel_groups: int = 1  # grouped convs: every conv group keeps the same positions
+    channel_groups: int = 1  # grouped convs, attention heads: every conv group / head keeps the same positions
+    block: int = 1  # --prune-heads: channels go in whole blocks of this many (a head's width)
 
     def to_json(self) -> dict:
         data = asdict(self)
@@ -121,7 +124,7 @@ def _channel_step(graph, group, round_to: int, names: dict) -> tuple[int, int]:
                 raise Unalignable(f"its {channels} channels cover {len(idxs)} of the {width} "
                                   f"{'output' if out else 'input'} channels of grouped conv {names.get(module, '?')} "
                                   f"({groups} groups), so removing any would leave its groups unequal")
-        ch_groups = math.lcm(ch_groups, groups)
+        ch_groups = math.lcm(ch_groups, groups, attention.member_channel_groups(module))
     return math.lcm(max(1, round_to), ch_groups), ch_groups
 
 
@@ -142,11 +145,22 @@ def analyse(
     min_channels: int = 1,
     keep_head: bool = True,
     measure_range: bool = True,
+    prune_heads: bool = False,
 ) -> GraphAnalysis:
-    """Groups, unprunable layers and (with ``measure_range``) the smallest reachable FLOPs/params."""
+    """Groups, unprunable layers and (with ``measure_range``) the smallest reachable FLOPs/params.
+
+    A group rooted at an attention layer's fused qkv projection has one channel per q/k/v triple; it loses the
+    same positions in every head, or with ``prune_heads`` whole heads (:mod:`prunecli.attention`)."""
     import torch
 
     names = {m: n for n, m in model.named_modules()}
+    found_heads = attention.find(model)
+    qkv_heads = attention.by_qkv(found_heads)
+    if prune_heads and not qkv_heads:
+        raise UsageError("--prune-heads: " + (
+            "this model's attention is nn.MultiheadAttention, whose heads are slices of the embedding and are not "
+            "removed separately; drop --prune-heads (every head then loses the same dimensions)" if found_heads else
+            "the model has no attention layer prunecli knows (timm's Attention); drop --prune-heads"))
     graph = build_graph(model, example_input)
     total_flops = count_flops(model, example_input)
     total_params = count_params(model)
@@ -169,12 +183,23 @@ def analyse(
     raw_groups = list(graph.get_all_groups(ignored_layers=ignored_modules, root_module_types=_prunable_types()))
     for group in raw_groups:
         root_module = group[0].dep.target.module
-        channels = len(group[0].idxs)
+        channels, block = len(group[0].idxs), 1
         try:
             step, ch_groups = _channel_step(graph, group, round_to, names)
         except Unalignable as why:
             reasons[names[root_module]] = str(why)
             continue
+        heads = qkv_heads.get(names[root_module])
+        if heads is not None:
+            layout = attention.qkv_layout(heads, prune_heads)
+            if isinstance(layout, str):
+                reasons[names[root_module]] = layout
+                continue
+            channels, head_groups, block = layout
+            if block > 1:  # whole heads: round_to does not apply to a head count
+                step, ch_groups = block, 1
+            else:
+                step, ch_groups = math.lcm(step, head_groups), math.lcm(ch_groups, head_groups)
         touched = []
         for dep, _ in group:
             module = dep.target.module
@@ -196,6 +221,7 @@ def analyse(
                 step=step,
                 min_keep=min_keep_for(channels, step, min_channels),
                 channel_groups=ch_groups,
+                block=block,
             )
         )
 
@@ -223,7 +249,7 @@ def analyse(
 
 
 def _keep_first(groups: list[GroupInfo]) -> dict[str, list[int]]:
-    return {g.root: list(range(g.min_keep, g.channels)) for g in groups if g.min_keep < g.channels}
+    return shape_removal(groups, {g.root: g.min_keep for g in groups})
 
 
 def _try_prune(model, example_input, remove) -> tuple[object | None, str | None]:

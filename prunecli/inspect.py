@@ -31,19 +31,23 @@ def constraints_for(loaded: LoadedModel, ignore: tuple[str, ...], round_to: int 
     return patterns, step
 
 
-def prunable_groups(loaded: LoadedModel, *, ignore=(), round_to=None, min_channels: int = 1):
+def prunable_groups(loaded: LoadedModel, *, ignore=(), round_to=None, min_channels: int = 1, prune_heads: bool = False):
     """(analysis, round_to) as `prune` sees the model: groups whose removal breaks the forward pass
     (e.g. a width the model's Python code hard-codes, as ViT's hidden_dim) are found on a meta-device
     trial and marked unprunable."""
     patterns, step = constraints_for(loaded, tuple(ignore), round_to)
     analysis = analyse(loaded.model, loaded.example_input, ignore=patterns, round_to=step,
-                       min_channels=min_channels, measure_range=True)
+                       min_channels=min_channels, measure_range=True, prune_heads=prune_heads)
     return analysis, step
 
 
-def inspect_model(loaded: LoadedModel, *, ignore=(), round_to=None, min_channels: int = 1) -> dict:
+def inspect_model(loaded: LoadedModel, *, ignore=(), round_to=None, min_channels: int = 1,
+                  prune_heads: bool = False) -> dict:
+    from . import attention
+
     patterns, step = constraints_for(loaded, tuple(ignore), round_to)
-    analysis = analyse(loaded.model, loaded.example_input, ignore=patterns, round_to=step, min_channels=min_channels)
+    analysis = analyse(loaded.model, loaded.example_input, ignore=patterns, round_to=step, min_channels=min_channels,
+                       prune_heads=prune_heads)
     return {
         "schema_version": SCHEMA_VERSION,
         "model": loaded.display_name,
@@ -58,5 +62,7 @@ def inspect_model(loaded: LoadedModel, *, ignore=(), round_to=None, min_channels
         "not_prunable": [{"layer": n.layer, "reason": n.reason} for n in analysis.not_prunable],
         "min_flops_ratio": analysis.min_flops_ratio,
         "min_params_ratio": analysis.min_params_ratio,
-        "constraints": {"round_to": step, "min_channels": min_channels, "ignore": list(patterns)},
+        "constraints": {"round_to": step, "min_channels": min_channels, "ignore": list(patterns),
+                        "prune_heads": prune_heads},
+        "attention": [h.to_json() for h in attention.find(loaded.model).values()],
     }

@@ -74,6 +74,17 @@ class LoadedModel:
 
 
 # --------------------------------------------------------------------------- small parsers
+def declared_input_shape(model) -> tuple[int, ...] | None:
+    """The input size a model declares for itself (timm's ``pretrained_cfg["input_size"]``, e.g. (3, 160, 160)),
+    as a batch-1 shape; None when it declares none. A ViT built for one size resamples its position embedding
+    (bicubic, antialiased) at any other, which is neither what it was trained at nor exportable to ONNX."""
+    config = getattr(model, "pretrained_cfg", None)
+    size = config.get("input_size") if isinstance(config, dict) else None
+    if isinstance(size, (tuple, list)) and len(size) == 3 and all(isinstance(v, int) and v > 0 for v in size):
+        return (1, *size)
+    return None
+
+
 def parse_input_shape(text: str, flag: str = "--input-shape") -> tuple[int, ...]:
     """``1,3,224,224`` or ``1x3x224x224`` -> (1, 3, 224, 224)."""
     parts = [p for p in re.split(r"[,x\s]+", text.strip()) if p]
@@ -238,7 +249,8 @@ def load_model(
     check_finite(model, f"MODEL {source or spec}")
     name = arch_name(arch_spec)
     chosen = get_preset(preset) if preset else match_preset(name, type(model).__name__)
-    shape = input_shape or stored_shape or (chosen.input_shape_for(name) if chosen else DEFAULT_INPUT_SHAPE)
+    shape = (input_shape or stored_shape or declared_input_shape(model)
+             or (chosen.input_shape_for(name) if chosen else DEFAULT_INPUT_SHAPE))
     check_shape_fits(model, tuple(shape), "--input-shape" if input_shape else "input shape (pass --input-shape)")
     generator = torch.Generator().manual_seed(0)
     example = torch.randn(*shape, generator=generator)

@@ -59,16 +59,50 @@ class Plan:
                     allocation=str(data.get("allocation", "")))
 
 
-def select_keep(scores: np.ndarray, keep: int, channel_groups: int = 1) -> tuple[int, ...]:
-    """The ``keep`` highest-scoring channels. With channel groups (grouped convs) every group keeps the
-    same positions, chosen by the mean score across groups, so the grouped conv stays valid."""
+def pooled_scores(scores: np.ndarray, channel_groups: int = 1, block: int = 1) -> np.ndarray:
+    """One score per channel, pooled where channels go together: with channel groups (grouped convs, attention
+    heads) each position gets its mean across the groups; with blocks (whole heads) each channel gets its block's
+    mean. The result is aligned with the channels."""
+    values = np.asarray(scores, dtype=np.float64)
+    if channel_groups > 1:
+        values = np.tile(values.reshape(channel_groups, -1).mean(axis=0), channel_groups)
+    if block > 1:
+        values = np.repeat(values.reshape(-1, block).mean(axis=1), block)
+    return values
+
+
+def select_keep(scores: np.ndarray, keep: int, channel_groups: int = 1, block: int = 1) -> tuple[int, ...]:
+    """The ``keep`` highest-scoring channels. With channel groups (grouped convs, attention heads) every group
+    keeps the same positions, chosen by the mean score across groups, so the grouped conv stays valid; with
+    blocks (``--prune-heads``) whole blocks are kept, chosen by their mean score."""
     channels = len(scores)
     if keep >= channels:
         return tuple(range(channels))
+    values = pooled_scores(scores, 1, block) if block > 1 else np.asarray(scores, dtype=np.float64)
+    if block > 1:
+        blocks = np.sort(np.argsort(-values[::block], kind="stable")[:keep // block])
+        return tuple(int(b * block + i) for b in blocks for i in range(block))
     if channel_groups > 1:
         size = channels // channel_groups
         per_group = keep // channel_groups
-        position_scores = scores.reshape(channel_groups, size).mean(axis=0)
+        position_scores = values.reshape(channel_groups, size).mean(axis=0)
         positions = np.sort(np.argsort(-position_scores, kind="stable")[:per_group])
         return tuple(int(p + size * g) for g in range(channel_groups) for p in positions)
-    return tuple(int(i) for i in np.sort(np.argsort(-scores, kind="stable")[:keep]))
+    return tuple(int(i) for i in np.sort(np.argsort(-values, kind="stable")[:keep]))
+
+
+def first_kept(channels: int, keep: int, channel_groups: int = 1, block: int = 1) -> tuple[int, ...]:
+    """A valid choice of ``keep`` channels that keeps the first positions (of every channel group) or the first
+    blocks: where only the pruned model's shapes matter (costs, latency, the reachable range)."""
+    return select_keep(np.arange(channels, 0, -1, dtype=np.float64), keep, channel_groups, block)
+
+
+def shape_removal(groups, counts: dict) -> dict[str, list[int]]:
+    """{root: channels to remove} so that each group keeps ``counts[root]`` (:func:`first_kept`)."""
+    removal = {}
+    for g in groups:
+        k = counts.get(g.root, g.channels)
+        if k < g.channels:
+            kept = set(first_kept(g.channels, k, g.channel_groups, g.block))
+            removal[g.root] = [i for i in range(g.channels) if i not in kept]
+    return removal

@@ -18,10 +18,11 @@ from . import allocate
 from .budget import CostOracle, counts_after, fit_budget
 from .config import PruneConfig
 from .criteria import CRITERIA, channel_scores
+from .deadline import bounded
 from .errors import RuntimeFailure, UsageError
 from .inspect import prunable_groups
 from .load import LoadedModel
-from .plan import GroupPlan, Plan, select_keep
+from .plan import GroupPlan, Plan, first_kept, select_keep
 from .shrink import remove_channels_
 
 
@@ -119,7 +120,8 @@ class LatencyBench:
         shapes only), exported with the dense model's exporter and timed interleaved with it."""
         from .export import export_onnx
 
-        plan = Plan(tuple(GroupPlan(g.root, g.channels, tuple(range(counts[g.root]))) for g in self.groups),
+        plan = Plan(tuple(GroupPlan(g.root, g.channels, first_kept(g.channels, counts[g.root], g.channel_groups, g.block))
+                          for g in self.groups),
                     "structure", "latency")
         path = self.dir / f"candidate{self.measured}.onnx"
         export_onnx(shrink_copy(self.loaded, plan), self.loaded.example_input, path, self.config.opset,
@@ -280,8 +282,9 @@ def plan_model(loaded: LoadedModel, config: PruneConfig, timings: dict, batches=
     round_to, staircase_note = config.round_to, None
     if latency_aware and round_to is None:
         round_to, staircase_note = staircase_round_to(loaded, config)
-    analysis, round_to = prunable_groups(loaded, ignore=config.ignore, round_to=round_to,
-                                         min_channels=config.min_channels)
+    with bounded("graph", config.timeout):
+        analysis, round_to = prunable_groups(loaded, ignore=config.ignore, round_to=round_to,
+                                             min_channels=config.min_channels, prune_heads=config.prune_heads)
     if not analysis.groups:
         if config.ignore:
             raise UsageError(f"--ignore {' --ignore '.join(config.ignore)} leaves no prunable channel group in "
@@ -293,8 +296,9 @@ def plan_model(loaded: LoadedModel, config: PruneConfig, timings: dict, batches=
 
     t0 = time.perf_counter()
     notes: list[str] = []
-    scores = channel_scores(loaded.model, loaded.example_input, [(g.root, g.channels) for g in analysis.groups],
-                            config.criterion, seed=config.seed, batches=batches, notes=notes)
+    with bounded("channel scoring", config.timeout):
+        scores = channel_scores(loaded.model, loaded.example_input, [(g.root, g.channels) for g in analysis.groups],
+                                config.criterion, seed=config.seed, batches=batches, notes=notes)
     timings["score_s"] = time.perf_counter() - t0
     evidence = _evidence(allocator, loaded, config, analysis, data, batches, progress, timings, placement)
     if notes:
@@ -314,19 +318,20 @@ def plan_model(loaded: LoadedModel, config: PruneConfig, timings: dict, batches=
                 + (f" and --max-group-prune {config.max_group_prune}" if config.allocation in ("global", "latency") else "")
                 + "; lower those (or drop --ignore patterns) to reach further")
         oracle = CostOracle(loaded.model, loaded.example_input, analysis.groups)
-        if config.latency is not None:
-            fit, evidence["latency"] = _fit_with_latency(bench, analysis, order, targets, oracle, dense, config, hint,
-                                                         evidence.get("prefer"), timings)
-            evidence["latency"]["model"] = bench.model.to_json()
-            evidence["latency"]["predicted_ms"] = bench.model.predict(fit.counts)
-            evidence["latency"]["dense_ms"] = bench.dense_ms
-            evidence["latency"]["exporter"] = bench.exporter
-        else:
-            fit = fit_budget(analysis.groups, order, targets, oracle, dense, tolerance=config.tolerance, hint=hint,
-                             prefer=evidence.get("prefer"))
-            if bench is not None:
-                evidence["latency"] = {"model": bench.model.to_json(), "predicted_ms": bench.model.predict(fit.counts),
-                                       "dense_ms": bench.dense_ms, "exporter": bench.exporter}
+        with bounded("budget fit", config.timeout):
+            if config.latency is not None:
+                fit, evidence["latency"] = _fit_with_latency(bench, analysis, order, targets, oracle, dense, config, hint,
+                                                             evidence.get("prefer"), timings)
+                evidence["latency"]["model"] = bench.model.to_json()
+                evidence["latency"]["predicted_ms"] = bench.model.predict(fit.counts)
+                evidence["latency"]["dense_ms"] = bench.dense_ms
+                evidence["latency"]["exporter"] = bench.exporter
+            else:
+                fit = fit_budget(analysis.groups, order, targets, oracle, dense, tolerance=config.tolerance, hint=hint,
+                                 prefer=evidence.get("prefer"))
+                if bench is not None:
+                    evidence["latency"] = {"model": bench.model.to_json(), "predicted_ms": bench.model.predict(fit.counts),
+                                           "dense_ms": bench.dense_ms, "exporter": bench.exporter}
         timings["search_s"] = time.perf_counter() - t0
     finally:
         if bench is not None:
@@ -335,7 +340,7 @@ def plan_model(loaded: LoadedModel, config: PruneConfig, timings: dict, batches=
 
     plan = Plan(
         groups=tuple(
-            GroupPlan(g.root, g.channels, select_keep(scores[g.root], fit.counts[g.root], g.channel_groups))
+            GroupPlan(g.root, g.channels, select_keep(scores[g.root], fit.counts[g.root], g.channel_groups, g.block))
             for g in analysis.groups
         ),
         criterion=config.criterion if "scores" not in evidence else f"{config.criterion} (search: bn|l1 on searched weights)",
@@ -345,7 +350,7 @@ def plan_model(loaded: LoadedModel, config: PruneConfig, timings: dict, batches=
     return PlanResult(plan, analysis, fit, dense, targets, round_to, source, evidence)
 
 
-def shrink_copy(loaded: LoadedModel, plan: Plan, checks: list | None = None):
+def shrink_copy(loaded: LoadedModel, plan: Plan, checks: list | None = None, timeout: float | None = None):
     """A physically pruned copy; the loaded model is left as it was. ``checks`` (if given) gets the result of
     checking the copy against the dense model (:func:`prunecli.shrink.check_against_dense`), which raises
     VerificationFailed (exit 3) when the pruning is wrong."""
@@ -353,14 +358,15 @@ def shrink_copy(loaded: LoadedModel, plan: Plan, checks: list | None = None):
 
     from .shrink import check_against_dense
 
-    pruned = copy.deepcopy(loaded.model)
-    remove_channels_(pruned, loaded.example_input, plan.removed())
-    pruned.eval()
-    with torch.no_grad():
-        before = loaded.model(loaded.example_input)
-        after = pruned(loaded.example_input)
-    if tuple(before.shape) != tuple(after.shape):
-        raise RuntimeFailure(f"pruning changed the output shape {tuple(before.shape)} -> {tuple(after.shape)}")
-    if checks is not None:
-        checks.append(check_against_dense(loaded.model, pruned, loaded.example_input, plan.removed()))
+    with bounded("shrink", timeout):
+        pruned = copy.deepcopy(loaded.model)
+        remove_channels_(pruned, loaded.example_input, plan.removed())
+        pruned.eval()
+        with torch.no_grad():
+            before = loaded.model(loaded.example_input)
+            after = pruned(loaded.example_input)
+        if tuple(before.shape) != tuple(after.shape):
+            raise RuntimeFailure(f"pruning changed the output shape {tuple(before.shape)} -> {tuple(after.shape)}")
+        if checks is not None:
+            checks.append(check_against_dense(loaded.model, pruned, loaded.example_input, plan.removed()))
     return pruned

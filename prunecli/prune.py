@@ -16,6 +16,7 @@ from .bundle import ONNX, RECIPE, WEIGHTS, make_recipe, write_weights
 from .config import PruneConfig
 from .cost import FLOPS_LABEL, MACS_LABEL, PARAMS_LABEL, measure
 from .errors import BudgetNotMet, UsageError
+from .deadline import bounded
 from .export import export_onnx, export_verified, external_data_name
 from .inspect import constraints_for
 from .load import LoadedModel
@@ -277,7 +278,8 @@ def run_prune(loaded: LoadedModel, config: PruneConfig, out: Path, *, force: boo
 
     with atomic_dir(out, force, merge=training, keep=(RECIPE,)) as tmp:
         t0 = time.perf_counter()
-        exporter, check = export_verified(pruned, loaded.example_input, tmp / ONNX, config.opset, loaded.input_shape)
+        with bounded("export", config.timeout):
+            exporter, check = export_verified(pruned, loaded.example_input, tmp / ONNX, config.opset, loaded.input_shape)
         timings["export_verify_s"] = time.perf_counter() - t0
         files = [ONNX] + ([external_data_name(tmp / ONNX)] if (tmp / external_data_name(tmp / ONNX)).exists() else [])
         report["onnx"] = {"file": ONNX, "files": files, "self_contained": len(files) == 1, "opset": config.opset,
@@ -341,11 +343,12 @@ def input_paths(loaded: LoadedModel) -> list[Path]:
 
 def _group_rows(first_plan: Plan, pruned) -> list[dict]:
     """Channels per group before (dense) and after (the final model's root layer width)."""
-    modules = dict(pruned.named_modules())
+    from .attention import root_widths
+
+    widths = root_widths(pruned, [g.root for g in first_plan.groups])
     rows = []
     for g in first_plan.groups:
-        module = modules.get(g.root)
-        after = getattr(module, "out_channels", getattr(module, "out_features", None))
+        after = widths[g.root]
         rows.append({"root": g.root, "before": g.channels, "after": int(after) if after is not None else len(g.keep),
                      "removed": g.channels - (int(after) if after is not None else len(g.keep))})
     return rows

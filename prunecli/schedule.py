@@ -114,7 +114,7 @@ def oneshot(ctx: Context) -> Outcome:
     elif ctx.world.main:  # under torchrun rank 0 decides the plan (and recalibrates) alone, then sends it
         r = plan_model(ctx.loaded, ctx.config, ctx.timings, batches=ctx.batches, data=ctx.data, progress=ctx.progress,
                    placement=ctx.placement)
-        model = shrink_copy(r.source, r.plan, checks=r.evidence.setdefault("correctness", []))
+        model = shrink_copy(r.source, r.plan, checks=r.evidence.setdefault("correctness", []), timeout=ctx.config.timeout)
         outcome = Outcome(model, [r.plan], r.analysis, r.fit.cost, _recalibrate_and_measure(ctx, model),
                           round_to=r.round_to, evidence=r.evidence)
         broadcast(ctx.world, {"plans": [p.to_json() for p in outcome.plans], "fit_cost": outcome.fit_cost,
@@ -173,9 +173,9 @@ def agp(ctx: Context) -> Outcome:
         changing = [g for g in analysis.groups if counts[g.root] < width[g.root]]
         scores = channel_scores(current.model, current.example_input, [(g.root, width[g.root]) for g in changing],
                                 ctx.config.criterion, seed=ctx.config.seed, batches=ctx.batches)
-        plan = Plan(tuple(GroupPlan(g.root, width[g.root], select_keep(scores[g.root], counts[g.root], g.channel_groups))
+        plan = Plan(tuple(GroupPlan(g.root, width[g.root], select_keep(scores[g.root], counts[g.root], g.channel_groups, g.block))
                           for g in changing), ctx.config.criterion, ctx.config.allocation)
-        model = shrink_copy(current, plan, checks=r.evidence.setdefault("correctness", []))
+        model = shrink_copy(current, plan, checks=r.evidence.setdefault("correctness", []), timeout=ctx.config.timeout)
         plans.append(plan)
         width.update({g.root: counts[g.root] for g in changing})
         accuracy = _recalibrate_and_measure(ctx, model)
@@ -214,7 +214,7 @@ def soft(ctx: Context) -> Outcome:
     def current_plan(net) -> Plan:
         scores = channel_scores(net, ctx.loaded.example_input, [(g.root, g.channels) for g in analysis.groups],
                                 ctx.config.criterion, seed=ctx.config.seed, batches=ctx.batches)
-        return Plan(tuple(GroupPlan(r, by_root[r].channels, select_keep(scores[r], counts[r], by_root[r].channel_groups))
+        return Plan(tuple(GroupPlan(r, by_root[r].channels, select_keep(scores[r], counts[r], by_root[r].channel_groups, by_root[r].block))
                           for r in counts), ctx.config.criterion, ctx.config.allocation)
 
     def zero_lowest(net) -> None:
@@ -223,7 +223,7 @@ def soft(ctx: Context) -> Outcome:
     result = _fit(ctx, model, ctx.finetune.epochs, "soft filter pruning", after_epoch=_on_cpu(ctx, zero_lowest))
     final = current_plan(model)
     pruned = shrink_copy(dataclasses.replace(ctx.loaded, model=model), final,
-                         checks=r.evidence.setdefault("correctness", []))
+                         checks=r.evidence.setdefault("correctness", []), timeout=ctx.config.timeout)
     accuracy = _recalibrate_and_measure(ctx, pruned)
     outcome = Outcome(pruned, [final], analysis, r.fit.cost, accuracy, round_to=r.round_to, evidence=r.evidence)
     outcome.history, outcome.interrupted, outcome.best_epoch = result.history, result.interrupted, result.best_epoch

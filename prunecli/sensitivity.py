@@ -219,7 +219,7 @@ def run_scan(model, example_input, groups, eval_batches, config: SensitivityConf
         points = []
         for level, removed in zip(config.levels, removed_counts(group, config.levels)):
             if removed not in measured:
-                keep = set(select_keep(scores[group.root], group.channels - removed, group.channel_groups))
+                keep = set(select_keep(scores[group.root], group.channels - removed, group.channel_groups, group.block))
                 drop = {group.root: [i for i in range(group.channels) if i not in keep]}
                 if exact:
                     zero_channels_(work, example_input, drop, graph=graph)

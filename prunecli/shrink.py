@@ -34,9 +34,13 @@ def remove_channels_(model, example_input, remove: Mapping[str, Sequence[int]], 
     """Remove ``remove[root_name]`` output channels of each group's root, with all coupled layers.
 
     Groups are pruned one after another on one graph, which Torch-Pruning keeps consistent
-    (concat offsets are remapped as earlier groups shrink).
+    (concat offsets are remapped as earlier groups shrink). Attention layers are then updated to their new
+    heads (:func:`prunecli.attention.refresh_`).
     """
+    from . import attention
+
     graph = graph if graph is not None else build_graph(model, example_input)
+    heads = attention.find(model)
     modules = dict(model.named_modules())
     for root_name, idxs in remove.items():
         idxs = sorted(int(i) for i in idxs)
@@ -48,6 +52,7 @@ def remove_channels_(model, example_input, remove: Mapping[str, Sequence[int]], 
         pruner = graph.get_pruner_of_module(module)
         group = graph.get_pruning_group(module, pruner.prune_out_channels, idxs)
         group.prune()
+    attention.refresh_(model, heads, remove)
 
 
 def zero_channels_(model, example_input, remove: Mapping[str, Sequence[int]], graph=None) -> None:
@@ -85,11 +90,34 @@ _ACROSS_CHANNELS = ("LayerNorm", "GroupNorm", "LocalResponseNorm", "MultiheadAtt
 TOLERANCE = 1e-4  # relative to the largest output magnitude
 
 
-def _blocker(model) -> str | None:
-    """Why the zeroed-dense identity cannot be claimed for ``model`` (None when it can)."""
+def _touched(model, graph, remove: Mapping[str, Sequence[int]]) -> tuple[list, bool]:
+    """(modules whose channels the removal touches, whether it touches a bare parameter such as a position
+    embedding)."""
+    modules = dict(model.named_modules())
+    names = {m: n for n, m in modules.items()}
+    touched, bare = [], False
+    for root_name, idxs in remove.items():
+        if not idxs:
+            continue
+        module = modules[root_name]
+        group = graph.get_pruning_group(module, graph.get_pruner_of_module(module).prune_out_channels,
+                                        sorted(int(i) for i in idxs))
+        for dep, _ in group:
+            target = dep.target.module
+            if target in names:
+                touched.append((names[target], target))
+            elif type(target).__name__ == "UnwrappedParameter":
+                bare = True
+    return touched, bare
+
+
+def _blocker(model, graph, remove: Mapping[str, Sequence[int]]) -> str | None:
+    """Why the zeroed-dense identity cannot be claimed for this removal (None when it can): a layer the removed
+    channels pass through mixes channels, or holds parameters prunecli does not zero."""
     import torch
 
-    for name, module in model.named_modules():
+    touched, bare = _touched(model, graph, remove)
+    for name, module in touched:
         kinds = {cls.__name__ for cls in type(module).__mro__}
         if kinds & set(_ACROSS_CHANNELS):
             return f"{name} ({type(module).__name__}) mixes channels, so a zeroed channel is not a removed one there"
@@ -98,33 +126,45 @@ def _blocker(model) -> str | None:
         own = [p for p in module.parameters(recurse=False)]
         if own and not kinds & set(_LINEAR_KINDS) and not isinstance(module, torch.nn.PReLU):
             return f"{name} ({type(module).__name__}) has parameters prunecli does not zero"
+    if bare:
+        return "a removed channel runs through a bare parameter (e.g. a position embedding) prunecli does not zero"
     return None
 
 
 def check_against_dense(source, pruned, example_input, remove: Mapping[str, Sequence[int]]) -> dict:
-    """Is ``pruned`` the dense model without the removed channels? Where the identity holds (BatchNorm/ReLU-style
-    networks), the dense model with the removed channels zeroed (weights, biases, norm affines of every layer
-    the groups couple) must give the pruned model's outputs on a random input, within float tolerance; a
-    difference means the channels removed are not the channels planned (VerificationFailed, exit 3). Elsewhere
-    only the output shape is compared, and the result says why."""
+    """Is ``pruned`` the dense model without the removed channels? Where the identity holds (the removed channels
+    pass only through convs, linear layers, BatchNorm, activations with f(0)=0, pooling, adds, concats and
+    attention heads), the dense model with the removed channels zeroed (weights, biases, norm affines of every
+    layer the groups couple) must give the pruned model's outputs on a random input, within float tolerance; a
+    difference means the channels removed are not the channels planned (VerificationFailed, exit 3). Where a
+    removed channel passes a layer that mixes channels (LayerNorm, GroupNorm), only the output shape is compared,
+    and the result says why. Attention layers' heads must agree with their weights either way."""
     import copy
 
     import torch
 
+    from . import attention
     from .errors import VerificationFailed
 
-    blocker = _blocker(source)
+    problems = attention.heads_problems(pruned)
+    if problems:
+        raise VerificationFailed(f"an attention layer's heads do not match its weights after pruning ({problems[0]}); "
+                                 "the bundle was not written")
+    found = attention.find(pruned)
+    heads = {"attention": [h.to_json() for h in found.values()]} if found else {}
+    graph = build_graph(source, example_input)
+    blocker = _blocker(source, graph, remove)
     if blocker is not None:
-        return {"check": "output shape", "identity": False, "reason": blocker}
+        return {"check": "output shape", "identity": False, "reason": blocker, **heads}
     zeroed = copy.deepcopy(source).eval()
-    zero_channels_(zeroed, example_input, remove)
+    zero_channels_(zeroed, example_input, remove)  # a graph of its own: the copy's modules
     generator = torch.Generator().manual_seed(0)
     x = torch.randn(example_input.shape, generator=generator, dtype=example_input.dtype) \
         if example_input.is_floating_point() else example_input
     with torch.no_grad():
         expected, got = zeroed(x), pruned.eval()(x)
     if not (isinstance(expected, torch.Tensor) and isinstance(got, torch.Tensor)):
-        return {"check": "output shape", "identity": False, "reason": "the model's output is not one tensor"}
+        return {"check": "output shape", "identity": False, "reason": "the model's output is not one tensor", **heads}
     if expected.shape != got.shape:
         raise VerificationFailed(f"the pruned model's output shape {tuple(got.shape)} is not the dense model's "
                                  f"{tuple(expected.shape)}; the bundle was not written")
@@ -138,4 +178,4 @@ def check_against_dense(source, pruned, example_input, remove: Mapping[str, Sequ
             "Torch-Pruning did not update some layer consistently (e.g. an attention layer's heads or a reshape "
             "over channels). The bundle was not written; --ignore the layer (see `prunecli inspect`) and retry")
     return {"check": "zeroed dense model", "identity": True, "max_abs_diff": diff, "tolerance": tolerance,
-            "output_scale": scale}
+            "output_scale": scale, **heads}

@@ -372,3 +372,37 @@ def test_the_budget_is_re_measured_on_the_final_model(cli, tmp_path, monkeypatch
     assert result.code == 1, result.stderr
     assert "--flops 0.5: the final model measures 0.32" in result.stderr and result.stderr.count("\n") == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_a_stage_past_its_time_bound_is_refused_naming_the_stage(cli, tmp_path, monkeypatch):
+    """--timeout bounds each model stage: one that would run on (here: a graph stage that sleeps) is stopped, the
+    run refused with one line naming the stage and the flag, exit 4, nothing written."""
+    import time
+
+    import prunecli.planner as planner
+
+    real = planner.prunable_groups
+    finished = []
+
+    def slow(*args, **kwargs):
+        time.sleep(30)
+        finished.append(True)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(planner, "prunable_groups", slow)
+    result = cli("prune", "tinynets:tiny_resnet", "--input-shape", "1,3,16,16", "--flops", "0.5", "--no-latency",
+                 "--timeout", "1", "--out", tmp_path / "o")
+    assert result.code == 4, result.stderr
+    assert result.stderr.count("\n") == 1 and "graph stage ran past --timeout 1 s" in result.stderr
+    assert not finished  # stopped, not waited out
+    assert not (tmp_path / "o").exists()
+    import signal
+
+    assert signal.getitimer(signal.ITIMER_REAL) == (0.0, 0.0)  # no timer left behind
+
+
+@pytest.mark.parametrize("value", ["-1", "nan"])
+def test_a_bad_timeout_is_one_line(cli, tmp_path, value):
+    result = cli("prune", "tinynets:tiny_resnet", "--input-shape", "1,3,16,16", "--flops", "0.5", "--timeout", value,
+                 "--out", tmp_path / "o")
+    assert result.code == 2 and result.stderr.count("\n") == 1 and "--timeout" in result.stderr

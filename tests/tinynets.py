@@ -252,3 +252,16 @@ class TinyGroupNorm(nn.Module):
 def tiny_groupnorm() -> nn.Module:
     torch.manual_seed(0)
     return TinyGroupNorm()
+
+
+def tiny_vit(num_classes: int = 10) -> nn.Module:
+    """torchvision's VisionTransformer at toy size (input 1x3x32x32): 8x8 patches, 2 encoder layers,
+    nn.MultiheadAttention with 4 heads of 8 dimensions, MLP 64."""
+    from torchvision.models import VisionTransformer
+
+    torch.manual_seed(0)
+    model = VisionTransformer(image_size=32, patch_size=8, num_layers=2, num_heads=4, hidden_dim=32, mlp_dim=64,
+                              num_classes=num_classes)
+    nn.init.normal_(model.heads.head.weight, std=0.2)  # torchvision zeroes the head: every output would be 0
+    nn.init.normal_(model.encoder.pos_embedding, std=0.2)
+    return model

@@ -12,6 +12,7 @@ import math
 
 import numpy as np
 
+from ..plan import pooled_scores
 from . import ALLOCATORS, removable_steps
 
 
@@ -19,9 +20,7 @@ from . import ALLOCATORS, removable_steps
 def global_(groups, scores, config, evidence=None) -> list[str]:
     events = []
     for index, group in enumerate(groups):
-        values = np.asarray(scores[group.root], dtype=np.float64)
-        if group.channel_groups > 1:
-            values = values.reshape(group.channel_groups, -1).mean(axis=0).repeat(group.channel_groups)
+        values = pooled_scores(scores[group.root], group.channel_groups, group.block)
         normalised = np.sort(values / (values.mean() + 1e-12))
         floor = math.ceil((1.0 - config.max_group_prune) * group.channels / group.step) * group.step
         for k in range(1, removable_steps(group, floor) + 1):

@@ -16,6 +16,7 @@ import math
 
 import numpy as np
 
+from ..plan import pooled_scores
 from . import ALLOCATORS, removable_steps
 
 
@@ -25,9 +26,7 @@ def latency(groups, scores, config, evidence) -> list[str]:
     counts = {g.root: g.channels for g in groups}
     importance, left = {}, {}
     for group in groups:
-        values = np.asarray(scores[group.root], dtype=np.float64)
-        if group.channel_groups > 1:
-            values = values.reshape(group.channel_groups, -1).mean(axis=0).repeat(group.channel_groups)
+        values = pooled_scores(scores[group.root], group.channel_groups, group.block)
         weight = (group.flops_share + group.params_share) / 2 / group.channels
         normalised = np.sort(values / (values.mean() + 1e-12)) * weight
         importance[group.root] = [float(normalised[k * group.step:(k + 1) * group.step].sum())

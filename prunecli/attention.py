@@ -4,7 +4,7 @@ Torch-Pruning's dependency graph removes the right weights of an attention layer
 index ``i`` (``0 <= i < heads * head_dim``) is q_i, k_i and v_i together, with the output projection's input
 ``i`` - and prunes ``nn.MultiheadAttention``'s embedding with the residual stream. It does not know which head an
 index belongs to, and it does not update what the forward pass reads (timm's ``num_heads``, ``head_dim``,
-``attn_dim`` and ``scale``; torchvision ViT's ``hidden_dim``). This module does both, for the layer kinds below:
+``attn_dim`` and ``scale``; torchvision ViT's ``hidden_dim``, which :mod:`prunecli.widths` sets). This module does both, for the layer kinds below:
 
 * **Which indices go together.** In a qkv group, the same positions in every head (every head keeps the same
   width: ``channel_groups = heads``), or with ``--prune-heads`` whole heads (``block = head_dim``). In an
@@ -177,10 +177,6 @@ def refresh_(model, before: Mapping[str, Heads], remove: Mapping[str, Sequence[i
                     _scale_queries_(module.in_proj_weight, module.in_proj_bias, module.embed_dim,
                                     math.sqrt(head_dim / heads.head_dim))
                 module.head_dim = head_dim
-        for module in model.modules():  # torchvision's VisionTransformer reshapes to its hidden_dim
-            conv_proj = getattr(module, "conv_proj", None)
-            if isinstance(getattr(module, "hidden_dim", None), int) and isinstance(conv_proj, torch.nn.Conv2d):
-                module.hidden_dim = conv_proj.out_channels
 
 
 def heads_problems(model) -> list[str]:

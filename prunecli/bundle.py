@@ -141,7 +141,7 @@ def _check_widths(model, plan) -> None:
         if g.root not in modules:
             raise PlanFormatError(f"layer {g.root!r} is not in the model")
         width = widths[g.root]
-        if width is not None and int(width) != g.channels:
+        if width is not None and int(width) % g.channels:  # a multiple: each group channel stands for several
             raise PlanFormatError(f"layer {g.root} has {width} channels, the plan says {g.channels}")
 
 

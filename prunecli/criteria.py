@@ -157,8 +157,10 @@ def channel_scores(model, example_input, roots_and_channels, criterion: str, see
                                  f"{str(exc).splitlines()[0][:120] if str(exc) else ''}); scored by the L1 norm of "
                                  f"{root}'s own filters instead")
         value = value.detach().cpu().double()
-        if value.numel() == 3 * channels:  # a fused qkv projection: one score per q, k and v row of a channel
-            value = value.reshape(3, channels).sum(dim=0)
+        if value.numel() > channels and value.numel() % channels == 0:
+            # a group channel that stands for several of its root's (a fused qkv projection's q, k and v rows;
+            # GhostNet's channel and its cheap copy): one score, summed over them
+            value = value.reshape(-1, channels).sum(dim=0)
         scores[root] = np.asarray(value.numpy(), dtype=np.float64)
     if criterion == "taylor":
         model.zero_grad(set_to_none=True)

@@ -17,7 +17,7 @@ import fnmatch
 import math
 from dataclasses import asdict, dataclass, field
 
-from . import attention
+from . import attention, tracing
 from .cost import count_flops, count_params, module_flops
 from .errors import RuntimeFailure, UsageError
 from .plan import shape_removal
@@ -128,6 +128,23 @@ def _channel_step(graph, group, round_to: int, names: dict) -> tuple[int, int]:
     return math.lcm(max(1, round_to), ch_groups), ch_groups
 
 
+def _alias_period(graph, module, channels: int) -> int | None:
+    """When Torch-Pruning's closure makes a root channel bring others of the same layer (a concatenation of a layer
+    and a per-channel function of it, as GhostNet's ``cat([x, depthwise(x)])``; a fused qkv projection), the group's
+    channels are the first ``period`` of them, each standing for every channel ``period`` apart. None otherwise (or
+    when the repeat is not that simple)."""
+    pruner = graph.get_pruner_of_module(module)
+    first = graph.get_pruning_group(module, pruner.prune_out_channels, [0])
+    same = sorted({int(i) for dep, idxs in first if dep.target.module is module
+                   and graph.is_out_channel_pruning_fn(dep.handler) for i in idxs})
+    if len(same) < 2:
+        return None
+    period = same[1] - same[0]
+    if period < 1 or channels % period or same != list(range(0, channels, period)):
+        return None
+    return period
+
+
 def min_keep_for(channels: int, step: int, min_channels: int) -> int:
     """Fewest channels a group may keep: at least ``min_channels``, a multiple of ``step``, at most all."""
     if channels % step:
@@ -180,10 +197,20 @@ def analyse(
 
     groups: list[GroupInfo] = []
     covered: set[str] = set()
-    raw_groups = list(graph.get_all_groups(ignored_layers=ignored_modules, root_module_types=_prunable_types()))
+    shuffled_then_split = tracing.shuffle_split_nodes(graph)
+    try:
+        raw_groups = list(graph.get_all_groups(ignored_layers=ignored_modules, root_module_types=_prunable_types()))
+    except tracing.MappingRunaway as exc:
+        raise RuntimeFailure(f"Torch-Pruning cannot group the channels of {type(model).__name__}: {exc}; this model "
+                             "cannot be pruned structurally yet") from exc
     for group in raw_groups:
         root_module = group[0].dep.target.module
         channels, block = len(group[0].idxs), 1
+        channels = _alias_period(graph, root_module, channels) or channels
+        if any(dep.target in shuffled_then_split for dep, _ in group):
+            reasons[names[root_module]] = ("its channels pass a channel shuffle that is then split into chunks, which "
+                                           "must stay equal at every block of the stage; kept intact")
+            continue
         try:
             step, ch_groups = _channel_step(graph, group, round_to, names)
         except Unalignable as why:

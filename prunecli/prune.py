@@ -246,7 +246,7 @@ def run_prune(loaded: LoadedModel, config: PruneConfig, out: Path, *, force: boo
         "budget": budget_report(config, dense, targets, achieved),
         "achieved": {"flops": pruned_cost.flops, "params": pruned_cost.params, "macs": pruned_cost.macs,
                      **pruned_cost.ratio_to(dense_cost)},
-        "groups": _group_rows(first_plan, pruned),
+        "groups": _group_rows(first_plan, loaded.model, pruned),
         "timings": timings,
     }
     if outcome.evidence.get("round_to_note"):
@@ -341,14 +341,18 @@ def input_paths(loaded: LoadedModel) -> list[Path]:
     return [loaded.source] if loaded.source is not None else []
 
 
-def _group_rows(first_plan: Plan, pruned) -> list[dict]:
-    """Channels per group before (dense) and after (the final model's root layer width)."""
+def _group_rows(first_plan: Plan, dense, pruned) -> list[dict]:
+    """Channels per group before (dense) and after (the final model's root layer width, in the group's channels:
+    a group whose channel stands for several of its root's, as GhostNet's, counts each once)."""
     from .attention import root_widths
 
-    widths = root_widths(pruned, [g.root for g in first_plan.groups])
+    roots = [g.root for g in first_plan.groups]
+    widths, dense_widths = root_widths(pruned, roots), root_widths(dense, roots)
     rows = []
     for g in first_plan.groups:
         after = widths[g.root]
+        if after is not None and dense_widths[g.root]:
+            after = after // max(1, dense_widths[g.root] // g.channels)
         rows.append({"root": g.root, "before": g.channels, "after": int(after) if after is not None else len(g.keep),
                      "removed": g.channels - (int(after) if after is not None else len(g.keep))})
     return rows

@@ -15,7 +15,10 @@ from .interrupts import torch_pruning
 
 def build_graph(model, example_input):
     """Torch-Pruning's DependencyGraph of ``model`` traced at ``example_input``."""
+    from . import tracing
+
     tp = torch_pruning()
+    tracing.install()  # channel shuffles get their index mapping (Torch-Pruning cannot trace them alone)
     modes = {m: m.training for m in model.modules()}  # the tracer switches the model to eval mode
     try:
         return tp.DependencyGraph().build_dependency(model, example_inputs=example_input, verbose=False)
@@ -35,12 +38,12 @@ def remove_channels_(model, example_input, remove: Mapping[str, Sequence[int]], 
 
     Groups are pruned one after another on one graph, which Torch-Pruning keeps consistent
     (concat offsets are remapped as earlier groups shrink). Attention layers are then updated to their new
-    heads (:func:`prunecli.attention.refresh_`).
+    heads (:func:`prunecli.attention.refresh_`) and width attributes the forward reads (:mod:`prunecli.widths`).
     """
-    from . import attention
+    from . import attention, widths
 
     graph = graph if graph is not None else build_graph(model, example_input)
-    heads = attention.find(model)
+    heads, width_attrs = attention.find(model), widths.snapshot(model)
     modules = dict(model.named_modules())
     for root_name, idxs in remove.items():
         idxs = sorted(int(i) for i in idxs)
@@ -53,6 +56,7 @@ def remove_channels_(model, example_input, remove: Mapping[str, Sequence[int]], 
         group = graph.get_pruning_group(module, pruner.prune_out_channels, idxs)
         group.prune()
     attention.refresh_(model, heads, remove)
+    widths.refresh_(model, width_attrs)
 
 
 def zero_channels_(model, example_input, remove: Mapping[str, Sequence[int]], graph=None) -> None:

@@ -83,3 +83,20 @@ def test_without_timm_the_spec_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "timm", None)
     with pytest.raises(UsageError, match=r"pip install 'prunecli\[timm\]'"):
         load_model("timm:test_resnet")
+
+
+def test_ghostnet_channels_that_stand_for_two_are_planned_once(cli, tmp_path):
+    """GhostNet concatenates a layer with a depthwise copy of it: removing channel i removes i and its copy. Such a
+    group is planned over its own channels (half the layer's), prunes to the budget and matches the dense model."""
+    result = cli("prune", "timm:ghostnet_100", *SMALL, "--flops", "0.5", "--no-latency", "--json",
+                 "--out", tmp_path / "o")
+    assert result.code == 0, result.stderr
+    report = json.loads(result.stdout)
+    (check,) = report["correctness"]
+    assert check["check"] == "zeroed dense model" and check["max_abs_diff"] <= check["tolerance"]
+    rows = {g["root"]: g for g in report["groups"]}
+    assert rows["blocks.1.0.conv_dw"]["before"] == 24  # its 48 output channels are 24 pairs
+    rebuilt = prunecli.load_bundle(tmp_path / "o")
+    dw = dict(rebuilt.named_modules())["blocks.1.0.conv_dw"]
+    assert dw.out_channels == 2 * rows["blocks.1.0.conv_dw"]["after"]
+    assert rebuilt(torch.randn(1, 3, 64, 64)).shape == (1, 1000)

@@ -265,3 +265,31 @@ def tiny_vit(num_classes: int = 10) -> nn.Module:
     nn.init.normal_(model.heads.head.weight, std=0.2)  # torchvision zeroes the head: every output would be 0
     nn.init.normal_(model.encoder.pos_embedding, std=0.2)
     return model
+
+
+class ShuffleBlock(nn.Module):
+    """Two conv branches, concatenated and channel-shuffled (ShuffleNet's view -> transpose -> view), then a conv
+    that reads the shuffled channels. Removing channel b of one branch must remove channel b of the other."""
+
+    def __init__(self, width: int = 16, groups: int = 2, num_classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 16, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(16)
+        self.branch_a = nn.Sequential(nn.Conv2d(16, width, 1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        self.branch_b = nn.Sequential(nn.Conv2d(16, width, 3, padding=1, bias=False), nn.BatchNorm2d(width), nn.ReLU())
+        self.groups = groups
+        self.mix = nn.Conv2d(2 * width, 32, 1, bias=False)
+        self.bn_mix = nn.BatchNorm2d(32)
+        self.head = nn.Linear(32, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.bn(self.stem(x)))
+        x = torch.cat([self.branch_a(x), self.branch_b(x)], dim=1)
+        n, c, h, w = x.shape
+        x = x.view(n, self.groups, c // self.groups, h, w).transpose(1, 2).contiguous().view(n, c, h, w)
+        x = torch.relu(self.bn_mix(self.mix(x)))
+        return self.head(torch.flatten(nn.functional.adaptive_avg_pool2d(x, 1), 1))
+
+
+def shuffle_block(width: int = 16, groups: int = 2) -> nn.Module:
+    return ShuffleBlock(width=width, groups=groups)

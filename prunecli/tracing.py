@@ -1,0 +1,215 @@
+"""Torch-Pruning's dependency graph, mended where it fails on real architectures (installed once per process by
+:func:`install`, which :func:`prunecli.shrink.build_graph` calls):
+
+* **channel shuffle** - an index mapping through ``view -> transpose -> view`` (below);
+* **chunks** - sized from autograd, not inferred from their consumers (:func:`_fix_chunks`);
+* **runaway index mappings** - Torch-Pruning maps a flatten by multiplying every index by the flattened size; on
+  models whose reshapes it misreads (Swin's window partitions) the index lists multiply through the graph until
+  the machine runs out of memory. A mapping that would produce more than :data:`MAX_MAPPED` indices stops the
+  trace with :class:`MappingRunaway`, which the graph stage reports as one line (exit 4) instead of hanging.
+
+Channel shuffle
+---------------
+
+ShuffleNet's ``channel_shuffle(x, g)`` views ``(n, C, h, w)`` as ``(n, g, C/g, h, w)``, swaps the two channel axes
+and flattens back: input channel ``a * C/g + b`` (group ``a``, position ``b``) becomes output channel ``b * g + a``.
+Torch-Pruning 1.6 treats the two views as a flatten and fails (a division by zero in its reshape mapping), so
+ShuffleNetV2 cannot be traced. :func:`install` gives its graph the real mapping, and one more fact: the pruned
+model's shuffle re-derives ``C/g`` from its input, so it stays the same permutation only if every one of the ``g``
+input groups loses the *same* positions. The mapping therefore ties them: removing input channel ``(a, b)`` removes
+``(a', b)`` for every group ``a'`` - and Torch-Pruning's group closure then couples the layers that feed the
+different groups (in ShuffleNetV2, the two branches before the concatenation).
+
+What the mapping cannot express: when a shuffled tensor is then split in equal chunks (ShuffleNetV2's next block
+does ``x.chunk(2, dim=1)``), the pruned chunks stay the dense chunks only if every chunk loses as many channels, at
+every block of the stage - a constraint over the whole stage's channel stream. Groups whose channels pass a shuffle
+that feeds a split are therefore kept intact (:func:`shuffle_split_nodes`; `prunecli inspect` says why); the layers
+inside each branch are pruned as usual.
+"""
+
+from __future__ import annotations
+
+_VIEWS = ("ViewBackward0", "ReshapeAliasBackward0", "UnsafeViewBackward0", "_ReshapeAliasBackward0")
+_PASS = ("CloneBackward0",)  # .contiguous() between the transpose and the second view
+
+
+def _sizes(node):
+    sizes = getattr(node.grad_fn, "_saved_self_sym_sizes", None)
+    return tuple(int(s) for s in sizes) if sizes is not None else None
+
+
+def _kind(node) -> str:
+    return type(node.grad_fn).__name__
+
+
+def _shuffle_at(node):
+    """(channels, groups) when ``node`` is the second view of a channel shuffle (its input is the transposed
+    ``(n, C/g, g, h, w)`` tensor, which came from viewing an ``(n, C, h, w)`` tensor as ``(n, g, C/g, h, w)``)."""
+    if _kind(node) not in _VIEWS:
+        return None
+    after = _sizes(node)
+    if after is None or len(after) != 5 or len(node.inputs) != 1:
+        return None
+    transpose = node.inputs[0]
+    while _kind(transpose) in _PASS and len(transpose.inputs) == 1:
+        transpose = transpose.inputs[0]
+    if _kind(transpose) != "TransposeBackward0" or len(transpose.inputs) != 1:
+        return None
+    dims = {getattr(transpose.grad_fn, "_saved_dim0", None), getattr(transpose.grad_fn, "_saved_dim1", None)}
+    first = transpose.inputs[0]
+    before = _sizes(first)
+    if dims != {1, 2} or _kind(first) not in _VIEWS or before is None or len(before) != 4:
+        return None
+    channels, groups = before[1], after[2]
+    if after[1] * groups != channels or groups < 2:
+        return None
+    return channels, groups
+
+
+class _ShuffleIndexMapping:
+    """Indices across a channel shuffle of ``channels`` in ``groups``: forward (input -> output) or reverse, each
+    index tied to the same position in every group (see the module docstring). ``stop``: no indices cross it (a
+    shuffle that feeds a split, whose groups are kept intact: following the stage's cycles of chunks and shuffles,
+    Torch-Pruning's closure would meet ever new index sets and not end)."""
+
+    def __init__(self, channels: int, groups: int, reverse: bool, stop: bool = False) -> None:
+        self.channels, self.groups, self.reverse, self.stop = channels, groups, reverse, stop
+
+    def __call__(self, idxs):
+        from torch_pruning._helpers import _HybridIndex
+
+        if self.stop:
+            return []
+        per_group, groups = self.channels // self.groups, self.groups
+        mapped = []
+        for i in idxs:
+            if self.reverse:  # output channel b * g + a  ->  input channels a' * C/g + b
+                position = i.idx // groups
+                targets = [a * per_group + position for a in range(groups)]
+            else:  # input channel a * C/g + b  ->  output channels b * g + a'
+                position = i.idx % per_group
+                targets = [position * groups + a for a in range(groups)]
+            mapped.extend(_HybridIndex(idx=t, root_idx=i.root_idx) for t in targets)
+        # sorted and unique: the closure stops revisiting a layer only when it meets the same index list again
+        return sorted(set(mapped), key=lambda i: (i.idx, -1 if i.root_idx is None else i.root_idx))
+
+
+def _feeds_split(node) -> bool:
+    return any("Split" in _kind(out) for out in node.outputs)
+
+
+def _map_shuffle(node, channels: int, groups: int) -> None:
+    stop = _feeds_split(node)
+    for consumer in node.outputs:
+        for dep in node.dependencies:
+            if dep.target is consumer:
+                dep.index_mapping[0] = _ShuffleIndexMapping(channels, groups, reverse=False, stop=stop)
+        for dep in consumer.dependencies:
+            if dep.target is node:
+                dep.index_mapping[0] = _ShuffleIndexMapping(channels, groups, reverse=True, stop=stop)
+
+
+def _first_view(node):
+    transpose = node.inputs[0]
+    while _kind(transpose) in _PASS:
+        transpose = transpose.inputs[0]
+    return transpose.inputs[0]
+
+
+def _fix_chunks(split_node) -> None:
+    """Torch-Pruning 1.6 sizes a ``chunk``'s pieces by inferring its consumers' channels, which is wrong when a piece
+    goes straight into a concatenation (ShuffleNetV2's ``x1``: it counts the concatenation's 2x), and it assumes its
+    consumers come in chunk order. Set the offsets from the sizes autograd saved, in the order the consumers use."""
+    grad_fn = split_node.grad_fn
+    size, dim = getattr(grad_fn, "_saved_split_size", None), getattr(grad_fn, "_saved_dim", None)
+    sizes = getattr(grad_fn, "_saved_self_sym_sizes", None)
+    if size is None or dim != 1 or sizes is None or int(size) <= 0:
+        return
+    total, size = int(sizes[1]), int(size)
+    pieces = [min(size, total - start) for start in range(0, total, size)]
+    order = {}
+    for consumer in split_node.outputs:
+        used = {nr for fn, nr in getattr(consumer.grad_fn, "next_functions", ()) if fn == grad_fn}
+        if len(used) != 1:
+            return  # a consumer of several pieces: leave it to Torch-Pruning
+        order[consumer] = used.pop()
+    if sorted(order.values()) != list(range(len(pieces))):
+        return
+    split_node.outputs.sort(key=order.get)
+    offsets = [0]
+    for piece in pieces:
+        offsets.append(offsets[-1] + piece)
+    split_node.module.split_sizes, split_node.module.offsets = pieces, offsets
+
+
+MAX_MAPPED = 1_000_000  # indices one mapping may produce; real channel counts are far below
+
+
+class MappingRunaway(RuntimeError):
+    """Torch-Pruning's index mapping grew past MAX_MAPPED indices (a reshape it misreads)."""
+
+
+def _guard_flatten(index_mapping) -> None:
+    flatten = index_mapping._FlattenIndexMapping
+    original_call = flatten.__call__
+
+    def __call__(self, idxs):
+        if not self.reverse and len(idxs) * self._stride > MAX_MAPPED:
+            raise MappingRunaway(f"a reshape maps {len(idxs)} channels to {len(idxs) * self._stride:,} indices "
+                                 "(Torch-Pruning misreads it, e.g. a window partition)")
+        return original_call(self, idxs)
+
+    flatten.__call__ = __call__
+
+
+def install() -> None:
+    """Teach Torch-Pruning's reshape index mapping the channel shuffle, and size chunks from autograd (once per
+    process; other reshapes and splits are left to Torch-Pruning)."""
+    from torch_pruning.dependency import index_mapping
+
+    if getattr(index_mapping.update_reshape_index_mapping, "prunecli_shuffle", False):
+        return
+    original = index_mapping.update_reshape_index_mapping
+    original_split = index_mapping.update_split_index_mapping
+
+    def update_split_index_mapping(graph, split_node):
+        _fix_chunks(split_node)
+        original_split(graph, split_node)
+
+    def update_reshape_index_mapping(graph, reshape_node):
+        shuffle = _shuffle_at(reshape_node)
+        if shuffle is not None:
+            _map_shuffle(reshape_node, *shuffle)
+            return
+        for consumer in reshape_node.outputs:  # the first view of a shuffle: the channels pass unchanged
+            if _shuffle_at_any(consumer):
+                return
+        original(graph, reshape_node)
+
+    update_reshape_index_mapping.prunecli_shuffle = True
+    index_mapping.update_reshape_index_mapping = update_reshape_index_mapping
+    index_mapping.update_split_index_mapping = update_split_index_mapping
+    _guard_flatten(index_mapping)
+
+
+def _shuffle_at_any(node) -> bool:
+    """Is ``node`` on the way from a shuffle's first view to its second (the transpose, a copy, the second view)?"""
+    seen = 0
+    while node is not None and seen < 3:
+        if _shuffle_at(node) is not None:
+            return True
+        node = node.outputs[0] if len(node.outputs) == 1 else None
+        seen += 1
+    return False
+
+
+def shuffle_split_nodes(graph) -> set:
+    """The graph nodes of every channel shuffle whose output is split into chunks (see the module docstring): a group
+    touching one of them cannot keep the chunks equal and is kept intact."""
+    found = set()
+    for node in graph.module2node.values():
+        if _shuffle_at(node) is None or not _feeds_split(node):
+            continue
+        found.update({node, _first_view(node)})
+        found.update(out for out in node.outputs if "Split" in _kind(out))  # the chunk: reached from its consumers
+    return found

@@ -169,6 +169,7 @@ def inspect(
     round_to: Optional[int] = typer.Option(None, "--round-to", min=1, help="Kept channels are multiples of N (default: preset's)."),
     min_channels: int = typer.Option(1, "--min-channels", min=1, help="Fewest channels any group keeps."),
     prune_heads: bool = PruneHeadsOpt,
+    timeout: float = typer.Option(600.0, "--timeout", help="Seconds the graph stage may take (0: no bound)."),
     latency: bool = typer.Option(False, "--latency", help="Measure the latency model on the runtime: per-group "
                                  "latency share and the runtime's channel blocks."),
     plot: Optional[str] = typer.Option(None, "--plot", help="With --latency: write a PNG of latency against kept "
@@ -198,14 +199,21 @@ def inspect(
 
     if plot is not None and not latency:
         raise UsageError("--plot draws the latency model: add --latency")
+    import math
+
+    if not (math.isfinite(timeout) and timeout >= 0):
+        raise UsageError(f"--timeout {timeout} must be seconds >= 0 (0: no bound)")
     if plot is not None:
         from .outputs import check_out_file
 
         check_out_file(Path(plot), force=False, flag="--plot", inputs=_typed_inputs(model, weights, arch), suffix=".png")
     settings = _latency_settings(provider, threads, latency_batch, "p50")
     loaded = _load(model, arch, weights, trust_pickle, input_shape, preset)
-    doc = inspect_model(loaded, ignore=tuple(ignore), round_to=round_to, min_channels=min_channels,
-                        prune_heads=prune_heads)
+    from .deadline import bounded
+
+    with bounded("graph", timeout):
+        doc = inspect_model(loaded, ignore=tuple(ignore), round_to=round_to, min_channels=min_channels,
+                            prune_heads=prune_heads)
     if latency:
         from .config import LatencyTarget, PruneConfig
         from .inspect import prunable_groups

@@ -27,6 +27,11 @@ class StageTimeout(RuntimeFailure):
     """A bounded stage ran past --timeout (exit 4)."""
 
 
+class _Alarm(BaseException):
+    """Raised by the timer inside the stage: not an Exception, so that no ``except Exception`` in the stage (or in a
+    library it calls) mistakes it for a failure of its own; :func:`bounded` turns it into StageTimeout."""
+
+
 @contextlib.contextmanager
 def bounded(stage: str, seconds: float | None):
     """Run the body within ``seconds`` (None or 0: unbounded), else raise StageTimeout naming ``stage``."""
@@ -37,14 +42,17 @@ def bounded(stage: str, seconds: float | None):
         return
 
     def on_alarm(signum, frame):
-        raise StageTimeout(f"the {stage} stage ran past --timeout {seconds:g} s on this model, so it was stopped "
-                           "and nothing was written; raise --timeout (0: no bound), or keep the layers that make it "
-                           "slow intact with --ignore (see `prunecli inspect`)")
+        raise _Alarm()
 
     previous = signal.signal(signal.SIGALRM, on_alarm)
-    signal.setitimer(signal.ITIMER_REAL, float(seconds))
     try:
+        signal.setitimer(signal.ITIMER_REAL, float(seconds))
         yield
+        signal.setitimer(signal.ITIMER_REAL, 0)  # done: no alarm may land after this
+    except _Alarm:
+        raise StageTimeout(f"the {stage} stage ran past --timeout {seconds:g} s on this model, so it was stopped "
+                           "and nothing was written; raise --timeout (0: no bound), or keep the layers that make it "
+                           "slow intact with --ignore (see `prunecli inspect`)") from None
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0)
         signal.signal(signal.SIGALRM, previous)

@@ -9,7 +9,9 @@ A name without a source is torchvision's (``resnet18``); a list names full specs
 Every stage of a run is bounded by ``--stage-timeout`` (prunecli's ``--timeout``): a model past it is refused
 naming the stage; ``--timeout`` is the outer bound on the whole subprocess.
 
-Each model is built at its preset's input shape (224x224 unless the preset says otherwise), pruned
+Weights initialised to all zeros (torchvision ViT's head) are filled with N(0, 0.02) noise, so that the outputs,
+and with them ONNX parity and the dense check, are not identically zero. Each model is built at its preset's input
+shape (224x224 unless the preset says otherwise), pruned
 with l1/uniform to --flops 0.5, exported to ONNX and verified against PyTorch in onnxruntime. The
 table records status, achieved FLOPs ratio (FlopCounterMode), max abs ONNX diff and wall seconds.
 """
@@ -38,6 +40,11 @@ name, out, flops, stage_timeout = sys.argv[1], sys.argv[2], float(sys.argv[3]), 
 t0 = time.perf_counter()
 try:
     loaded = load_model(name if ":" in name else f"torchvision:{name}")
+    import torch
+    with torch.no_grad():  # a weight initialised to all zeros (torchvision ViT's head) makes every output 0, and
+        for p in loaded.model.parameters():  # then neither ONNX parity nor the dense check can see anything
+            if p.dim() >= 2 and not p.any():
+                p.normal_(0.0, 0.02)
     config = PruneConfig(flops=BudgetTarget("flops", flops), timeout=stage_timeout)
     report = run_prune(loaded, config, Path(out), measure_latency=False)
     check = report["correctness"][-1]
@@ -93,6 +100,7 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/coverage.md")
     parser.add_argument("--resume", action="store_true", help="keep rows already in --out and run the rest")
     parser.add_argument("--retry", default="", help="with --resume: statuses to run again, e.g. crashed,timeout")
+    parser.add_argument("--rerun", default="", help="with --resume: model names to run again, comma-separated")
     args = parser.parse_args()
     import torch
     import torchvision
@@ -110,7 +118,8 @@ def main() -> None:
     if args.resume and out.is_file():
         for line in out.read_text().splitlines():
             cells = [c.strip() for c in line.strip("|").split("|")]
-            if len(cells) == 7 and cells[0] in names and not (args.retry and cells[1].startswith(tuple(args.retry.split(",")))):
+            if (len(cells) == 7 and cells[0] in names and cells[0] not in args.rerun.split(",")
+                    and not (args.retry and cells[1].startswith(tuple(args.retry.split(","))))):
                 row = {"status": cells[1], "seconds": float(cells[6])}
                 if cells[2] != "-":
                     row.update(ratio=float(cells[2]), diff=float(cells[3]), scale=float(cells[4]), check=cells[5])

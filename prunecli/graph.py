@@ -205,12 +205,12 @@ def analyse(
                              "cannot be pruned structurally yet") from exc
     for group in raw_groups:
         root_module = group[0].dep.target.module
-        channels, block = len(group[0].idxs), 1
-        channels = _alias_period(graph, root_module, channels) or channels
         if any(dep.target in shuffled_then_split for dep, _ in group):
             reasons[names[root_module]] = ("its channels pass a channel shuffle that is then split into chunks, which "
                                            "must stay equal at every block of the stage; kept intact")
             continue
+        channels, block = len(group[0].idxs), 1
+        channels = _alias_period(graph, root_module, channels) or channels
         try:
             step, ch_groups = _channel_step(graph, group, round_to, names)
         except Unalignable as why:

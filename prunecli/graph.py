@@ -198,11 +198,10 @@ def analyse(
     groups: list[GroupInfo] = []
     covered: set[str] = set()
     shuffled_then_split = tracing.shuffle_split_nodes(graph)
-    try:
-        raw_groups = list(graph.get_all_groups(ignored_layers=ignored_modules, root_module_types=_prunable_types()))
-    except tracing.MappingRunaway as exc:
-        raise RuntimeFailure(f"Torch-Pruning cannot group the channels of {type(model).__name__}: {exc}; this model "
-                             "cannot be pruned structurally yet") from exc
+    def runaway(module, exc) -> None:
+        reasons[names[module]] = f"Torch-Pruning cannot group its channels: {exc}"
+
+    raw_groups = list(tracing.all_groups(graph, ignored_modules, _prunable_types(), runaway))
     for group in raw_groups:
         root_module = group[0].dep.target.module
         if any(dep.target in shuffled_then_split for dep, _ in group):

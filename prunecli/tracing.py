@@ -3,6 +3,8 @@
 
 * **channel shuffle** - an index mapping through ``view -> transpose -> view`` (below);
 * **chunks** - sized from autograd, not inferred from their consumers (:func:`_fix_chunks`);
+* **concatenations it cannot size** - left unmapped, as Torch-Pruning intends, instead of a TypeError (it sums the
+  sizes before checking that it inferred them; Swin's patch merging);
 * **runaway index mappings** - Torch-Pruning maps a flatten by multiplying every index by the flattened size; on
   models whose reshapes it misreads (Swin's window partitions) the index lists multiply through the graph until
   the machine runs out of memory. A mapping that would produce more than :data:`MAX_MAPPED` indices stops the
@@ -171,6 +173,14 @@ def install() -> None:
         return
     original = index_mapping.update_reshape_index_mapping
     original_split = index_mapping.update_split_index_mapping
+    original_concat = index_mapping.update_concat_index_mapping
+
+    def update_concat_index_mapping(graph, cat_node):
+        try:
+            original_concat(graph, cat_node)
+        except TypeError:  # it sums the inputs' sizes before checking that it could infer them (Swin's merging)
+            if None not in (getattr(cat_node.module, "concat_sizes", None) or ()):
+                raise
 
     def update_split_index_mapping(graph, split_node):
         _fix_chunks(split_node)
@@ -189,6 +199,7 @@ def install() -> None:
     update_reshape_index_mapping.prunecli_shuffle = True
     index_mapping.update_reshape_index_mapping = update_reshape_index_mapping
     index_mapping.update_split_index_mapping = update_split_index_mapping
+    index_mapping.update_concat_index_mapping = update_concat_index_mapping
     _guard_flatten(index_mapping)
 
 
@@ -213,3 +224,31 @@ def shuffle_split_nodes(graph) -> set:
         found.update({node, _first_view(node)})
         found.update(out for out in node.outputs if "Split" in _kind(out))  # the chunk: reached from its consumers
     return found
+
+
+def all_groups(graph, ignored_layers, root_module_types, on_runaway):
+    """Torch-Pruning's ``get_all_groups``, except that a root whose group closure runs away (:class:`MappingRunaway`,
+    a reshape Torch-Pruning misreads) is reported through ``on_runaway(module, exc)`` and skipped, instead of ending
+    the search: the model's other groups (e.g. a Swin block's MLP) stay prunable."""
+    visited = set()
+    ignored = list(ignored_layers) + list(graph.IGNORED_LAYERS_IN_TRACING)
+    for module in list(graph.module2node.keys()):
+        if module in ignored or not isinstance(module, tuple(root_module_types)) or module in visited:
+            continue
+        pruner = graph.get_pruner_of_module(module)
+        if pruner is None or pruner.get_out_channels(module) is None:
+            continue
+        try:
+            group = graph.get_pruning_group(module, pruner.prune_out_channels,
+                                            list(range(pruner.get_out_channels(module))))
+        except MappingRunaway as exc:
+            on_runaway(module, exc)
+            continue
+        prunable = True
+        for dep, _ in group:
+            if graph.is_out_channel_pruning_fn(dep.handler):
+                visited.add(dep.target.module)
+                if dep.target.module in ignored:
+                    prunable = False
+        if prunable:
+            yield group

@@ -58,3 +58,19 @@ def test_shufflenet_v2_prunes_its_branches_and_keeps_the_split_stream(cli, tmp_p
     (check,) = report["correctness"]
     assert check["check"] == "zeroed dense model" and check["max_abs_diff"] <= check["tolerance"]
     assert 0.49 <= report["budget"]["flops"]["achieved_ratio"] <= 0.5
+
+
+def test_a_runaway_index_mapping_costs_its_group_only(cli, monkeypatch):
+    """A group whose Torch-Pruning closure would grow past the cap (a reshape it misreads: Swin's windows) is kept
+    intact with the reason, and the model's other groups stay prunable (a whole-model refusal before)."""
+    from prunecli import tracing
+
+    plain = json.loads(cli("inspect", "tinynets:flat_head", "--input-shape", "1,3,8,8", "--json").stdout)
+    assert {g["root"] for g in plain["groups"]} == {"conv1", "conv2"}  # conv2's group crosses the flatten (x64)
+    monkeypatch.setattr(tracing, "MAX_MAPPED", 100)  # 8 channels x 64 positions = 512 indices: a runaway
+    capped = cli("inspect", "tinynets:flat_head", "--input-shape", "1,3,8,8", "--json")
+    assert capped.code == 0, capped.stderr
+    doc = json.loads(capped.stdout)
+    assert [g["root"] for g in doc["groups"]] == ["conv1"]
+    (kept,) = [n for n in doc["not_prunable"] if n["layer"] == "conv2"]
+    assert "Torch-Pruning cannot group its channels" in kept["reason"]

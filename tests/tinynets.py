@@ -293,3 +293,22 @@ class ShuffleBlock(nn.Module):
 
 def shuffle_block(width: int = 16, groups: int = 2) -> nn.Module:
     return ShuffleBlock(width=width, groups=groups)
+
+
+class FlatHead(nn.Module):
+    """conv1 -> relu -> conv2 -> relu -> flatten (8 channels x H x W) -> linear head: conv2's group crosses the
+    flatten, whose index mapping multiplies each channel by H*W."""
+
+    def __init__(self, size: int = 8) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.conv2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.head = nn.Linear(8 * size * size, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+        return self.head(torch.flatten(x, 1))
+
+
+def flat_head() -> nn.Module:
+    return FlatHead()

@@ -134,7 +134,10 @@ def _alias_period(graph, module, channels: int) -> int | None:
     channels are the first ``period`` of them, each standing for every channel ``period`` apart. None otherwise (or
     when the repeat is not that simple)."""
     pruner = graph.get_pruner_of_module(module)
-    first = graph.get_pruning_group(module, pruner.prune_out_channels, [0])
+    try:
+        first = graph.get_pruning_group(module, pruner.prune_out_channels, [0])
+    except tracing.MappingRunaway:
+        return None
     same = sorted({int(i) for dep, idxs in first if dep.target.module is module
                    and graph.is_out_channel_pruning_fn(dep.handler) for i in idxs})
     if len(same) < 2:

@@ -145,6 +145,7 @@ def _fix_chunks(split_node) -> None:
 
 
 MAX_MAPPED = 1_000_000  # indices one mapping may produce; real channel counts are far below
+MAX_GROUP = 5_000_000  # indices one group may collect (ViT-H's embedding group: about 0.5 million)
 
 
 class MappingRunaway(RuntimeError):
@@ -162,6 +163,22 @@ def _guard_flatten(index_mapping) -> None:
         return original_call(self, idxs)
 
     flatten.__call__ = __call__
+
+
+def _guard_groups() -> None:
+    """Bound what one group collects: mappings each under MAX_MAPPED can still add up (MaxViT's grid reshapes)."""
+    from torch_pruning.dependency.group import Group
+
+    original_add = Group.add_dep
+
+    def add_dep(self, dep, idxs):
+        self._prunecli_collected = getattr(self, "_prunecli_collected", 0) + len(idxs)
+        if self._prunecli_collected > MAX_GROUP:
+            raise MappingRunaway(f"its group collects over {MAX_GROUP:,} indices across reshapes (Torch-Pruning "
+                                 "misreads them, e.g. window or grid partitions)")
+        original_add(self, dep, idxs)
+
+    Group.add_dep = add_dep
 
 
 def install() -> None:
@@ -201,6 +218,7 @@ def install() -> None:
     index_mapping.update_split_index_mapping = update_split_index_mapping
     index_mapping.update_concat_index_mapping = update_concat_index_mapping
     _guard_flatten(index_mapping)
+    _guard_groups()
 
 
 def _shuffle_at_any(node) -> bool:

@@ -83,20 +83,6 @@ def by_qkv(found: Mapping[str, Heads]) -> dict[str, Heads]:
     return {h.qkv: h for h in found.values() if h.qkv is not None}
 
 
-def root_widths(model, roots) -> dict[str, int | None]:
-    """Channels of the groups rooted at ``roots`` as the model is now (a root's output width; a fused qkv
-    projection counts q/k/v triples); None for a root that is not a conv or linear layer."""
-    modules = dict(model.named_modules())
-    qkv_heads = by_qkv(find(model))
-    widths = {}
-    for root in roots:
-        module = modules.get(root)
-        width = qkv_heads[root].width if root in qkv_heads else \
-            getattr(module, "out_channels", getattr(module, "out_features", None))
-        widths[root] = int(width) if width is not None else None
-    return widths
-
-
 def qkv_layout(heads: Heads, prune_heads: bool) -> tuple[int, int, int] | str:
     """(channels, channel_groups, block) of the group rooted at ``heads``' qkv projection: its index space is
     ``heads * head_dim`` (each index is a q, a k and a v row). A string says why the group cannot be pruned."""
@@ -183,8 +169,9 @@ def heads_problems(model) -> list[str]:
     """Attention layers whose attributes disagree with their weights (what a pruning that forgot to update the
     heads leaves behind): empty when every layer is consistent."""
     problems = []
+    modules = dict(model.named_modules())
     for heads in find(model).values():
-        module = dict(model.named_modules())[heads.name]
+        module = modules[heads.name]
         if heads.kind == "timm":
             qkv_width = module.qkv.out_features // 3
             widths = {"qkv": qkv_width, "proj input": module.proj.in_features}

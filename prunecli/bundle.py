@@ -133,7 +133,7 @@ def rebuild_structure(recipe: dict, arch: str, origin: str | None = None):
 
 
 def _check_widths(model, plan) -> None:
-    from .attention import root_widths
+    from .graph import root_widths
 
     modules = dict(model.named_modules())
     widths = root_widths(model, [g.root for g in plan.groups])

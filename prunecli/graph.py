@@ -148,6 +148,19 @@ def _alias_period(graph, module, channels: int) -> int | None:
     return period
 
 
+def root_widths(model, roots) -> dict[str, int | None]:
+    """Output widths of the layers rooting ``roots`` as the model is now (None for a root that is not a conv or
+    linear layer). A group channel may stand for several of its root's (a fused qkv projection's q, k and v rows;
+    GhostNet's channel and its copy): the width is then a multiple of the group's channels."""
+    modules = dict(model.named_modules())
+    widths = {}
+    for root in roots:
+        module = modules.get(root)
+        width = getattr(module, "out_channels", getattr(module, "out_features", None))
+        widths[root] = int(width) if width is not None else None
+    return widths
+
+
 def min_keep_for(channels: int, step: int, min_channels: int) -> int:
     """Fewest channels a group may keep: at least ``min_channels``, a multiple of ``step``, at most all."""
     if channels % step:

@@ -78,9 +78,10 @@ def select_keep(scores: np.ndarray, keep: int, channel_groups: int = 1, block: i
     channels = len(scores)
     if keep >= channels:
         return tuple(range(channels))
-    values = pooled_scores(scores, 1, block) if block > 1 else np.asarray(scores, dtype=np.float64)
+    values = np.asarray(scores, dtype=np.float64)
     if block > 1:
-        blocks = np.sort(np.argsort(-values[::block], kind="stable")[:keep // block])
+        block_scores = values.reshape(-1, block).mean(axis=1)
+        blocks = np.sort(np.argsort(-block_scores, kind="stable")[:keep // block])
         return tuple(int(b * block + i) for b in blocks for i in range(block))
     if channel_groups > 1:
         size = channels // channel_groups

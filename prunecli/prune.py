@@ -344,7 +344,7 @@ def input_paths(loaded: LoadedModel) -> list[Path]:
 def _group_rows(first_plan: Plan, dense, pruned) -> list[dict]:
     """Channels per group before (dense) and after (the final model's root layer width, in the group's channels:
     a group whose channel stands for several of its root's, as GhostNet's, counts each once)."""
-    from .attention import root_widths
+    from .graph import root_widths
 
     roots = [g.root for g in first_plan.groups]
     widths, dense_widths = root_widths(pruned, roots), root_widths(dense, roots)

@@ -52,9 +52,7 @@ def _shuffle_at(node):
     after = _sizes(node)
     if after is None or len(after) != 5 or len(node.inputs) != 1:
         return None
-    transpose = node.inputs[0]
-    while _kind(transpose) in _PASS and len(transpose.inputs) == 1:
-        transpose = transpose.inputs[0]
+    transpose = _transpose_before(node)
     if _kind(transpose) != "TransposeBackward0" or len(transpose.inputs) != 1:
         return None
     dims = {getattr(transpose.grad_fn, "_saved_dim0", None), getattr(transpose.grad_fn, "_saved_dim1", None)}
@@ -111,11 +109,16 @@ def _map_shuffle(node, channels: int, groups: int) -> None:
                 dep.index_mapping[0] = _ShuffleIndexMapping(channels, groups, reverse=True, stop=stop)
 
 
+def _transpose_before(node):
+    """The node feeding ``node``, past copies (``.contiguous()``)."""
+    before = node.inputs[0]
+    while _kind(before) in _PASS and len(before.inputs) == 1:
+        before = before.inputs[0]
+    return before
+
+
 def _first_view(node):
-    transpose = node.inputs[0]
-    while _kind(transpose) in _PASS:
-        transpose = transpose.inputs[0]
-    return transpose.inputs[0]
+    return _transpose_before(node).inputs[0]
 
 
 def _fix_chunks(split_node) -> None:
@@ -182,8 +185,9 @@ def _guard_groups() -> None:
 
 
 def install() -> None:
-    """Teach Torch-Pruning's reshape index mapping the channel shuffle, and size chunks from autograd (once per
-    process; other reshapes and splits are left to Torch-Pruning)."""
+    """Install the mends of the module docstring into Torch-Pruning (once per process): the shuffle mapping, chunk
+    sizes, concatenations it cannot size, and the runaway bounds. Other reshapes, splits and concatenations are left
+    to Torch-Pruning."""
     from torch_pruning.dependency import index_mapping
 
     if getattr(index_mapping.update_reshape_index_mapping, "prunecli_shuffle", False):

@@ -59,20 +59,36 @@ def _flop_counter():
         torch.backends.mha.set_fastpath_enabled(fastpath)
 
 
-def count_flops(model, example_input) -> int:
+@contextlib.contextmanager
+def _frozen(model):
+    """Parameters not requiring grad while counting: FlopCounterMode's module tracker hooks every input tensor that
+    requires grad, and a parameter passed to a submodule as an input under ``no_grad`` (PiT's class token) has no
+    gradient function to hook (``AssertionError: Expected gradient function to be set``)."""
+    flags = [(p, p.requires_grad) for p in model.parameters()]
+    for p, _ in flags:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
+
+
+def _counted(model, example_input):
     import torch
 
-    with torch.no_grad(), _flop_counter() as counter:
+    with torch.no_grad(), _frozen(model), _flop_counter() as counter:
         model(example_input)
-    return int(counter.get_total_flops())
+    return counter
+
+
+def count_flops(model, example_input) -> int:
+    return int(_counted(model, example_input).get_total_flops())
 
 
 def module_flops(model, example_input) -> dict[str, int]:
     """FLOPs per module name, exclusive of its submodules (so the values add up to the total)."""
-    import torch
-
-    with torch.no_grad(), _flop_counter() as counter:
-        model(example_input)
+    counter = _counted(model, example_input)
     root = type(model).__name__
     inclusive: dict[str, int] = {}
     for key, per_op in counter.get_flop_counts().items():

@@ -136,7 +136,7 @@ def _alias_period(graph, module, channels: int) -> int | None:
     pruner = graph.get_pruner_of_module(module)
     try:
         first = graph.get_pruning_group(module, pruner.prune_out_channels, [0])
-    except tracing.MappingRunaway:
+    except Exception:  # a runaway or Torch-Pruning failure: the group is planned over its own channels
         return None
     same = sorted({int(i) for dep, idxs in first if dep.target.module is module
                    and graph.is_out_channel_pruning_fn(dep.handler) for i in idxs})
@@ -214,8 +214,8 @@ def analyse(
     groups: list[GroupInfo] = []
     covered: set[str] = set()
     shuffled_then_split = tracing.shuffle_split_nodes(graph)
-    def runaway(module, exc) -> None:
-        reasons[names[module]] = f"Torch-Pruning cannot group its channels: {exc}"
+    def runaway(module, why: str) -> None:
+        reasons[names[module]] = f"Torch-Pruning cannot group its channels: {why}"
 
     raw_groups = list(tracing.all_groups(graph, ignored_modules, _prunable_types(), runaway))
     for group in raw_groups:

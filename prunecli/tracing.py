@@ -248,10 +248,25 @@ def shuffle_split_nodes(graph) -> set:
     return found
 
 
+def failure(exc: Exception) -> str:
+    """One line for an exception raised inside Torch-Pruning: its type, message and the Torch-Pruning function it
+    came from (``ZeroDivisionError in Torch-Pruning's _GQAIndexMapping.__call__``)."""
+    where, tb = "", exc.__traceback__
+    while tb is not None:
+        code = tb.tb_frame.f_code
+        if "torch_pruning" in code.co_filename and not code.co_name.startswith("<"):
+            owner = tb.tb_frame.f_locals.get("self")
+            where = f" in Torch-Pruning's {type(owner).__name__ + '.' if owner is not None else ''}{code.co_name}"
+        tb = tb.tb_next
+    message = f": {exc}" if str(exc) else ""
+    return f"Torch-Pruning failed on it ({type(exc).__name__}{where}{message})"
+
+
 def all_groups(graph, ignored_layers, root_module_types, on_runaway):
     """Torch-Pruning's ``get_all_groups``, except that a root whose group closure runs away (:class:`MappingRunaway`,
-    a reshape Torch-Pruning misreads) is reported through ``on_runaway(module, exc)`` and skipped, instead of ending
-    the search: the model's other groups (e.g. a Swin block's MLP) stay prunable."""
+    a reshape Torch-Pruning misreads) or fails inside Torch-Pruning (a division by zero in its expand mapping, an
+    index error) is reported through ``on_runaway(module, reason)`` and skipped, instead of ending the search: the
+    model's other groups (e.g. a Swin block's MLP) stay prunable."""
     visited = set()
     ignored = list(ignored_layers) + list(graph.IGNORED_LAYERS_IN_TRACING)
     for module in list(graph.module2node.keys()):
@@ -264,7 +279,10 @@ def all_groups(graph, ignored_layers, root_module_types, on_runaway):
             group = graph.get_pruning_group(module, pruner.prune_out_channels,
                                             list(range(pruner.get_out_channels(module))))
         except MappingRunaway as exc:
-            on_runaway(module, exc)
+            on_runaway(module, str(exc))
+            continue
+        except Exception as exc:  # a Torch-Pruning failure on this root only (not a stage bound: that is a BaseException)
+            on_runaway(module, failure(exc))
             continue
         prunable = True
         for dep, _ in group:

@@ -312,3 +312,60 @@ class FlatHead(nn.Module):
 
 def flat_head() -> nn.Module:
     return FlatHead()
+
+
+class Expand5(nn.Module):
+    """A branch through a 5-D ``expand`` that is not grouped-query attention, added back to itself, next to a plain
+    conv branch. Torch-Pruning reads every 5-D expand as Hugging Face GQA and divides by zero mapping the add back
+    through it (NesT, Twins, GC ViT); only the groups crossing the expand should be lost."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.a1 = nn.Conv2d(3, 8, 3, padding=1)
+        self.a2 = nn.Conv2d(8, 8, 3, padding=1)
+        self.b1 = nn.Conv2d(3, 16, 3, padding=1)
+        self.b2 = nn.Conv2d(16, 8, 3, padding=1)
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        a = torch.relu(self.a1(x))
+        a = a.unsqueeze(1).expand(-1, 2, -1, -1, -1).mean(1)
+        a = self.a2(a) + a
+        b = self.b2(torch.relu(self.b1(x)))
+        return self.head(torch.cat([a, b], 1).mean((2, 3)))
+
+
+def expand5() -> nn.Module:
+    return Expand5()
+
+
+class TokenTuple(nn.Module):
+    """A class token passed with the patches to a block as a tuple (timm's PiT): the token is a parameter expanded
+    under ``no_grad``, which FlopCounterMode's module tracker could not hook."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(8, 16)
+        self.token = nn.Parameter(torch.randn(1, 1, 16))
+        self.block = _TupleBlock()
+        self.head = nn.Linear(16, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.embed(x)
+        x, token = self.block((x, self.token.expand(x.shape[0], -1, -1)))
+        return self.head(x.mean(1) + token[:, 0])
+
+
+class _TupleBlock(nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.fc1 = nn.Linear(16, 32)
+        self.fc2 = nn.Linear(32, 16)
+
+    def forward(self, pair):
+        x, token = pair
+        return x + self.fc2(torch.relu(self.fc1(x))), token
+
+
+def token_tuple() -> nn.Module:
+    return TokenTuple()

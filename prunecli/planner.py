@@ -356,7 +356,7 @@ def shrink_copy(loaded: LoadedModel, plan: Plan, checks: list | None = None, tim
     VerificationFailed (exit 3) when the pruning is wrong."""
     import torch
 
-    from .shrink import check_against_dense
+    from .shrink import check_against_dense, mis_pruned
 
     with bounded("shrink", timeout):
         pruned = copy.deepcopy(loaded.model)
@@ -364,7 +364,12 @@ def shrink_copy(loaded: LoadedModel, plan: Plan, checks: list | None = None, tim
         pruned.eval()
         with torch.no_grad():
             before = loaded.model(loaded.example_input)
-            after = pruned(loaded.example_input)
+            try:
+                after = pruned(loaded.example_input)
+            except Exception as exc:  # noqa: BLE001 - the pruning broke the model: say which groups did it
+                raise mis_pruned(loaded.model, loaded.example_input, plan.removed(),
+                                 f"the pruned model fails to run ({type(exc).__name__}: "
+                                 f"{str(exc).splitlines()[0] if str(exc) else ''})") from exc
         if tuple(before.shape) != tuple(after.shape):
             raise RuntimeFailure(f"pruning changed the output shape {tuple(before.shape)} -> {tuple(after.shape)}")
         if checks is not None:

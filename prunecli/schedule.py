@@ -31,7 +31,7 @@ from .load import LoadedModel
 from .plan import GroupPlan, Plan, select_keep
 from .planner import plan_model, settings_for, shrink_copy
 from .registry import Registry
-from .shrink import build_graph, zero_channels_
+from .shrink import MisPruned, build_graph, zero_channels_
 
 SCHEDULES: Registry = Registry("schedule", "--schedule")
 
@@ -105,6 +105,42 @@ def schedule_settings(name: str, config: PruneConfig):
     return settings_for(SCHEDULES.get(name), config.schedule_settings, f"--schedule {name}")
 
 
+MAX_CHECK_RETRIES = 3
+
+
+def _plan_and_shrink(ctx: Context):
+    """Plan and prune; where the pruned model fails its check against the dense model and the check names the groups
+    that fail it on their own (Torch-Pruning misreading a reshape inside them: SKNet's path attention), keep those
+    groups intact and plan again (at most :data:`MAX_CHECK_RETRIES` times). The check's entry in report.json lists
+    them. If the budget cannot be met without them, the failed check stands (exit 3), saying so."""
+    config, kept, first = ctx.config, (), None
+    for attempt in range(MAX_CHECK_RETRIES + 1):
+        try:
+            r = plan_model(ctx.loaded, config, ctx.timings, batches=ctx.batches, data=ctx.data, progress=ctx.progress,
+                           placement=ctx.placement)
+        except UsageError as refused:
+            if first is None:
+                raise
+            raise MisPruned(f"{first}; keeping those groups intact instead: {refused}", kept) from refused
+        checks = r.evidence.setdefault("correctness", [])
+        try:
+            model = shrink_copy(r.source, r.plan, checks=checks, timeout=config.timeout)
+        except MisPruned as failed:
+            new = tuple(root for root in failed.roots if root not in kept)
+            if not new or attempt == MAX_CHECK_RETRIES:
+                raise
+            first, kept = first or str(failed), kept + new
+            config = dataclasses.replace(config, ignore=config.ignore + new)
+            continue
+        if kept and checks:
+            checks[-1]["kept_intact"] = {
+                "layers": list(kept),
+                "why": "pruning each of these groups alone failed the check against the dense model (Torch-Pruning "
+                       "does not map their channels correctly); they were kept intact and the plan made again"}
+        return r, model
+    raise AssertionError("unreachable")
+
+
 @SCHEDULES.register("oneshot")
 def oneshot(ctx: Context) -> Outcome:
     if ctx.resume is not None:
@@ -112,9 +148,7 @@ def oneshot(ctx: Context) -> Outcome:
         outcome = Outcome(model, plans, None, ctx.resume["fit_cost"], ctx.resume.get("accuracy_pruned"),
                           round_to=ctx.resume.get("round_to", 1))
     elif ctx.world.main:  # under torchrun rank 0 decides the plan (and recalibrates) alone, then sends it
-        r = plan_model(ctx.loaded, ctx.config, ctx.timings, batches=ctx.batches, data=ctx.data, progress=ctx.progress,
-                   placement=ctx.placement)
-        model = shrink_copy(r.source, r.plan, checks=r.evidence.setdefault("correctness", []), timeout=ctx.config.timeout)
+        r, model = _plan_and_shrink(ctx)
         outcome = Outcome(model, [r.plan], r.analysis, r.fit.cost, _recalibrate_and_measure(ctx, model),
                           round_to=r.round_to, evidence=r.evidence)
         broadcast(ctx.world, {"plans": [p.to_json() for p in outcome.plans], "fit_cost": outcome.fit_cost,

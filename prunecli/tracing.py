@@ -8,7 +8,9 @@
 * **runaway index mappings** - Torch-Pruning maps a flatten by multiplying every index by the flattened size; on
   models whose reshapes it misreads (Swin's window partitions) the index lists multiply through the graph until
   the machine runs out of memory. A mapping that would produce more than :data:`MAX_MAPPED` indices stops the
-  trace with :class:`MappingRunaway`, which the graph stage reports as one line (exit 4) instead of hanging.
+  trace with :class:`MappingRunaway`, which the graph stage reports as one line (exit 4) instead of hanging;
+* **a failure inside Torch-Pruning on one root** (a division by zero in a mapping it misapplies) - only that
+  group is kept intact, with the reason (:func:`all_groups`);
 
 Channel shuffle
 ---------------

@@ -91,6 +91,9 @@ def test_heads_left_unupdated_are_caught_exit_3(cli, tmp_path, monkeypatch):
                  "--out", tmp_path / "o")
     assert result.code == 3, result.stderr
     assert result.stderr.count("\n") == 1 and "not the dense model without the removed channels" in result.stderr
+    # every qkv group fails on its own; without them the budget is out of reach, so the failed check stands
+    assert "the groups rooted at blocks.0.attn.qkv" in result.stderr
+    assert "keeping those groups intact instead" in result.stderr and "not reachable" in result.stderr
     assert not (tmp_path / "o").exists()
 
 

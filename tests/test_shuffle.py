@@ -34,17 +34,25 @@ def test_a_shuffle_block_prunes_and_matches_the_zeroed_dense_model(cli, tmp_path
     assert model.mix.in_channels == 2 * model.branch_a[0].out_channels
 
 
-def test_a_shuffle_read_as_identity_is_caught(cli, tmp_path, monkeypatch):
+def test_a_shuffle_read_as_identity_is_caught_and_its_group_kept(cli, tmp_path, monkeypatch):
     """Map the shuffle as if it kept channel order (what a reshape-blind tool does): the branches are pruned apart
     and the conv after the shuffle loses the wrong input columns. It runs, and it matches its own ONNX; the check
-    against the dense model says it is wrong."""
+    against the dense model says it is wrong, finds the group that fails on its own, and the plan is made again
+    with that group intact - the bundle written is correct and says what was kept."""
     from prunecli import tracing
 
     monkeypatch.setattr(tracing._ShuffleIndexMapping, "__call__", lambda self, idxs: list(idxs))
-    result = cli("prune", BLOCK, *SMALL, "--flops", "0.5", "--round-to", "2", "--out", tmp_path / "o")
-    assert result.code == 3, result.stderr
-    assert result.stderr.count("\n") == 1 and "not the dense model without the removed channels" in result.stderr
-    assert not (tmp_path / "o").exists()
+    out = tmp_path / "o"
+    result = cli("prune", BLOCK, *SMALL, "--flops", "0.5", "--round-to", "2", "--json", "--out", out)
+    assert result.code == 0, result.stderr
+    (check,) = json.loads(result.stdout)["correctness"]
+    assert check["check"] == "zeroed dense model" and check["max_abs_diff"] <= check["tolerance"]
+    assert set(check["kept_intact"]["layers"]) == {"branch_a.0", "branch_b.0"}  # read apart, each fails alone
+    import prunecli
+
+    model = prunecli.load_bundle(out, arch=BLOCK)
+    assert model.branch_a[0].out_channels == model.branch_b[0].out_channels == 16  # the shuffled group: intact
+    assert model.mix.out_channels < 32
 
 
 @pytest.mark.parametrize("model", ["torchvision:shufflenet_v2_x0_5"])

@@ -100,3 +100,36 @@ def test_ghostnet_channels_that_stand_for_two_are_planned_once(cli, tmp_path):
     dw = dict(rebuilt.named_modules())["blocks.1.0.conv_dw"]
     assert dw.out_channels == 2 * rows["blocks.1.0.conv_dw"]["after"]
     assert rebuilt(torch.randn(1, 3, 64, 64)).shape == (1, 1000)
+
+
+def test_weight_standardised_convs_prune_with_their_gain(cli, tmp_path):
+    """NFNets (timm's ScaledStdConv2d): Torch-Pruning left the per-channel ``gain`` at the dense width, so every
+    group "broke the model" and nf_resnet26 had no prunable group. The gain is now pruned with the weight's rows;
+    removing an input channel changes the standardisation, so the check is the shape one, and says so."""
+    spec = "tinynets:std_conv_net"
+    doc = json.loads(cli("inspect", spec, "--input-shape", "1,3,16,16", "--json").stdout)
+    assert {g["root"] for g in doc["groups"]} == {"conv1", "conv2"}
+    result = cli("prune", spec, "--input-shape", "1,3,16,16", "--no-latency", "--flops", "0.6", "--round-to", "1",
+                 "--json", "--out", tmp_path / "o")
+    assert result.code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["budget"]["flops"]["met"] and report["onnx"]["relative_diff"] <= 1e-3
+    (check,) = report["correctness"]
+    assert check["check"] == "output shape" and "weight standardisation" in check["reason"]
+    assert "conv2 (ScaledStdConv2d)" in check["reason"]
+    model = prunecli.load_bundle(tmp_path / "o", arch=spec)
+    assert model.conv1.out_channels < 32
+    assert model.conv1.gain.shape == (model.conv1.out_channels, 1, 1, 1)
+    assert model.conv2.gain.shape == (model.conv2.out_channels, 1, 1, 1)
+
+
+def test_only_convs_that_standardise_their_weight_count_as_mixing_inputs():
+    """The probe behind that reason: timm's same-padding conv has a forward of its own but ignores a zero input
+    channel's weights (the zeroed-dense identity still holds there); a standardised conv does not."""
+    from timm.layers import Conv2dSame, ScaledStdConv2d, StdConv2d
+
+    from prunecli.shrink import _weights_mix_inputs
+
+    assert _weights_mix_inputs(ScaledStdConv2d(4, 8, 3)) and _weights_mix_inputs(StdConv2d(4, 8, 3))
+    assert not _weights_mix_inputs(Conv2dSame(4, 8, 3, stride=2))
+    assert not _weights_mix_inputs(torch.nn.Conv2d(4, 8, 3)) and not _weights_mix_inputs(torch.nn.Linear(4, 8))

@@ -369,3 +369,28 @@ class _TupleBlock(nn.Module):
 
 def token_tuple() -> nn.Module:
     return TokenTuple()
+
+
+class StdConvNet(nn.Module):
+    """Two of timm's ScaledStdConv2d (NFNet's weight-standardised conv, with a per-output-channel ``gain``) and a
+    linear head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        from timm.layers import ScaledStdConv2d
+
+        self.conv1 = ScaledStdConv2d(3, 32, 3)
+        self.conv2 = ScaledStdConv2d(32, 32, 3)
+        with torch.no_grad():
+            self.conv1.gain.uniform_(0.5, 1.5)
+            self.conv2.gain.uniform_(0.5, 1.5)
+        self.head = nn.Linear(32, 4)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv2(torch.relu(self.conv1(x))))
+        return self.head(x.mean((2, 3)))
+
+
+def std_conv_net() -> nn.Module:
+    torch.manual_seed(0)
+    return StdConvNet()

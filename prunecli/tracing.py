@@ -9,6 +9,7 @@
   models whose reshapes it misreads (Swin's window partitions) the index lists multiply through the graph until
   the machine runs out of memory. A mapping that would produce more than :data:`MAX_MAPPED` indices stops the
   trace with :class:`MappingRunaway`, which the graph stage reports as one line (exit 4) instead of hanging;
+* **a closure that revisits layers** - each (layer, handler, index) is followed once (:func:`_closure`);
 * **a failure inside Torch-Pruning on one root** (a division by zero in a mapping it misapplies) - only that
   group is kept intact, with the reason (:func:`all_groups`);
 
@@ -186,6 +187,78 @@ def _guard_groups() -> None:
     Group.add_dep = add_dep
 
 
+def _closure(self, module, pruning_fn, idxs):
+    """Torch-Pruning 1.6's ``DependencyGraph.get_pruning_group`` with its closure computed once per index.
+
+    Torch-Pruning follows a dependency again whenever it arrives with a different index *list*, even one whose
+    indices that layer has already passed on; through channel slices (ReXNet's partial residuals, DPN's dense
+    paths, CSP's splits) the same layers are reached with ever-shifted lists, the closure grows to millions of
+    entries and the graph stage of a 5 M-parameter model ran past 300 s. Every index mapping maps each index on its
+    own (offsets, filters, a flatten's repeats, the shuffle's ties), so following each (layer, handler, index) once
+    gives the same union of indices per layer - which is what Torch-Pruning's merge step keeps. The rest (depthwise
+    roots, ignored parameters, root indices) is Torch-Pruning's, unchanged."""
+    from numbers import Number
+
+    import torch
+    from torch_pruning import _helpers, ops
+    from torch_pruning.dependency import index_mapping
+    from torch_pruning.dependency.dependency import Dependency
+    from torch_pruning.dependency.group import Group
+    from torch_pruning.pruner import function
+
+    if module not in self.module2node:
+        raise ValueError(f"Module {module} is not in the dependency graph.")
+    if isinstance(module, ops.TORCH_CONV) and module.groups == module.out_channels and module.out_channels > 1:
+        pruning_fn = function.prune_depthwise_conv_out_channels
+    if isinstance(idxs, Number):
+        idxs = [idxs]
+    idxs = [_helpers._HybridIndex(idx=i, root_idx=i) for i in idxs]
+    index_mapping.update_index_mapping(self)
+
+    group = Group()
+    root_node = self.module2node[module]
+    root = Dependency(pruning_fn, pruning_fn, source=root_node, target=root_node)
+    group.add_dep(dep=root, idxs=idxs)
+    passed = {(id(root_node), pruning_fn): {i.idx for i in idxs}}
+    stack = [(root, idxs)]
+    while stack:
+        dep, dep_idxs = stack.pop()
+        node, fn = dep.target, dep.handler
+        for new_dep in node.dependencies:
+            if not new_dep.is_triggered_by(fn):
+                continue
+            new_indices = dep_idxs
+            for mapping in new_dep.index_mapping:
+                if mapping is not None:
+                    new_indices = mapping(new_indices)
+            if len(new_indices) == 0:
+                continue
+            done = passed.setdefault((id(new_dep.target), new_dep.handler), set())
+            fresh, seen = [], set()
+            for i in new_indices:
+                if i.idx not in done and i.idx not in seen:
+                    fresh.append(i)
+                    seen.add(i.idx)
+            if not fresh:
+                continue
+            done.update(seen)
+            group.add_dep(new_dep, fresh)
+            stack.append((new_dep, fresh))
+
+    merged = Group()
+    for dep, dep_idxs in group.items:
+        if isinstance(dep.target.module, torch.nn.Parameter) and any(
+                dep.target.module is p for p in self.ignored_params):
+            continue
+        merged.add_and_merge(dep, dep_idxs)
+    merged._DG = self
+    for k in range(len(merged)):
+        hybrid = merged[k].idxs
+        merged[k] = _helpers.GroupItem(merged[k].dep, _helpers.to_plain_idxs(hybrid))
+        merged[k].root_idxs = _helpers.to_root_idxs(hybrid)
+    return merged
+
+
 def install() -> None:
     """Install the mends of the module docstring into Torch-Pruning (once per process): the shuffle mapping, chunk
     sizes, concatenations it cannot size, and the runaway bounds. Other reshapes, splits and concatenations are left
@@ -225,6 +298,9 @@ def install() -> None:
     index_mapping.update_concat_index_mapping = update_concat_index_mapping
     _guard_flatten(index_mapping)
     _guard_groups()
+    from torch_pruning.dependency.graph import DependencyGraph
+
+    DependencyGraph.get_pruning_group = _closure
 
 
 def _shuffle_at_any(node) -> bool:

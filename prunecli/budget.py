@@ -20,7 +20,7 @@ import math
 from dataclasses import dataclass
 
 from .cost import count_flops, count_params
-from .errors import BudgetNotMet, UsageError
+from .errors import BudgetNotMet, RuntimeFailure, UsageError
 from .plan import shape_removal
 from .shrink import remove_channels_
 
@@ -39,8 +39,16 @@ class CostOracle:
         key = tuple(sorted(counts.items()))
         if key not in self._cache:
             model = copy.deepcopy(self._meta)
-            remove_channels_(model, self._x, shape_removal(self._groups, counts))
-            self._cache[key] = {"flops": count_flops(model, self._x), "params": count_params(model)}
+            try:
+                remove_channels_(model, self._x, shape_removal(self._groups, counts))
+                flops = count_flops(model, self._x)
+            except Exception as exc:  # noqa: BLE001 - each group alone passed the graph stage's trial
+                detail = str(exc).splitlines()[0] if str(exc) else ""
+                raise RuntimeFailure(
+                    f"pruning these groups together breaks the model's forward pass ({type(exc).__name__}: {detail}), "
+                    "though each group alone does; --ignore the layers the error involves (see `prunecli inspect`) and retry"
+                ) from exc
+            self._cache[key] = {"flops": flops, "params": count_params(model)}
             self.evaluations += 1
         return self._cache[key]
 

@@ -2,7 +2,9 @@
 :func:`install`, which :func:`prunecli.shrink.build_graph` calls):
 
 * **channel shuffle** - an index mapping through ``view -> transpose -> view`` (below);
-* **chunks** - sized from autograd, not inferred from their consumers (:func:`_fix_chunks`);
+* **chunks** - sized from autograd, not inferred from their consumers (:func:`_fix_chunks`); and a split's offsets
+  follow its sizes as earlier groups shrink them (Torch-Pruning's SplitPruner stores them on itself: MixNet's
+  second group cut the wrong piece);
 * **concatenations it cannot size** - left unmapped, as Torch-Pruning intends, instead of a TypeError (it sums the
   sizes before checking that it inferred them; Swin's patch merging);
 * **runaway index mappings** - Torch-Pruning maps a flatten by multiplying every index by the flattened size; on
@@ -126,15 +128,22 @@ def _first_view(node):
 
 def _fix_chunks(split_node) -> None:
     """Torch-Pruning 1.6 sizes a ``chunk``'s pieces by inferring its consumers' channels, which is wrong when a piece
-    goes straight into a concatenation (ShuffleNetV2's ``x1``: it counts the concatenation's 2x), and it assumes its
-    consumers come in chunk order. Set the offsets from the sizes autograd saved, in the order the consumers use."""
+    goes straight into a concatenation (ShuffleNetV2's ``x1``: it counts the concatenation's 2x), and it assumes a
+    split's consumers come in piece order (they come in trace order: the second piece's consumer can be first). Set
+    the sizes from what autograd saved, and the consumers in the order of the pieces they use."""
     grad_fn = split_node.grad_fn
     size, dim = getattr(grad_fn, "_saved_split_size", None), getattr(grad_fn, "_saved_dim", None)
+    listed = getattr(grad_fn, "_saved_split_sizes", None)  # torch.split(x, [a, b], 1)
     sizes = getattr(grad_fn, "_saved_self_sym_sizes", None)
-    if size is None or dim != 1 or sizes is None or int(size) <= 0:
+    if dim != 1 or sizes is None:
         return
-    total, size = int(sizes[1]), int(size)
-    pieces = [min(size, total - start) for start in range(0, total, size)]
+    if listed is not None:
+        pieces = [int(p) for p in listed]
+    elif size is not None and int(size) > 0:
+        total, size = int(sizes[1]), int(size)
+        pieces = [min(size, total - start) for start in range(0, total, size)]
+    else:
+        return
     order = {}
     for consumer in split_node.outputs:
         used = {nr for fn, nr in getattr(consumer.grad_fn, "next_functions", ()) if fn == grad_fn}
@@ -279,7 +288,15 @@ def install() -> None:
                 raise
 
     def update_split_index_mapping(graph, split_node):
-        _fix_chunks(split_node)
+        op = split_node.module
+        if not getattr(op, "prunecli_sized", False):  # once, from the dense trace; pruning updates the sizes after
+            _fix_chunks(split_node)
+            op.prunecli_sized = True
+        if getattr(op, "split_sizes", None) is not None:  # Torch-Pruning's SplitPruner updates the sizes but sets
+            offsets = [0]                                  # the new offsets on itself, not on the split: recompute
+            for size in op.split_sizes:
+                offsets.append(offsets[-1] + int(size))
+            op.offsets = offsets
         original_split(graph, split_node)
 
     def update_reshape_index_mapping(graph, reshape_node):
@@ -292,15 +309,39 @@ def install() -> None:
                 return
         original(graph, reshape_node)
 
+    original_expand = index_mapping.update_expand_index_mapping
+
+    def update_expand_index_mapping(graph, expand_node):
+        sizes = getattr(expand_node.grad_fn, "_saved_self_sym_sizes", None)
+        if sizes is not None and len(sizes) == 5 and not _repeats_heads(graph, expand_node, sizes):
+            return  # a batched matmul's 5-D broadcast (NesT, Twins, GC ViT), not a GQA repeat: channels pass as-is
+        original_expand(graph, expand_node)
+
     update_reshape_index_mapping.prunecli_shuffle = True
     index_mapping.update_reshape_index_mapping = update_reshape_index_mapping
     index_mapping.update_split_index_mapping = update_split_index_mapping
     index_mapping.update_concat_index_mapping = update_concat_index_mapping
+    index_mapping.update_expand_index_mapping = update_expand_index_mapping
     _guard_flatten(index_mapping)
     _guard_groups()
     from torch_pruning.dependency.graph import DependencyGraph
 
     DependencyGraph.get_pruning_group = _closure
+
+
+def _repeats_heads(graph, expand_node, sizes) -> bool:
+    """Is this 5-D expand Hugging Face's grouped-query repeat (``(b, kv_heads, 1, n, d) -> (b, kv_heads, rep, n,
+    d)``), the only one Torch-Pruning maps? It maps every 5-D expand so, and divides by zero where the consumers'
+    channels are fewer than the expand's (a batched matmul broadcasting attention tensors)."""
+    from torch_pruning.dependency import shape_infer
+
+    out_channels = None
+    for consumer in expand_node.outputs:
+        out_channels = shape_infer.infer_in_channels_recursively(graph, consumer, [0])
+        if out_channels is not None:
+            break
+    in_channels = int(sizes[1]) * int(sizes[2]) * int(sizes[4])
+    return out_channels is not None and in_channels > 0 and out_channels // in_channels >= 1
 
 
 def _shuffle_at_any(node) -> bool:

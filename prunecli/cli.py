@@ -772,6 +772,116 @@ def bench(
 
 @app.command()
 @handle_errors
+def quantize(
+    model: str = typer.Argument(..., metavar="MODEL", help="A prunecli bundle, an .onnx file, or any MODEL spec (exported first)."),
+    data: str = typer.Option(..., "--data", help="Data spec: calibration on its training split, the guard on validation, the report on test."),
+    out: str = typer.Option(..., "--out", help="Output directory: model.int8.onnx and quantize.json."),
+    calibration: str = typer.Option("minmax", "--calibration", help="minmax, entropy or percentile (onnxruntime's calibrators)."),
+    calibration_batches: int = typer.Option(8, "--calibration-batches", help="Training batches to calibrate on."),
+    max_quant_drop: float = typer.Option(1.0, "--max-quant-drop", help="Keep fp32 if INT8 loses more top-1 points than this on validation."),
+    require_int8: bool = typer.Option(False, "--require-int8", help="Exit 1 instead of keeping fp32 when the guard fails."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Batch size for calibration and evaluation."),
+    force: bool = typer.Option(False, "--force", help="Replace a non-empty --out."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the data splits."),
+    arch: Optional[str] = ArchOpt,
+    weights: Optional[str] = WeightsOpt,
+    trust_pickle: bool = TrustOpt,
+    input_shape: Optional[str] = ShapeOpt,
+    preset: Optional[str] = PresetOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """INT8 with onnxruntime (QDQ, per-channel weights, calibrated on --data), judged through onnxruntime.
+
+    The integer types follow this CPU (reduce_range without VNNI); INT8 is kept only if it loses at most
+    --max-quant-drop top-1 points on validation, otherwise fp32 is kept and a warning says so (exit 1 with
+    --require-int8).
+
+    Examples:
+
+        prunecli quantize pruned/ --data imagefolder:./data --out int8/
+
+        prunecli quantize pruned/model.onnx --data digits --out int8/ --calibration entropy --require-int8
+    """
+    import tempfile
+    from pathlib import Path
+
+    from .errors import UsageError
+    from .outputs import atomic_dir, check_out_dir
+    from .quantize import INT8_FILE, QuantizeConfig, run_quantize
+
+    try:
+        config = QuantizeConfig(calibration=calibration, calibration_batches=calibration_batches,
+                                max_drop=max_quant_drop, require=require_int8)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
+    if batch_size < 1:
+        raise UsageError(f"--batch-size {batch_size} must be at least 1")
+    check_out_dir(Path(out), force, inputs=_typed_inputs(model, weights, arch))
+    with tempfile.TemporaryDirectory(prefix="prunecli-quantize-") as tmp:
+        fp32, loaded = _fp32_onnx(model, Path(tmp), arch, weights, trust_pickle, input_shape, preset)
+        loaders = _data(data, batch_size, 0, loaded, seed)
+        with atomic_dir(Path(out), force) as staged:
+            doc = run_quantize(fp32, staged / INT8_FILE, loaders, config)
+            doc["source"] = {"model": model, "data": data}
+            (staged / "quantize.json").write_text(json.dumps(doc, indent=2))
+    acc, guard = doc["accuracy"], doc["guard"]
+    if as_json:
+        typer.echo(json.dumps(doc, indent=2))
+    else:
+        typer.echo(f"INT8 ({doc['types']['activation']}/{doc['types']['weight']}, reduce_range "
+                   f"{doc['types']['reduce_range']}): {acc['split']} top-1 {acc['int8_top1']:.2f} vs fp32 "
+                   f"{acc['fp32_top1']:.2f}, agreement {acc['agreement']:.2f}%; written to {out}")
+    if doc["kept"] == "fp32":
+        sys.stderr.write(f"warning: INT8 lost {guard['drop_points']:.2f} top-1 points on {guard['split']} (more than "
+                         f"--max-quant-drop {max_quant_drop:g}); fp32 kept, no {INT8_FILE} written\n")
+        if require_int8:
+            raise typer.Exit(1)
+
+
+def _fp32_onnx(model, tmp, arch, weights, trust_pickle, input_shape, preset):
+    """(fp32 .onnx path, what the data loader needs of the model) for a bundle, an .onnx file or a MODEL spec."""
+    from pathlib import Path
+
+    from .bench import resolve_onnx
+
+    path = Path(model)
+    if path.suffix.lower() == ".onnx" or path.is_dir():  # the exported model is all it takes: no code is loaded
+        fp32, _ = resolve_onnx(model, tmp, {})
+        return fp32, _OnnxModel(fp32)
+    loaded = _load(model, arch, weights, trust_pickle, input_shape, preset)
+    from .export import run_export
+
+    fp32 = tmp / "model.onnx"
+    run_export(loaded, fp32)
+    return fp32, loaded
+
+
+class _OnnxModel:
+    """What the data loader asks of a model, read from an .onnx file's declared input and output shapes."""
+
+    preset = None
+
+    def __init__(self, path) -> None:
+        import onnx
+
+        from .errors import UsageError
+
+        graph = onnx.load(str(path), load_external_data=False).graph
+        dims = [d.dim_value for d in graph.input[0].type.tensor_type.shape.dim]
+        if len(dims) != 4 or not all(dims[1:]):
+            raise UsageError(f"MODEL {path}: its input is not a fixed (batch, channels, height, width) image tensor; "
+                             "quantize the bundle or MODEL spec instead")
+        self.input_shape = (1, *dims[1:])
+        out = [d.dim_value for d in graph.output[0].type.tensor_type.shape.dim]
+        self._classes = out[1] if len(out) == 2 and out[1] else None
+        self.display_name = str(path)
+
+    def output_classes(self):
+        return self._classes
+
+
+@app.command()
+@handle_errors
 def demo(
     out: Optional[str] = typer.Option(None, "--out", help="Output directory (default: a fresh prunecli-demo-DATE-TIME)."),
     flops: float = typer.Option(0.5, "--flops", help="FLOPs budget as a fraction of dense."),

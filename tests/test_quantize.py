@@ -1,0 +1,106 @@
+"""`prunecli quantize`: onnxruntime static INT8 (QDQ, per-channel), calibrated and judged on the user's data."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+TINY = "tinynets:tiny_resnet"
+SMALL = ["--input-shape", "1,3,8,8", "--data", "digits"]
+
+
+@pytest.fixture(scope="module")
+def trained_bundle(tmp_path_factory):
+    """A tiny ResNet pruned and fine-tuned on digits, so that top-1 means something."""
+    from typer.testing import CliRunner
+
+    from prunecli.cli import app
+
+    out = tmp_path_factory.mktemp("b") / "pruned"
+    r = CliRunner().invoke(app, ["prune", TINY, *SMALL, "--flops", "0.5", "--epochs", "3", "--no-latency",
+                                 "--out", str(out)])
+    assert r.exit_code == 0, r.stderr
+    return out
+
+
+def test_a_bundle_quantises_and_the_int8_file_stands_alone(cli, trained_bundle, tmp_path):
+    result = cli("quantize", trained_bundle, "--data", "digits", "--out", tmp_path / "q", "--json")
+    assert result.code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["kept"] == "int8" and sorted(p.name for p in (tmp_path / "q").iterdir()) == ["model.int8.onnx",
+                                                                                            "quantize.json"]
+    assert json.loads((tmp_path / "q" / "quantize.json").read_text())["accuracy"] == doc["accuracy"]
+    acc = doc["accuracy"]
+    assert acc["split"] == "test" and acc["fp32_top1"] > 50  # trained: far above chance (10%)
+    assert abs(acc["int8_top1"] - acc["fp32_top1"]) <= 3 and acc["agreement"] >= 90
+    assert doc["guard"]["passed"] and doc["guard"]["drop_points"] <= 1.0
+    types = doc["types"]
+    assert types["reason"] and types["activation"] == "QUInt8" and types["weight"] == "QInt8"
+
+    import onnx
+    import onnxruntime as ort
+
+    alone = tmp_path / "alone"
+    alone.mkdir()
+    shutil.copy(tmp_path / "q" / "model.int8.onnx", alone / "m.onnx")
+    ops = {n.op_type for n in onnx.load(str(alone / "m.onnx")).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops  # really quantised
+    session = ort.InferenceSession(str(alone / "m.onnx"), providers=["CPUExecutionProvider"])
+    logits = session.run(None, {session.get_inputs()[0].name: np.random.rand(2, 3, 8, 8).astype("float32")})[0]
+    assert logits.shape == (2, 10)
+    assert (trained_bundle / "model.onnx").is_file()  # the input is untouched
+
+
+def test_the_guard_keeps_fp32_when_int8_loses_too_much(cli, trained_bundle, tmp_path):
+    """Forced to fail (no drop allowed below zero): fp32 is kept, a warning says so, no INT8 file; with
+    --require-int8 the same is exit 1."""
+    args = ("quantize", trained_bundle, "--data", "digits", "--max-quant-drop", "-100")
+    kept = cli(*args, "--out", tmp_path / "a", "--json")
+    assert kept.code == 0, kept.stderr
+    assert json.loads(kept.stdout)["kept"] == "fp32"
+    assert "fp32 kept" in kept.stderr and kept.stderr.count("\n") == 1
+    assert sorted(p.name for p in (tmp_path / "a").iterdir()) == ["quantize.json"]
+    required = cli(*args, "--require-int8", "--out", tmp_path / "b")
+    assert required.code == 1 and "fp32 kept" in required.stderr
+
+
+def test_a_bare_onnx_file_quantises(cli, trained_bundle, tmp_path):
+    single = tmp_path / "m.onnx"
+    shutil.copy(trained_bundle / "model.onnx", single)
+    result = cli("quantize", single, "--data", "digits", "--out", tmp_path / "q", "--calibration", "percentile",
+                 "--calibration-batches", "2", "--json")
+    assert result.code == 0, result.stderr
+    doc = json.loads(result.stdout)  # nothing but the JSON on stdout: onnxruntime's calibrator prints are silenced
+    assert doc["config"]["calibration"] == "percentile" and doc["config"]["calibration_batches"] == 2
+    assert doc["kept"] in ("int8", "fp32") and doc["source"]["model"] == str(single)
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["--calibration", "kl"], "--calibration"),
+    (["--calibration-batches", "0"], "--calibration-batches"),
+])
+def test_bad_settings_are_one_line_exit_2_before_work(cli, tmp_path, args, needle):
+    result = cli("quantize", TINY, *SMALL, "--out", tmp_path / "q", *args)
+    assert result.code == 2 and needle in result.stderr and result.stderr.count("\n") == 1
+    assert not (tmp_path / "q").exists()
+
+
+def test_a_non_empty_out_is_refused_without_force(cli, tmp_path):
+    (tmp_path / "q").mkdir()
+    (tmp_path / "q" / "keep.txt").write_text("mine")
+    result = cli("quantize", TINY, *SMALL, "--out", tmp_path / "q")
+    assert result.code == 2 and "--force" in result.stderr
+    assert (tmp_path / "q" / "keep.txt").read_text() == "mine"
+
+
+def test_types_follow_the_instruction_set():
+    from prunecli.quantize import int8_types
+
+    vnni = int8_types({"avx2", "avx512bw", "avx512_vnni"})
+    assert not vnni.reduce_range and "avx512_vnni" in vnni.isa
+    plain = int8_types({"avx2", "fma"})
+    assert plain.reduce_range and "saturate" in plain.reason
+    assert not int8_types(set()).reduce_range

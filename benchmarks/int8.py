@@ -1,0 +1,148 @@
+"""INT8 after pruning: dense fp32, pruned fp32 and pruned INT8 on Fashion-MNIST's ResNet-20 (top-1 through
+onnxruntime, latency at batch 1 and 8).
+
+    python benchmarks/int8.py                        # Fashion-MNIST ResNet-20 (needs dataset-fashion-mnist)
+
+Every step is a prunecli command line (prune, quantize, export, bench), so the table is what a user gets. Raw
+results are appended to ``benchmarks/results/int8_runs.jsonl`` and a finished step is skipped when the script is
+run again; the table is ``benchmarks/results/int8.md``. Latency is measured with ``prunecli bench`` (interleaved
+with its baseline in one process, 2 threads, p50 of --runs runs); run it with nothing else on the machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+from pathlib import Path
+
+RESULTS = Path(__file__).parent / "results"
+DENSE = RESULTS / "quality_fmnist_dense_resnet20.pt"
+FASHION = "fashion-mnist:/usr/share/datasets/fashion-mnist"
+
+
+def prunecli(*args: str) -> dict:
+    cmd = [sys.executable, "-m", "prunecli", *map(str, args)]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    if done.returncode not in (0,):
+        raise SystemExit(f"failed ({done.returncode}): {' '.join(cmd)}\n{done.stderr[-2000:]}")
+    return json.loads(done.stdout) if "--json" in args else {}
+
+
+def load(path: Path) -> dict:
+    runs = {}
+    if path.is_file():
+        for line in path.read_text().splitlines():
+            row = json.loads(line)
+            runs[row["step"]] = row
+    return runs
+
+
+def step(runs: dict, path: Path, name: str, fn) -> dict:
+    if name in runs:
+        return runs[name]
+    row = {"step": name, **fn()}
+    with path.open("a") as fh:
+        fh.write(json.dumps(row) + "\n")
+    runs[name] = row
+    return row
+
+
+def bench(model: Path, baseline: Path, batch: int, runs: int, shape: str | None = None) -> dict:
+    extra = ["--input-shape", shape] if shape else []
+    doc = prunecli("bench", model, "--baseline", baseline, "--batch", str(batch), "--threads", "2", "--runs",
+                   str(runs), "--warmup", "10", *extra, "--json")
+    return {"p50_ms": doc["model"]["p50_ms"], "baseline_p50_ms": doc["baseline"]["p50_ms"],
+            "ratio_p50": doc["ratio"]["p50"], "runs": runs, "batch": batch}
+
+
+def fashion(work: Path, runs: dict, log: Path, epochs: int, seed: int, bench_runs: int) -> None:
+    pruned, int8, dense = work / f"pruned_s{seed}", work / f"int8_s{seed}", work / "dense.onnx"
+    tag = f"fmnist_resnet20_s{seed}"
+    if not dense.is_file():
+        prunecli("export", DENSE, "--out", dense, "--force")
+    if not (pruned / "recipe.json").is_file():
+        report = prunecli("prune", DENSE, "--flops", "0.5", "--data", FASHION, "--epochs", str(epochs), "--seed",
+                          str(seed), "--no-latency", "--out", pruned, "--force", "--json")
+        (work / f"{tag}_report.json").write_text(json.dumps(report))
+    report = json.loads((pruned / "report.json").read_text())
+    q = step(runs, log, f"{tag}_quantize", lambda: {"quantize": prunecli(
+        "quantize", pruned, "--data", FASHION, "--out", int8, "--force", "--json")})["quantize"]
+    step(runs, log, f"{tag}_accuracy", lambda: {
+        "flops_ratio": report["budget"]["flops"]["achieved_ratio"],
+        "pytorch_finetuned_top1": (report.get("accuracy") or {}).get("finetuned", {}).get("top1")
+        if isinstance((report.get("accuracy") or {}).get("finetuned"), dict) else None,
+        "fp32_top1": q["accuracy"]["fp32_top1"], "int8_top1": q["accuracy"]["int8_top1"],
+        "agreement": q["accuracy"]["agreement"], "kept": q["kept"], "types": q["types"],
+        "sizes_bytes": {"dense": dense.stat().st_size, "pruned": (pruned / "model.onnx").stat().st_size,
+                        "int8": (int8 / "model.int8.onnx").stat().st_size if q["kept"] == "int8" else None}})
+    if q["kept"] != "int8":
+        return
+    for batch in (1, 8):
+        step(runs, log, f"{tag}_latency_b{batch}_int8_vs_fp32",
+             lambda: bench(int8 / "model.int8.onnx", pruned / "model.onnx", batch, bench_runs))
+        step(runs, log, f"{tag}_latency_b{batch}_int8_vs_dense",
+             lambda: bench(int8 / "model.int8.onnx", dense, batch, bench_runs))
+        step(runs, log, f"{tag}_latency_b{batch}_fp32_vs_dense",
+             lambda: bench(pruned / "model.onnx", dense, batch, bench_runs))
+
+
+def table(runs: dict) -> str:
+    lines = [
+        "# INT8 after pruning (onnxruntime static quantisation through `prunecli quantize`)",
+        "",
+        f"Machine: {platform.processor() or platform.machine()}, {os.cpu_count()} cores; onnxruntime CPU, 2 threads; "
+        "latency: `prunecli bench --baseline` (interleaved, p50 of the stated runs). Top-1 through onnxruntime on "
+        "the 10,000 Fashion-MNIST test images; the INT8 guard judged on validation. Raw: `int8_runs.jsonl`.",
+        "",
+        "| model | seed | FLOPs ratio | fp32 top-1 | INT8 top-1 | agreement % | types (reduce_range) | "
+        "size dense / pruned / INT8 KB | b1 INT8/fp32 | b8 INT8/fp32 | b1 INT8/dense | b8 INT8/dense | "
+        "b1 fp32/dense | b8 fp32/dense |",
+        "|---|---:|---:|---:|---:|---:|---|---|---:|---:|---:|---:|---:|---:|",
+    ]
+    for name, row in sorted(runs.items()):
+        if not name.endswith("_accuracy"):
+            continue
+        tag = name[: -len("_accuracy")]
+        seed = tag.rsplit("_s", 1)[1]
+        lat = lambda k: runs.get(f"{tag}_latency_{k}", {}).get("ratio_p50")  # noqa: E731
+        fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else "-"  # noqa: E731
+        sizes = row["sizes_bytes"]
+        kb = " / ".join(f"{sizes[k] / 1024:.0f}" if sizes[k] else "-" for k in ("dense", "pruned", "int8"))
+        types = row["types"]
+        lines.append(
+            f"| ResNet-20 (Fashion-MNIST) | {seed} | {row['flops_ratio']:.4f} | {row['fp32_top1']:.2f} | "
+            f"{row['int8_top1']:.2f} | {row['agreement']:.2f} | {types['activation']}/{types['weight']} "
+            f"({types['reduce_range']}: {types['isa']}) | {kb} | {fmt(lat('b1_int8_vs_fp32'))} | "
+            f"{fmt(lat('b8_int8_vs_fp32'))} | {fmt(lat('b1_int8_vs_dense'))} | {fmt(lat('b8_int8_vs_dense'))} | "
+            f"{fmt(lat('b1_fp32_vs_dense'))} | {fmt(lat('b8_fp32_vs_dense'))} |")
+    first = next((r for n, r in runs.items() if n.endswith("_accuracy")), None)
+    if first:
+        lines += ["", f"Types: {first['types']['reason']}."]
+    return "\n".join(lines) + "\n"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--seeds", default="0")
+    parser.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs after pruning (full training split)")
+    parser.add_argument("--runs", type=int, default=200, help="timed runs per model and batch")
+    parser.add_argument("--work", default="/tmp/prunecli-int8", help="bundles and ONNX files (not committed)")
+    parser.add_argument("--table-only", action="store_true")
+    args = parser.parse_args()
+    log = RESULTS / "int8_runs.jsonl"
+    runs = load(log)
+    if not args.table_only:
+        work = Path(args.work)
+        work.mkdir(parents=True, exist_ok=True)
+        for seed in [int(s) for s in args.seeds.split(",")]:
+            fashion(work, runs, log, args.epochs, seed, args.runs)
+    (RESULTS / "int8.md").write_text(table(runs))
+    print(table(runs))
+
+
+if __name__ == "__main__":
+    main()

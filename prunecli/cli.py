@@ -319,6 +319,14 @@ def prune(
     latency_batch: Optional[int] = typer.Option(None, "--latency-batch", help="Latency: batch (default: the input shape's)."),
     latency_stat: str = typer.Option("p50", "--latency-stat", help="Latency: statistic the budget holds for, p50 or p90."),
     data: Optional[str] = typer.Option(None, "--data", help=DataHelp),
+    quantize: str = typer.Option("none", "--quantize", help="none or int8: also write model.int8.onnx "
+                                 "(onnxruntime static INT8, calibrated on --data; see `prunecli quantize`)."),
+    calibration: str = typer.Option("minmax", "--calibration", help="--quantize: minmax, entropy or percentile."),
+    calibration_batches: int = typer.Option(8, "--calibration-batches", help="--quantize: training batches to calibrate on."),
+    max_quant_drop: float = typer.Option(1.0, "--max-quant-drop", help="--quantize: keep fp32 only if INT8 loses more "
+                                         "top-1 points than this on validation."),
+    require_int8: bool = typer.Option(False, "--require-int8", help="--quantize: exit 1 (no bundle) instead of keeping "
+                                      "fp32 when the guard fails."),
     schedule: str = typer.Option("oneshot", "--schedule", help="oneshot, agp (gradual, cubic) or soft (Soft Filter Pruning)."),
     agp_steps: int = typer.Option(4, "--agp-steps", help="agp: pruning steps."),
     epochs: int = typer.Option(0, "--epochs", help="Fine-tuning epochs (needs --data)."),
@@ -391,6 +399,7 @@ def prune(
                                 distill_weight=distill_weight, temperature=temperature, seed=seed, sync_bn=sync_bn)
     _check_prune_flags(out, force, resume, criterion, config.allocation, schedule, data, epochs,
                        inputs=_typed_inputs(model, weights, arch, data), check_out=not distributed.is_quiet_rank())
+    int8 = _quantize_config(quantize, data, calibration, calibration_batches, max_quant_drop, require_int8)
     placement = _placement(device, amp, sync_bn, schedule, data, epochs)
     if config.latency is not None or config.allocation == "latency":
         from .latency import check_provider
@@ -403,7 +412,8 @@ def prune(
         with _progress(enabled=not as_json and world.main) as progress:
             report = run_prune(loaded, config, Path(out), force=force, measure_latency=not no_latency, data=loaders,
                                finetune=finetune, schedule=schedule, resume=resume, progress=progress,
-                               criterion_batches=criterion_batches, placement=placement, world=world)
+                               criterion_batches=criterion_batches, placement=placement, world=world,
+                               quantize=int8)
     finally:
         distributed.shutdown()
     if report is None:  # a rank other than 0: rank 0 writes and reports
@@ -420,12 +430,33 @@ def prune(
                          f"({missed['unit']}; 95% interval {missed['ci95'][0]:.4g}-{missed['ci95'][1]:.4g}) against the "
                          f"target {missed['target']:.4g}; {out} holds it; rerun on a quieter machine or lower the target\n")
         raise typer.Exit(1)
+    if report.get("int8") and report["int8"]["kept"] == "fp32":
+        guard = report["int8"]["guard"]
+        sys.stderr.write(f"warning: INT8 lost {guard['drop_points']:.2f} top-1 points on {guard['split']} (more than "
+                         f"--max-quant-drop {max_quant_drop:g}); the bundle keeps fp32 only\n")
     if report.get("interrupted"):
         from . import interrupts
 
         interrupts.report(f"interrupted during fine-tuning; {out} holds the bundle from the best checkpoint "
                           f"(epoch {report['accuracy']['best_epoch']}); rerun with --resume to continue")
         raise typer.Exit(130)
+
+
+def _quantize_config(kind, data, calibration, calibration_batches, max_drop, require):
+    from .errors import UsageError
+    from .quantize import QuantizeConfig
+
+    if kind not in ("none", "int8"):
+        raise UsageError(f"--quantize {kind!r} is not one of none, int8")
+    if kind == "none":
+        return None
+    if data is None:
+        raise UsageError("--quantize int8 calibrates and checks the INT8 model on data: pass --data SPEC")
+    try:
+        return QuantizeConfig(calibration=calibration, calibration_batches=calibration_batches, max_drop=max_drop,
+                              require=require)
+    except ValueError as exc:
+        raise UsageError(str(exc)) from exc
 
 
 def _latency(text: Optional[str]):

@@ -123,7 +123,8 @@ def latency_budget_report(config: PruneConfig, measured: dict, evidence: dict) -
 
 def run_prune(loaded: LoadedModel, config: PruneConfig, out: Path, *, force: bool = False,
               measure_latency: bool = True, data=None, finetune=None, schedule: str = "oneshot",
-              resume: bool = False, progress=None, criterion_batches: int = 8, placement=None, world=None) -> dict | None:
+              resume: bool = False, progress=None, criterion_batches: int = 8, placement=None, world=None,
+              quantize=None) -> dict | None:
     """Prune ``loaded`` to ``config``'s budget (optionally fine-tuning on ``data``) and write the bundle to ``out``.
 
     Returns report.json's content. With fine-tuning, ``out/checkpoints/`` holds a checkpoint per epoch;
@@ -296,6 +297,8 @@ def run_prune(loaded: LoadedModel, config: PruneConfig, out: Path, *, force: boo
             report["latency"] = latency_ratio(loaded.model, tmp / ONNX, loaded.example_input,
                                               loaded.input_shape, config.opset, exporter, config.latency_settings)
             timings["latency_s"] = time.perf_counter() - t0
+        if quantize is not None:
+            report["int8"] = _int8(tmp, data, quantize, loaded.input_shape, measure_latency, timings)
         if "latency" in outcome.evidence and config.latency is None:
             report["latency_model"] = outcome.evidence["latency"]["model"]
         if search is not None:
@@ -314,6 +317,27 @@ def run_prune(loaded: LoadedModel, config: PruneConfig, out: Path, *, force: boo
                              previous + [p.to_json() for p in outcome.plans], directory=tmp)
         (tmp / RECIPE).write_text(json.dumps(recipe, indent=1))
     return report
+
+
+def _int8(tmp: Path, data, quantize, input_shape, measure_latency: bool, timings: dict) -> dict:
+    """``model.int8.onnx`` beside the fp32 ONNX (:mod:`prunecli.quantize`), with its latency against the fp32 one
+    (``prunecli bench``'s interleaved measurement); exit 1 with ``require`` when the accuracy guard keeps fp32."""
+    from .quantize import INT8_FILE, run_quantize
+
+    t0 = time.perf_counter()
+    doc = run_quantize(tmp / ONNX, tmp / INT8_FILE, data, quantize)
+    if doc["kept"] == "fp32" and quantize.require:
+        guard = doc["guard"]
+        raise BudgetNotMet(f"--require-int8: INT8 loses {guard['drop_points']:.2f} top-1 points on {guard['split']}, "
+                           f"more than --max-quant-drop {quantize.max_drop:g}; no bundle was written")
+    if doc["kept"] == "int8" and measure_latency:
+        from .bench import BenchConfig, run_bench
+
+        bench = run_bench(tmp / INT8_FILE, tmp / ONNX, BenchConfig(runs=50, warmup=5), tuple(input_shape))
+        doc["latency_vs_fp32"] = {"p50_ms": bench["model"]["p50_ms"], "fp32_p50_ms": bench["baseline"]["p50_ms"],
+                                  "ratio_p50": bench["ratio"]["p50"], "runs": 50, "threads": bench.get("threads")}
+    timings["int8_s"] = time.perf_counter() - t0
+    return doc
 
 
 def check_measured_budget(config: PruneConfig, budget: dict) -> None:

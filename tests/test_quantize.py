@@ -104,3 +104,35 @@ def test_types_follow_the_instruction_set():
     plain = int8_types({"avx2", "fma"})
     assert plain.reduce_range and "saturate" in plain.reason
     assert not int8_types(set()).reduce_range
+
+
+def test_prune_quantize_int8_adds_the_int8_model_to_the_bundle(cli, tmp_path):
+    out = tmp_path / "b"
+    result = cli("prune", TINY, *SMALL, "--flops", "0.5", "--epochs", "2", "--quantize", "int8", "--json",
+                 "--out", out)
+    assert result.code == 0, result.stderr
+    report = json.loads(result.stdout)
+    int8 = report["int8"]
+    assert int8["kept"] == "int8" and (out / "model.int8.onnx").is_file() and (out / "model.onnx").is_file()
+    assert int8["accuracy"]["agreement"] >= 90 and int8["guard"]["passed"]
+    latency = int8["latency_vs_fp32"]
+    assert latency["p50_ms"] > 0 and latency["fp32_p50_ms"] > 0 and latency["runs"] == 50
+    assert json.loads((out / "report.json").read_text())["int8"]["file"] == "model.int8.onnx"
+    import prunecli
+
+    prunecli.load_bundle(out, arch=TINY)  # still a valid bundle with the extra file
+
+
+def test_prune_quantize_needs_data_and_require_int8_is_exit_1_without_a_bundle(cli, tmp_path):
+    no_data = cli("prune", TINY, "--input-shape", "1,3,8,8", "--flops", "0.5", "--quantize", "int8",
+                  "--out", tmp_path / "a")
+    assert no_data.code == 2 and "--data" in no_data.stderr and no_data.stderr.count("\n") == 1
+    assert not (tmp_path / "a").exists()
+    required = cli("prune", TINY, *SMALL, "--flops", "0.5", "--no-latency", "--quantize", "int8",
+                   "--max-quant-drop", "-100", "--require-int8", "--out", tmp_path / "b")
+    assert required.code == 1 and "--require-int8" in required.stderr and required.stderr.count("\n") == 1
+    assert not (tmp_path / "b").exists()
+    fallback = cli("prune", TINY, *SMALL, "--flops", "0.5", "--no-latency", "--quantize", "int8",
+                   "--max-quant-drop", "-100", "--out", tmp_path / "c", "--json")
+    assert fallback.code == 0 and "fp32 only" in fallback.stderr
+    assert json.loads(fallback.stdout)["int8"]["kept"] == "fp32" and not (tmp_path / "c" / "model.int8.onnx").exists()

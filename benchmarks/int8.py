@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -90,21 +89,13 @@ def fashion(work: Path, runs: dict, log: Path, epochs: int, seed: int, bench_run
              lambda: bench(pruned / "model.onnx", dense, batch, bench_runs))
 
 
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
 def table(runs: dict) -> str:
+    from prunecli.latency import cpu_model
+
     lines = [
         "# INT8 after pruning (onnxruntime static quantisation through `prunecli quantize`)",
         "",
-        f"Machine: {_cpu()}, {os.cpu_count()} cores; onnxruntime CPU, 2 threads; latency: `prunecli bench "
+        f"Machine: {cpu_model()}, {os.cpu_count()} cores; onnxruntime CPU, 2 threads; latency: `prunecli bench "
         "--baseline` (interleaved in one process, 10 warm-up then 200 timed runs per model, p50 ratio). ResNet-20 "
         "pruned with `--flops 0.5 --epochs 2` (l1, uniform; full training split) from the committed dense model "
         "(quality_fmnist_dense_resnet20.pt), then `prunecli quantize` (minmax, 8 calibration batches). Top-1 through onnxruntime on "

@@ -132,6 +132,10 @@ TrustOpt = typer.Option(False, "--trust-pickle", help="Allow a pickled nn.Module
 ShapeOpt = typer.Option(None, "--input-shape", help="Example input shape, e.g. 1,3,224,224 (default: preset's).")
 PresetOpt = typer.Option(None, "--preset", help="Preset name (see `prunecli presets`); matched automatically by default.")
 JsonOpt = typer.Option(False, "--json", help="Print one JSON document to stdout instead of tables.")
+CalibrationOpt = typer.Option("minmax", "--calibration", help="INT8: minmax, entropy or percentile (onnxruntime's calibrators).")
+CalibrationBatchesOpt = typer.Option(8, "--calibration-batches", help="INT8: training batches to calibrate on.")
+MaxQuantDropOpt = typer.Option(1.0, "--max-quant-drop", help="INT8: keep fp32 if INT8 loses more top-1 points than this on validation.")
+RequireInt8Opt = typer.Option(False, "--require-int8", help="INT8: exit 1 (no output) instead of keeping fp32 when the guard fails.")
 DataHelp = "digits, imagefolder:DIR, cifar10:DIR, cifar100:DIR, fashion-mnist:DIR, mnist:DIR, file.py:factory, synthetic[:N]."
 IgnoreOpt = typer.Option([], "--ignore", help="Module name glob kept intact (repeatable).")
 MinChannelsOpt = typer.Option(1, "--min-channels", help="Fewest channels any group keeps.")
@@ -321,12 +325,10 @@ def prune(
     data: Optional[str] = typer.Option(None, "--data", help=DataHelp),
     quantize: str = typer.Option("none", "--quantize", help="none or int8: also write model.int8.onnx "
                                  "(onnxruntime static INT8, calibrated on --data; see `prunecli quantize`)."),
-    calibration: str = typer.Option("minmax", "--calibration", help="--quantize: minmax, entropy or percentile."),
-    calibration_batches: int = typer.Option(8, "--calibration-batches", help="--quantize: training batches to calibrate on."),
-    max_quant_drop: float = typer.Option(1.0, "--max-quant-drop", help="--quantize: keep fp32 only if INT8 loses more "
-                                         "top-1 points than this on validation."),
-    require_int8: bool = typer.Option(False, "--require-int8", help="--quantize: exit 1 (no bundle) instead of keeping "
-                                      "fp32 when the guard fails."),
+    calibration: str = CalibrationOpt,
+    calibration_batches: int = CalibrationBatchesOpt,
+    max_quant_drop: float = MaxQuantDropOpt,
+    require_int8: bool = RequireInt8Opt,
     schedule: str = typer.Option("oneshot", "--schedule", help="oneshot, agp (gradual, cubic) or soft (Soft Filter Pruning)."),
     agp_steps: int = typer.Option(4, "--agp-steps", help="agp: pruning steps."),
     epochs: int = typer.Option(0, "--epochs", help="Fine-tuning epochs (needs --data)."),
@@ -807,10 +809,10 @@ def quantize(
     model: str = typer.Argument(..., metavar="MODEL", help="A prunecli bundle, an .onnx file, or any MODEL spec (exported first)."),
     data: str = typer.Option(..., "--data", help="Data spec: calibration on its training split, the guard on validation, the report on test."),
     out: str = typer.Option(..., "--out", help="Output directory: model.int8.onnx and quantize.json."),
-    calibration: str = typer.Option("minmax", "--calibration", help="minmax, entropy or percentile (onnxruntime's calibrators)."),
-    calibration_batches: int = typer.Option(8, "--calibration-batches", help="Training batches to calibrate on."),
-    max_quant_drop: float = typer.Option(1.0, "--max-quant-drop", help="Keep fp32 if INT8 loses more top-1 points than this on validation."),
-    require_int8: bool = typer.Option(False, "--require-int8", help="Exit 1 instead of keeping fp32 when the guard fails."),
+    calibration: str = CalibrationOpt,
+    calibration_batches: int = CalibrationBatchesOpt,
+    max_quant_drop: float = MaxQuantDropOpt,
+    require_int8: bool = RequireInt8Opt,
     batch_size: int = typer.Option(64, "--batch-size", help="Batch size for calibration and evaluation."),
     force: bool = typer.Option(False, "--force", help="Replace a non-empty --out."),
     seed: int = typer.Option(0, "--seed", help="Seed of the data splits."),

@@ -2,6 +2,7 @@
 onnxruntime, latency at batch 1 and 8).
 
     python benchmarks/int8.py                        # Fashion-MNIST ResNet-20 (needs dataset-fashion-mnist)
+    python benchmarks/int8.py --torchvision resnet18,mobilenet_v2 --runs 50   # latency only (224x224)
 
 Every step is a prunecli command line (prune, quantize, export, bench), so the table is what a user gets. Raw
 results are appended to ``benchmarks/results/int8_runs.jsonl`` and a finished step is skipped when the script is
@@ -89,6 +90,32 @@ def fashion(work: Path, runs: dict, log: Path, epochs: int, seed: int, bench_run
              lambda: bench(pruned / "model.onnx", dense, batch, bench_runs))
 
 
+def torchvision_latency(name: str, work: Path, runs: dict, log: Path, bench_runs: int) -> None:
+    """Latency only: a random-init torchvision model pruned to --flops 0.5, calibrated on synthetic images (their
+    top-1 means nothing, so the guard is off: --max-quant-drop 100)."""
+    spec, tag = f"torchvision:{name}", f"tv_{name}"
+    pruned, int8, dense = work / f"{tag}_pruned", work / f"{tag}_int8", work / f"{tag}_dense.onnx"
+    if not dense.is_file():
+        prunecli("export", spec, "--out", dense, "--force")
+    if not (pruned / "recipe.json").is_file():
+        prunecli("prune", spec, "--flops", "0.5", "--no-latency", "--out", pruned, "--force", "--json")
+    report = json.loads((pruned / "report.json").read_text())
+    q = step(runs, log, f"{tag}_quantize", lambda: {"quantize": prunecli(
+        "quantize", pruned, "--data", "synthetic:512", "--max-quant-drop", "100", "--out", int8, "--force",
+        "--json")})["quantize"]
+    step(runs, log, f"{tag}_sizes", lambda: {
+        "flops_ratio": report["budget"]["flops"]["achieved_ratio"], "types": q["types"],
+        "sizes_bytes": {"dense": dense.stat().st_size, "pruned": (pruned / "model.onnx").stat().st_size,
+                        "int8": (int8 / "model.int8.onnx").stat().st_size}})
+    for batch in (1, 8):
+        step(runs, log, f"{tag}_latency_b{batch}_int8_vs_fp32",
+             lambda: bench(int8 / "model.int8.onnx", pruned / "model.onnx", batch, bench_runs))
+        step(runs, log, f"{tag}_latency_b{batch}_int8_vs_dense",
+             lambda: bench(int8 / "model.int8.onnx", dense, batch, bench_runs))
+        step(runs, log, f"{tag}_latency_b{batch}_fp32_vs_dense",
+             lambda: bench(pruned / "model.onnx", dense, batch, bench_runs))
+
+
 def table(runs: dict) -> str:
     from prunecli.latency import cpu_model
 
@@ -122,6 +149,20 @@ def table(runs: dict) -> str:
             f"({types['reduce_range']}: {types['isa']}) | {kb} | {fmt(lat('b1_int8_vs_fp32'))} | "
             f"{fmt(lat('b8_int8_vs_fp32'))} | {fmt(lat('b1_int8_vs_dense'))} | {fmt(lat('b8_int8_vs_dense'))} | "
             f"{fmt(lat('b1_fp32_vs_dense'))} | {fmt(lat('b8_fp32_vs_dense'))} |")
+    tv = sorted(n[: -len("_sizes")] for n in runs if n.startswith("tv_") and n.endswith("_sizes"))
+    if tv:
+        lines += ["", "Latency only (random-init torchvision models at 224x224, `prune --flops 0.5`, INT8 calibrated on "
+                  "synthetic images: no accuracy is claimed; runs per model as in the raw rows):", "",
+                  "| model | FLOPs ratio | size dense / pruned / INT8 KB | b1 INT8/fp32 | b8 INT8/fp32 | b1 INT8/dense | "
+                  "b8 INT8/dense | b1 fp32/dense | b8 fp32/dense |", "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
+        for tag in tv:
+            row = runs[f"{tag}_sizes"]
+            lat = lambda k: runs.get(f"{tag}_latency_{k}", {}).get("ratio_p50")  # noqa: E731
+            fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else "-"  # noqa: E731
+            kb = " / ".join(f"{row['sizes_bytes'][k] / 1024:.0f}" for k in ("dense", "pruned", "int8"))
+            lines.append(f"| {tag[3:]} | {row['flops_ratio']:.4f} | {kb} | {fmt(lat('b1_int8_vs_fp32'))} | "
+                         f"{fmt(lat('b8_int8_vs_fp32'))} | {fmt(lat('b1_int8_vs_dense'))} | {fmt(lat('b8_int8_vs_dense'))} | "
+                         f"{fmt(lat('b1_fp32_vs_dense'))} | {fmt(lat('b8_fp32_vs_dense'))} |")
     first = next((r for n, r in runs.items() if n.endswith("_accuracy")), None)
     if first:
         lines += ["", f"Types: {first['types']['reason']}."]
@@ -134,6 +175,7 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs after pruning (full training split)")
     parser.add_argument("--runs", type=int, default=200, help="timed runs per model and batch")
     parser.add_argument("--work", default="/tmp/prunecli-int8", help="bundles and ONNX files (not committed)")
+    parser.add_argument("--torchvision", default="", help="latency only: comma-separated torchvision models")
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args()
     log = RESULTS / "int8_runs.jsonl"
@@ -141,8 +183,12 @@ def main() -> None:
     if not args.table_only:
         work = Path(args.work)
         work.mkdir(parents=True, exist_ok=True)
-        for seed in [int(s) for s in args.seeds.split(",")]:
-            fashion(work, runs, log, args.epochs, seed, args.runs)
+        if args.torchvision:
+            for name in args.torchvision.split(","):
+                torchvision_latency(name, work, runs, log, args.runs)
+        else:
+            for seed in [int(s) for s in args.seeds.split(",")]:
+                fashion(work, runs, log, args.epochs, seed, args.runs)
     (RESULTS / "int8.md").write_text(table(runs))
     print(table(runs))
 

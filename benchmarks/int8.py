@@ -59,6 +59,23 @@ def bench(model: Path, baseline: Path, batch: int, runs: int, shape: str | None 
             "ratio_p50": doc["ratio"]["p50"], "runs": runs, "batch": batch}
 
 
+def latencies(runs: dict, log: Path, tag: str, int8: Path, fp32: Path, dense: Path, bench_runs: int) -> None:
+    """INT8 vs pruned fp32, INT8 vs dense and pruned fp32 vs dense, at batch 1 and 8 (each a resumable step)."""
+    pairs = {"int8_vs_fp32": (int8, fp32), "int8_vs_dense": (int8, dense), "fp32_vs_dense": (fp32, dense)}
+    for batch in (1, 8):
+        for name, (model, baseline) in pairs.items():
+            step(runs, log, f"{tag}_latency_b{batch}_{name}", lambda: bench(model, baseline, batch, bench_runs))
+
+
+def _ratio(runs: dict, tag: str, key: str) -> str:
+    value = runs.get(f"{tag}_latency_{key}", {}).get("ratio_p50")
+    return f"{value:.3f}" if isinstance(value, float) else "-"
+
+
+LATENCY_KEYS = ("b1_int8_vs_fp32", "b8_int8_vs_fp32", "b1_int8_vs_dense", "b8_int8_vs_dense", "b1_fp32_vs_dense",
+                "b8_fp32_vs_dense")
+
+
 def fashion(work: Path, runs: dict, log: Path, epochs: int, seed: int, bench_runs: int) -> None:
     pruned, int8, dense = work / f"pruned_s{seed}", work / f"int8_s{seed}", work / "dense.onnx"
     tag = f"fmnist_resnet20_s{seed}"
@@ -81,13 +98,7 @@ def fashion(work: Path, runs: dict, log: Path, epochs: int, seed: int, bench_run
                         "int8": (int8 / "model.int8.onnx").stat().st_size if q["kept"] == "int8" else None}})
     if q["kept"] != "int8":
         return
-    for batch in (1, 8):
-        step(runs, log, f"{tag}_latency_b{batch}_int8_vs_fp32",
-             lambda: bench(int8 / "model.int8.onnx", pruned / "model.onnx", batch, bench_runs))
-        step(runs, log, f"{tag}_latency_b{batch}_int8_vs_dense",
-             lambda: bench(int8 / "model.int8.onnx", dense, batch, bench_runs))
-        step(runs, log, f"{tag}_latency_b{batch}_fp32_vs_dense",
-             lambda: bench(pruned / "model.onnx", dense, batch, bench_runs))
+    latencies(runs, log, tag, int8 / "model.int8.onnx", pruned / "model.onnx", dense, bench_runs)
 
 
 def torchvision_latency(name: str, work: Path, runs: dict, log: Path, bench_runs: int) -> None:
@@ -107,13 +118,7 @@ def torchvision_latency(name: str, work: Path, runs: dict, log: Path, bench_runs
         "flops_ratio": report["budget"]["flops"]["achieved_ratio"], "types": q["types"],
         "sizes_bytes": {"dense": dense.stat().st_size, "pruned": (pruned / "model.onnx").stat().st_size,
                         "int8": (int8 / "model.int8.onnx").stat().st_size}})
-    for batch in (1, 8):
-        step(runs, log, f"{tag}_latency_b{batch}_int8_vs_fp32",
-             lambda: bench(int8 / "model.int8.onnx", pruned / "model.onnx", batch, bench_runs))
-        step(runs, log, f"{tag}_latency_b{batch}_int8_vs_dense",
-             lambda: bench(int8 / "model.int8.onnx", dense, batch, bench_runs))
-        step(runs, log, f"{tag}_latency_b{batch}_fp32_vs_dense",
-             lambda: bench(pruned / "model.onnx", dense, batch, bench_runs))
+    latencies(runs, log, tag, int8 / "model.int8.onnx", pruned / "model.onnx", dense, bench_runs)
 
 
 def table(runs: dict) -> str:
@@ -138,17 +143,14 @@ def table(runs: dict) -> str:
             continue
         tag = name[: -len("_accuracy")]
         seed = tag.rsplit("_s", 1)[1]
-        lat = lambda k: runs.get(f"{tag}_latency_{k}", {}).get("ratio_p50")  # noqa: E731
-        fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else "-"  # noqa: E731
         sizes = row["sizes_bytes"]
         kb = " / ".join(f"{sizes[k] / 1024:.0f}" if sizes[k] else "-" for k in ("dense", "pruned", "int8"))
         types = row["types"]
         lines.append(
             f"| ResNet-20 (Fashion-MNIST) | {seed} | {row['flops_ratio']:.4f} | {row['fp32_top1']:.2f} | "
             f"{row['int8_top1']:.2f} | {row['agreement']:.2f} | {types['activation']}/{types['weight']} "
-            f"({types['reduce_range']}: {types['isa']}) | {kb} | {fmt(lat('b1_int8_vs_fp32'))} | "
-            f"{fmt(lat('b8_int8_vs_fp32'))} | {fmt(lat('b1_int8_vs_dense'))} | {fmt(lat('b8_int8_vs_dense'))} | "
-            f"{fmt(lat('b1_fp32_vs_dense'))} | {fmt(lat('b8_fp32_vs_dense'))} |")
+            f"({types['reduce_range']}: {types['isa']}) | {kb} | "
+            + " | ".join(_ratio(runs, tag, k) for k in LATENCY_KEYS) + " |")
     tv = sorted(n[: -len("_sizes")] for n in runs if n.startswith("tv_") and n.endswith("_sizes"))
     if tv:
         lines += ["", "Latency only (random-init torchvision models at 224x224, `prune --flops 0.5`, INT8 calibrated on "
@@ -157,12 +159,9 @@ def table(runs: dict) -> str:
                   "b8 INT8/dense | b1 fp32/dense | b8 fp32/dense |", "|---|---:|---|---:|---:|---:|---:|---:|---:|"]
         for tag in tv:
             row = runs[f"{tag}_sizes"]
-            lat = lambda k: runs.get(f"{tag}_latency_{k}", {}).get("ratio_p50")  # noqa: E731
-            fmt = lambda v: f"{v:.3f}" if isinstance(v, float) else "-"  # noqa: E731
             kb = " / ".join(f"{row['sizes_bytes'][k] / 1024:.0f}" for k in ("dense", "pruned", "int8"))
-            lines.append(f"| {tag[3:]} | {row['flops_ratio']:.4f} | {kb} | {fmt(lat('b1_int8_vs_fp32'))} | "
-                         f"{fmt(lat('b8_int8_vs_fp32'))} | {fmt(lat('b1_int8_vs_dense'))} | {fmt(lat('b8_int8_vs_dense'))} | "
-                         f"{fmt(lat('b1_fp32_vs_dense'))} | {fmt(lat('b8_fp32_vs_dense'))} |")
+            lines.append(f"| {tag[3:]} | {row['flops_ratio']:.4f} | {kb} | "
+                         + " | ".join(_ratio(runs, tag, k) for k in LATENCY_KEYS) + " |")
     first = next((r for n, r in runs.items() if n.endswith("_accuracy")), None)
     if first:
         lines += ["", f"Types: {first['types']['reason']}."]

@@ -87,6 +87,9 @@ class _Calibration:
             self._batches.append({input_name: x.numpy().astype("float32")})
         self._it = iter(self._batches)
 
+    def __len__(self) -> int:
+        return len(self._batches)
+
     def get_next(self):
         return next(self._it, None)
 
@@ -104,7 +107,7 @@ def quantize_file(fp32: Path, out: Path, loader, config: QuantizeConfig, types: 
     session = ort.InferenceSession(str(fp32), providers=["CPUExecutionProvider"])
     input_name = session.get_inputs()[0].name
     reader = _Calibration(loader, input_name, config.calibration_batches)
-    if not reader._batches:
+    if not len(reader):
         raise RuntimeFailure("the training split gave no batch to calibrate on; check --data")
     with tempfile.TemporaryDirectory(prefix="prunecli-int8-", dir=out.parent) as tmp:
         prepared, written = Path(tmp) / "prepared.onnx", Path(tmp) / "int8.onnx"

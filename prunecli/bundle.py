@@ -36,7 +36,8 @@ READABLE_VERSIONS = (1, 2)  # v1 bundles carry no file hashes
 RECIPE = "recipe.json"
 WEIGHTS = "model.safetensors"
 ONNX = "model.onnx"
-HASHED = (ONNX, WEIGHTS)
+INT8_ONNX = "model.int8.onnx"  # `prune --quantize int8`
+HASHED = (ONNX, WEIGHTS, INT8_ONNX)
 
 
 def is_bundle(path: Path) -> bool:

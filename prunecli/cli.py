@@ -396,12 +396,13 @@ def prune(
                      prune_heads=prune_heads, max_group_prune=max_group_prune, seed=seed, tolerance=tolerance, opset=opset, timeout=timeout,
                      allocation_settings=_allocation_settings(allocation, search_epochs, sensitivity_levels,
                                                               sensitivity_metric, sensitivity_batches),
-                     schedule_settings=_schedule_settings(schedule, agp_steps))
+                     schedule_settings=_schedule_settings(schedule, agp_steps),
+                     quantize=_quantize_config(quantize, data, calibration, calibration_batches, max_quant_drop,
+                                               require_int8))
     finetune = _finetune_config(epochs=epochs, lr=lr, optimizer=optimizer, weight_decay=weight_decay, distill=distill,
                                 distill_weight=distill_weight, temperature=temperature, seed=seed, sync_bn=sync_bn)
     _check_prune_flags(out, force, resume, criterion, config.allocation, schedule, data, epochs,
                        inputs=_typed_inputs(model, weights, arch, data), check_out=not distributed.is_quiet_rank())
-    int8 = _quantize_config(quantize, data, calibration, calibration_batches, max_quant_drop, require_int8)
     placement = _placement(device, amp, sync_bn, schedule, data, epochs)
     if config.latency is not None or config.allocation == "latency":
         from .latency import check_provider
@@ -414,8 +415,7 @@ def prune(
         with _progress(enabled=not as_json and world.main) as progress:
             report = run_prune(loaded, config, Path(out), force=force, measure_latency=not no_latency, data=loaders,
                                finetune=finetune, schedule=schedule, resume=resume, progress=progress,
-                               criterion_batches=criterion_batches, placement=placement, world=world,
-                               quantize=int8)
+                               criterion_batches=criterion_batches, placement=placement, world=world)
     finally:
         distributed.shutdown()
     if report is None:  # a rank other than 0: rank 0 writes and reports
@@ -428,9 +428,14 @@ def prune(
         render_prune(_console(), report, out)
     missed = report["budget"].get("latency", {})
     if missed and not missed["met"]:
-        sys.stderr.write(f"error: --latency {latency}: the final model measures {missed['measured']:.4g} "
+        fallback = (" (INT8 was not kept: its accuracy guard failed, so the fp32 model was measured)"
+                    if report.get("int8", {}).get("kept") == "fp32" else "")
+        sys.stderr.write(f"error: --latency {latency}: the final model ({missed['artifact']}{fallback}) measures "
+                         f"{missed['measured']:.4g} "
                          f"({missed['unit']}; 95% interval {missed['ci95'][0]:.4g}-{missed['ci95'][1]:.4g}) against the "
-                         f"target {missed['target']:.4g}; {out} holds it; rerun on a quieter machine or lower the target\n")
+                         f"target {missed['target']:.4g}; {out} holds it; "
+                         + ("raise --max-quant-drop or fine-tune longer (--epochs) so INT8 is kept, or raise the target\n"
+                            if fallback else "rerun on a quieter machine or lower the target\n"))
         raise typer.Exit(1)
     if report.get("int8") and report["int8"]["kept"] == "fp32":
         guard = report["int8"]["guard"]
@@ -445,8 +450,8 @@ def prune(
 
 
 def _quantize_config(kind, data, calibration, calibration_batches, max_drop, require):
+    from .config import QuantizeConfig
     from .errors import UsageError
-    from .quantize import QuantizeConfig
 
     if kind not in ("none", "int8"):
         raise UsageError(f"--quantize {kind!r} is not one of none, int8")
@@ -838,9 +843,11 @@ def quantize(
     import tempfile
     from pathlib import Path
 
+    from .bundle import INT8_ONNX
+    from .config import QuantizeConfig
     from .errors import UsageError
     from .outputs import atomic_dir, check_out_dir
-    from .quantize import INT8_FILE, QuantizeConfig, run_quantize
+    from .quantize import run_quantize
 
     try:
         config = QuantizeConfig(calibration=calibration, calibration_batches=calibration_batches,
@@ -854,7 +861,7 @@ def quantize(
         fp32, loaded = _fp32_onnx(model, Path(tmp), arch, weights, trust_pickle, input_shape, preset)
         loaders = _data(data, batch_size, 0, loaded, seed)
         with atomic_dir(Path(out), force) as staged:
-            doc = run_quantize(fp32, staged / INT8_FILE, loaders, config)
+            doc = run_quantize(fp32, staged / INT8_ONNX, loaders, config)
             doc["source"] = {"model": model, "data": data}
             (staged / "quantize.json").write_text(json.dumps(doc, indent=2))
     acc, guard = doc["accuracy"], doc["guard"]
@@ -866,7 +873,7 @@ def quantize(
                    f"{acc['fp32_top1']:.2f}, agreement {acc['agreement']:.2f}%; written to {out}")
     if doc["kept"] == "fp32":
         sys.stderr.write(f"warning: INT8 lost {guard['drop_points']:.2f} top-1 points on {guard['split']} (more than "
-                         f"--max-quant-drop {max_quant_drop:g}); fp32 kept, no {INT8_FILE} written\n")
+                         f"--max-quant-drop {max_quant_drop:g}); fp32 kept, no {INT8_ONNX} written\n")
         if require_int8:
             raise typer.Exit(1)
 

@@ -143,6 +143,27 @@ class LatencySettings:
         return RuntimeConfig(self.provider, self.threads, self.batch, warmup=warmup)
 
 
+CALIBRATIONS = ("minmax", "entropy", "percentile")
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    """INT8 after pruning (:mod:`prunecli.quantize`): onnxruntime's calibration method and batches, and the guard
+    (fp32 is kept when INT8 loses more than ``max_drop`` top-1 points on validation; ``require``: exit 1 instead).
+    With a latency budget the fit measures the quantised model: the artifact that will be deployed."""
+
+    calibration: str = "minmax"
+    calibration_batches: int = 8
+    max_drop: float = 1.0  # points of top-1 on the validation split
+    require: bool = False  # exit 1 instead of falling back to fp32
+
+    def __post_init__(self) -> None:
+        if self.calibration not in CALIBRATIONS:
+            raise ValueError(f"--calibration {self.calibration!r} is not one of {', '.join(CALIBRATIONS)}")
+        if self.calibration_batches < 1:
+            raise ValueError(f"--calibration-batches {self.calibration_batches} must be at least 1")
+
+
 @dataclass(frozen=True)
 class PruneConfig:
     """What `prune` does: budgets, how channels are ranked and how counts are allocated."""
@@ -166,6 +187,7 @@ class PruneConfig:
     allocation_settings: Any = None
     schedule_settings: Any = None
     latency_settings: LatencySettings = LatencySettings()
+    quantize: QuantizeConfig | None = None  # INT8 after pruning; None: fp32 only
 
     def __post_init__(self) -> None:
         if self.flops is None and self.params is None and self.latency is None:

@@ -4,8 +4,9 @@ The latency model (:mod:`prunecli.latency_model`) predicts, for every prefix ``t
 whole model's latency; the fit starts where the prediction reaches the aim (``margin`` below the target) and
 then measures: each candidate is exported and timed with onnxruntime interleaved with the dense model until the
 ratio's 95% interval is within +-``halfwidth``. The next candidate corrects the prediction by the measured
-error (a secant step on the prediction), bracketed by what was measured too slow and too fast, bisecting when
-a correction does not move. A plan is accepted when its measured value is at most ``1 - margin`` of the
+error (a secant step on the prediction; once both ends of the bracket are measured, their errors interpolated
+along the order), bracketed by what was measured too slow and too fast, bisecting when a correction does not move
+or two probes did not halve the bracket. A plan is accepted when its measured value is at most ``1 - margin`` of the
 target, at least ``1 - window`` of it, and its interval's upper end is within the target.
 
 An unreachable target (every step applied is still too slow, measured) is a usage error, raised before any
@@ -60,11 +61,11 @@ def fit_latency(counts_after, steps: int, target: float, predict, measure, *, t_
             predicted[t] = predict(counts_after(t))
         return predicted[t]
 
-    def first_below(value: float, lo: int, hi: int) -> int:
-        """The smallest t in [lo, hi] whose prediction is at most ``value`` (hi if none)."""
+    def first_below(value: float, lo: int, hi: int, scale=lambda t: 1.0) -> int:
+        """The smallest t in [lo, hi] whose prediction (times ``scale(t)``) is at most ``value`` (hi if none)."""
         while lo < hi:
             mid = (lo + hi) // 2
-            if pred(mid) <= value:
+            if pred(mid) * scale(mid) <= value:
                 hi = mid
             else:
                 lo = mid + 1
@@ -88,6 +89,7 @@ def fit_latency(counts_after, steps: int, target: float, predict, measure, *, t_
             )
     too_slow, too_fast = t_min - 1, steps + 1  # measured bounds: t <= too_slow misses, t >= too_fast overshoots
     t = max(t_min, first_below(aim, t_min, steps))
+    widths: list[int] = []  # the bracket's width after each probe
     for _ in range(max_probes):
         p = next((q for q in probes if q.t == t), None) or probe(t)
         if p.measured <= upper and p.high <= target and p.measured >= lower:
@@ -102,9 +104,11 @@ def fit_latency(counts_after, steps: int, target: float, predict, measure, *, t_
             if adjusted is not None:
                 return adjusted
             break
-        correction = p.measured / p.predicted if p.predicted > 0 else 1.0
-        guess = first_below(aim / correction, max(t_min, too_slow + 1), min(steps, too_fast - 1))
-        if not too_slow < guess < too_fast or guess == t:
+        widths.append(too_fast - too_slow)
+        guess = first_below(aim, max(t_min, too_slow + 1), min(steps, too_fast - 1),
+                            _correction(probes, p, too_slow, too_fast))
+        stalled = len(widths) >= 3 and widths[-1] * 2 > widths[-3]  # two probes did not halve the bracket
+        if stalled or not too_slow < guess < too_fast or guess == t:
             guess = (too_slow + too_fast) // 2
             if guess <= max(too_slow, t_min - 1) or guess >= too_fast:
                 break
@@ -122,6 +126,17 @@ def fit_latency(counts_after, steps: int, target: float, predict, measure, *, t_
         "the steps are too coarse for the machine's noise: use a smaller --round-to, a slightly different target, "
         "or measure on a quieter machine"
     )
+
+
+def _correction(probes, last, too_slow: int, too_fast: int):
+    """measured / predicted as a function of t: interpolated linearly between the two measured ends of the bracket
+    when both are measured (the table's error drifts along the order, e.g. an INT8 model's), else the last probe's."""
+    ratios = {q.t: q.measured / q.predicted for q in probes if q.t >= 0 and q.predicted > 0}
+    if too_slow in ratios and too_fast in ratios:
+        a, b = too_slow, too_fast
+        return lambda t: ratios[a] + (ratios[b] - ratios[a]) * (t - a) / (b - a)
+    constant = last.measured / last.predicted if last.predicted > 0 else 1.0
+    return lambda t: constant
 
 
 def _adjust(too_slow, too_fast, counts_after, neighbours, predict, measure, probes, steps, t_min, aim, upper, lower,

@@ -61,9 +61,14 @@ DATA_NEEDS = ("sensitivity", "search")  # what an allocator can need that evalua
 class LatencyBench:
     """The latency budget's measurements for one model: the dense model exported and measured on the runtime, its
     latency model, and candidate plans exported and timed interleaved with it. Use as a context manager (it holds a
-    scratch directory for the candidates' ONNX files)."""
+    scratch directory for the candidates' ONNX files).
 
-    def __init__(self, loaded: LoadedModel, config: PruneConfig, analysis, timings: dict) -> None:
+    With ``config.quantize`` and a latency budget the deployed artifact is the INT8 model, so each candidate is
+    quantised (onnxruntime, calibrated on one batch of ``data.train``: latency depends on the graph, not on the
+    scales) and the INT8 candidate is timed against the dense fp32 model. The latency model's fp32 predictions are
+    scaled by the dense model's measured INT8/fp32 ratio (``int8_factor``); the fit corrects the rest by measurement."""
+
+    def __init__(self, loaded: LoadedModel, config: PruneConfig, analysis, timings: dict, data=None) -> None:
         import tempfile
 
         from .export import export_onnx
@@ -93,6 +98,16 @@ class LatencyBench:
         self.groups = analysis.groups
         self.measured = 0
         timings["latency_table_s"] = time.perf_counter() - t0
+        self.int8, self.int8_factor = None, 1.0
+        if config.quantize is not None and config.latency is not None:
+            t0 = time.perf_counter()
+            self.int8 = _LatencyQuantizer(config, data)
+            try:
+                self.int8_factor = self._ratio(self.dir / "dense.onnx").ratio
+            except BaseException:
+                self.close()
+                raise
+            timings["latency_int8_dense_s"] = time.perf_counter() - t0
 
     def __enter__(self) -> "LatencyBench":
         return self
@@ -111,8 +126,26 @@ class LatencyBench:
         budget = self.config.latency
         return (budget.value, "ms") if budget.absolute else (budget.value, "of dense")
 
+    def _ratio(self, fp32: Path):
+        """The Ratio of the artifact made from ``fp32`` (itself, or its INT8 model) to the dense fp32 model."""
+        path = fp32
+        if self.int8 is not None:
+            path = fp32.with_name(fp32.stem + ".int8.onnx")
+            self.int8(fp32, path)
+        candidate = self.measuring.open("candidate", path, self.runtime, tuple(self.loaded.input_shape))
+        try:
+            return self.measuring.ratio(candidate, self.dense, self.settings.stat, halfwidth=self.settings.halfwidth)
+        finally:
+            self.measuring.drop(candidate)
+            if path != fp32:
+                path.unlink(missing_ok=True)
+
+    def predict_ms(self, counts: dict) -> float:
+        """The latency model's prediction for the artifact measured (INT8: scaled by ``int8_factor``)."""
+        return self.model.predict(counts) * self.int8_factor
+
     def predict(self, counts: dict) -> float:
-        ms = self.model.predict(counts)
+        ms = self.predict_ms(counts)
         return ms if self.config.latency is None or self.config.latency.absolute else ms / self.dense_ms
 
     def measure(self, counts: dict):
@@ -127,15 +160,34 @@ class LatencyBench:
         export_onnx(shrink_copy(self.loaded, plan), self.loaded.example_input, path, self.config.opset,
                     exporter=self.exporter)
         self.measured += 1
-        candidate = self.measuring.open("candidate", path, self.runtime, tuple(self.loaded.input_shape))
         try:
-            ratio = self.measuring.ratio(candidate, self.dense, self.settings.stat, halfwidth=self.settings.halfwidth)
+            ratio = self._ratio(path)
         finally:
-            self.measuring.drop(candidate)
             path.unlink()
         if self.config.latency is not None and self.config.latency.absolute:
             return ratio.model_ms, ratio.model_ms * ratio.high / ratio.ratio, ratio
         return ratio.ratio, ratio.high, ratio
+
+
+class _LatencyQuantizer:
+    """fp32 ONNX -> INT8 ONNX as `prune --quantize int8` makes it (same types, QDQ, per-channel), calibrated on one
+    training batch with min-max: only for timing."""
+
+    def __init__(self, config: PruneConfig, data) -> None:
+        import dataclasses
+
+        from .quantize import int8_types
+
+        if data is None:
+            raise UsageError("--latency with --quantize int8 times the INT8 model, which is calibrated on data: "
+                             "pass --data SPEC")
+        self.loader, self.types = data.train, int8_types()
+        self.config = dataclasses.replace(config.quantize, calibration="minmax", calibration_batches=1)
+
+    def __call__(self, fp32: Path, out: Path) -> None:
+        from .quantize import quantize_file
+
+        quantize_file(fp32, out, self.loader, self.config, self.types)
 
 
 def staircase_round_to(loaded: LoadedModel, config: PruneConfig) -> tuple[int, str | None]:
@@ -307,7 +359,7 @@ def plan_model(loaded: LoadedModel, config: PruneConfig, timings: dict, batches=
         evidence["round_to_note"] = staircase_note
     bench = None
     if latency_aware:
-        bench = LatencyBench(loaded, config, analysis, timings)
+        bench = LatencyBench(loaded, config, analysis, timings, data)
         evidence["latency_model"] = bench.model
     try:
         order = allocator(analysis.groups, scores, config, evidence)
@@ -323,8 +375,9 @@ def plan_model(loaded: LoadedModel, config: PruneConfig, timings: dict, batches=
                 fit, evidence["latency"] = _fit_with_latency(bench, analysis, order, targets, oracle, dense, config, hint,
                                                              evidence.get("prefer"), timings)
                 evidence["latency"]["model"] = bench.model.to_json()
-                evidence["latency"]["predicted_ms"] = bench.model.predict(fit.counts)
+                evidence["latency"]["predicted_ms"] = bench.predict_ms(fit.counts)
                 evidence["latency"]["dense_ms"] = bench.dense_ms
+                evidence["latency"]["int8_factor"] = bench.int8_factor if bench.int8 is not None else None
                 evidence["latency"]["exporter"] = bench.exporter
             else:
                 fit = fit_budget(analysis.groups, order, targets, oracle, dense, tolerance=config.tolerance, hint=hint,

@@ -12,7 +12,7 @@ import platform
 import time
 from pathlib import Path
 
-from .bundle import ONNX, RECIPE, WEIGHTS, make_recipe, write_weights
+from .bundle import INT8_ONNX, ONNX, RECIPE, WEIGHTS, make_recipe, write_weights
 from .config import PruneConfig
 from .cost import FLOPS_LABEL, MACS_LABEL, PARAMS_LABEL, measure
 from .errors import BudgetNotMet, UsageError
@@ -105,11 +105,13 @@ def latency_budget_report(config: PruneConfig, measured: dict, evidence: dict) -
     predicted_ms = fit.get("predicted_ms")
     predicted = None if predicted_ms is None else predicted_ms if absolute else predicted_ms / fit["dense_ms"]
     return {
-        "requested": budget.value, "requested_as": "milliseconds" if absolute else "fraction",
+        "artifact": measured["model"], "requested": budget.value,
+        "requested_as": "milliseconds" if absolute else "fraction",
         "target": budget.value, "unit": "ms" if absolute else "fraction of dense",
         "target_ms": budget.value if absolute else budget.value * measured["dense_ms"],
         "measured": value, "ci95": [low, high], "measured_ms": measured["pruned_ms"], "dense_ms": measured["dense_ms"],
         "measured_ratio": measured["ratio"],
+        "int8_factor": fit.get("int8_factor"),
         "predicted": predicted, "prediction_error": predicted / value - 1 if value and predicted is not None else None,
         "gap": (budget.value - value) / budget.value, "met": value <= budget.value,
         "within_window": budget.value * (1 - settings.window) <= value <= budget.value,
@@ -123,8 +125,8 @@ def latency_budget_report(config: PruneConfig, measured: dict, evidence: dict) -
 
 def run_prune(loaded: LoadedModel, config: PruneConfig, out: Path, *, force: bool = False,
               measure_latency: bool = True, data=None, finetune=None, schedule: str = "oneshot",
-              resume: bool = False, progress=None, criterion_batches: int = 8, placement=None, world=None,
-              quantize=None) -> dict | None:
+              resume: bool = False, progress=None, criterion_batches: int = 8, placement=None,
+              world=None) -> dict | None:
     """Prune ``loaded`` to ``config``'s budget (optionally fine-tuning on ``data``) and write the bundle to ``out``.
 
     Returns report.json's content. With fine-tuning, ``out/checkpoints/`` holds a checkpoint per epoch;
@@ -285,20 +287,23 @@ def run_prune(loaded: LoadedModel, config: PruneConfig, out: Path, *, force: boo
         files = [ONNX] + ([external_data_name(tmp / ONNX)] if (tmp / external_data_name(tmp / ONNX)).exists() else [])
         report["onnx"] = {"file": ONNX, "files": files, "self_contained": len(files) == 1, "opset": config.opset,
                           "exporter": exporter, "dynamic_batch": True, **check}
+        if config.quantize is not None:  # first: with a latency budget, the INT8 model is what is measured
+            report["int8"] = _int8(tmp, data, config.quantize, loaded.input_shape, measure_latency, timings)
         if config.latency is not None:
             t0 = time.perf_counter()
-            report["latency"] = latency_ratio(loaded.model, tmp / ONNX, loaded.example_input, loaded.input_shape,
+            deployed = INT8_ONNX if report.get("int8", {}).get("kept") == "int8" else ONNX
+            report["latency"] = latency_ratio(loaded.model, tmp / deployed, loaded.example_input, loaded.input_shape,
                                               config.opset, exporter, config.latency_settings,
                                               halfwidth=config.latency_settings.halfwidth)
+            report["latency"]["model"] = deployed
             report["budget"]["latency"] = latency_budget_report(config, report["latency"], outcome.evidence)
             timings["latency_s"] = time.perf_counter() - t0
         elif measure_latency:
             t0 = time.perf_counter()
             report["latency"] = latency_ratio(loaded.model, tmp / ONNX, loaded.example_input,
                                               loaded.input_shape, config.opset, exporter, config.latency_settings)
+            report["latency"]["model"] = ONNX
             timings["latency_s"] = time.perf_counter() - t0
-        if quantize is not None:
-            report["int8"] = _int8(tmp, data, quantize, loaded.input_shape, measure_latency, timings)
         if "latency" in outcome.evidence and config.latency is None:
             report["latency_model"] = outcome.evidence["latency"]["model"]
         if search is not None:
@@ -322,10 +327,10 @@ def run_prune(loaded: LoadedModel, config: PruneConfig, out: Path, *, force: boo
 def _int8(tmp: Path, data, quantize, input_shape, measure_latency: bool, timings: dict) -> dict:
     """``model.int8.onnx`` beside the fp32 ONNX (:mod:`prunecli.quantize`), with its latency against the fp32 one
     (``prunecli bench``'s interleaved measurement); exit 1 with ``require`` when the accuracy guard keeps fp32."""
-    from .quantize import INT8_FILE, run_quantize
+    from .quantize import run_quantize
 
     t0 = time.perf_counter()
-    doc = run_quantize(tmp / ONNX, tmp / INT8_FILE, data, quantize)
+    doc = run_quantize(tmp / ONNX, tmp / INT8_ONNX, data, quantize)
     if doc["kept"] == "fp32" and quantize.require:
         guard = doc["guard"]
         raise BudgetNotMet(f"--require-int8: INT8 loses {guard['drop_points']:.2f} top-1 points on {guard['split']}, "
@@ -333,7 +338,7 @@ def _int8(tmp: Path, data, quantize, input_shape, measure_latency: bool, timings
     if doc["kept"] == "int8" and measure_latency:
         from .bench import BenchConfig, run_bench
 
-        bench = run_bench(tmp / INT8_FILE, tmp / ONNX, BenchConfig(runs=50, warmup=5), tuple(input_shape))
+        bench = run_bench(tmp / INT8_ONNX, tmp / ONNX, BenchConfig(runs=50, warmup=5), tuple(input_shape))
         doc["latency_vs_fp32"] = {"p50_ms": bench["model"]["p50_ms"], "fp32_p50_ms": bench["baseline"]["p50_ms"],
                                   "ratio_p50": bench["ratio"]["p50"], "runs": 50, "threads": bench.get("threads")}
     timings["int8_s"] = time.perf_counter() - t0

@@ -21,24 +21,8 @@ import platform
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from .config import QuantizeConfig
 from .errors import RuntimeFailure
-
-CALIBRATIONS = ("minmax", "entropy", "percentile")
-INT8_FILE = "model.int8.onnx"
-
-
-@dataclass(frozen=True)
-class QuantizeConfig:
-    calibration: str = "minmax"
-    calibration_batches: int = 8
-    max_drop: float = 1.0  # points of top-1 on the validation split
-    require: bool = False  # exit 1 instead of falling back to fp32
-
-    def __post_init__(self) -> None:
-        if self.calibration not in CALIBRATIONS:
-            raise ValueError(f"--calibration {self.calibration!r} is not one of {', '.join(CALIBRATIONS)}")
-        if self.calibration_batches < 1:
-            raise ValueError(f"--calibration-batches {self.calibration_batches} must be at least 1")
 
 
 @dataclass(frozen=True)

@@ -125,3 +125,8 @@ def test_ci_examples_run(cli, tmp_path):
             assert ET.parse(tmp_path / "bench.xml").getroot().find("testcase") is not None
         else:
             assert result.code == 0, result
+    import onnx
+
+    gated = shlex.split(github[-1])[2]  # the gate is on the INT8 model the prune step wrote
+    assert gated == "pruned/model.int8.onnx"
+    assert any(n.op_type == "QuantizeLinear" for n in onnx.load(str(tmp_path / gated)).graph.node)

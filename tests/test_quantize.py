@@ -139,3 +139,81 @@ def test_prune_quantize_needs_data_and_require_int8_is_exit_1_without_a_bundle(c
                    "--max-quant-drop", "-100", "--out", tmp_path / "c", "--json")
     assert fallback.code == 0 and "fp32 only" in fallback.stderr
     assert json.loads(fallback.stdout)["int8"]["kept"] == "fp32" and not (tmp_path / "c" / "model.int8.onnx").exists()
+
+
+def _weight_cost(path) -> float:
+    """A stand-in machine's latency of an ONNX file: the multiply-adds of its convolutions and matrix products (from
+    onnx shape inference), each costing 0.4 of an fp32 one in a QDQ model (so INT8 is 2.5x faster)."""
+    import onnx
+
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
+    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
+              for v in list(model.graph.value_info) + list(model.graph.output) + list(model.graph.input)}
+    shapes.update({i.name: list(i.dims) for i in model.graph.initializer})
+    int8 = any(n.op_type == "QuantizeLinear" for n in model.graph.node)
+    cost = 0.0
+    for node in model.graph.node:
+        if node.op_type in ("Conv", "Gemm", "MatMul"):
+            weight, out = shapes[node.input[1]], shapes[node.output[0]]
+            cost += float(np.prod(weight)) * (float(np.prod(out[2:])) if node.op_type == "Conv" else 1.0)
+    return cost * (0.4 if int8 else 1.0)
+
+
+@pytest.fixture
+def weight_cost_machine(monkeypatch):
+    """Every latency ratio prunecli measures comes from :func:`_weight_cost` of the two files (deterministic), and
+    the files measured are recorded."""
+    from prunecli.latency import Ratio, Runtime
+
+    measured = []
+
+    def ratio(self, model, baseline, stat="p50", **_):
+        import onnx
+
+        m, b = _weight_cost(model.path), _weight_cost(baseline.path)
+        measured.append(any(n.op_type == "QuantizeLinear" for n in onnx.load(str(model.path)).graph.node))
+        model.samples_ms[:], baseline.samples_ms[:] = [m] * 20, [b] * 20
+        return Ratio(stat, m / b, m / b * 0.998, m / b * 1.002, m, b, 20)
+
+    monkeypatch.setattr(Runtime, "ratio", ratio)
+    return measured
+
+
+def test_latency_with_quantize_int8_is_met_on_the_quantised_model(cli, weight_cost_machine, tmp_path):
+    """--latency with --quantize int8: the fit times INT8 candidates and the final INT8 model; on a machine where
+    INT8 is 2.5x faster, 0.3 of dense is met by a model whose fp32 version is far above it."""
+    out = tmp_path / "b"
+    r = cli("prune", "tinynets:tiny_vgg:width=32", "--input-shape", "1,3,64,64", "--data", "digits", "--threads", "2",
+            "--latency", "0.3", "--round-to", "2", "--quantize", "int8", "--max-quant-drop", "100", "--json",
+            "--out", out)
+    assert r.code == 0, r
+    report = json.loads(r.stdout)
+    lat = report["budget"]["latency"]
+    assert lat["artifact"] == "model.int8.onnx" and report["latency"]["model"] == "model.int8.onnx"
+    assert lat["met"] and lat["within_window"] and lat["binding"] == "latency"
+    dense = tmp_path / "dense.onnx"
+    assert cli("export", "tinynets:tiny_vgg:width=32", "--input-shape", "1,3,64,64", "--out", dense).code == 0
+    int8, fp32 = _weight_cost(out / "model.int8.onnx"), _weight_cost(out / "model.onnx")
+    assert lat["measured"] == pytest.approx(int8 / _weight_cost(dense), rel=1e-6)
+    assert 0.3 * 0.95 <= lat["measured"] <= 0.3
+    assert fp32 / _weight_cost(dense) > 0.5  # the fp32 model of the same plan is far from the target: INT8 was timed
+    assert 0.35 < lat["int8_factor"] < 0.5  # the dense INT8/fp32 ratio scaled the latency model's predictions
+    assert weight_cost_machine and all(weight_cost_machine)  # every file timed against dense was an INT8 model
+    recipe = json.loads((out / "recipe.json").read_text())
+    from conftest import sha256
+
+    assert recipe["files"]["model.int8.onnx"] == sha256(out / "model.int8.onnx")
+
+
+def test_latency_missed_because_the_guard_kept_fp32_is_exit_1_naming_it(cli, weight_cost_machine, tmp_path):
+    """The fit met 0.3 with INT8, but the guard (forced to fail) keeps fp32: the deployed model is measured, misses,
+    and the line says why and what to change."""
+    out = tmp_path / "b"
+    r = cli("prune", "tinynets:tiny_vgg:width=32", "--input-shape", "1,3,64,64", "--data", "digits", "--threads", "2",
+            "--latency", "0.3", "--round-to", "2", "--quantize", "int8", "--max-quant-drop", "-100", "--json",
+            "--out", out)
+    assert r.code == 1, r
+    assert r.stderr.count("\n") == 1 and "(model.onnx (INT8 was not kept" in r.stderr and "--max-quant-drop" in r.stderr
+    report = json.loads((out / "report.json").read_text())
+    assert report["budget"]["latency"]["artifact"] == "model.onnx" and not report["budget"]["latency"]["met"]
+    assert not (out / "model.int8.onnx").exists()

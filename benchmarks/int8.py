@@ -3,6 +3,7 @@ onnxruntime, latency at batch 1 and 8).
 
     python benchmarks/int8.py                        # Fashion-MNIST ResNet-20 (needs dataset-fashion-mnist)
     python benchmarks/int8.py --torchvision resnet18,mobilenet_v2 --runs 50   # latency only (224x224)
+    python benchmarks/int8.py --latency-budget 0.6 --seeds 0,1,2   # prune --latency 0.6, fp32 vs --quantize int8
 
 Every step is a prunecli command line (prune, quantize, export, bench), so the table is what a user gets. Raw
 results are appended to ``benchmarks/results/int8_runs.jsonl`` and a finished step is skipped when the script is
@@ -24,12 +25,13 @@ DENSE = RESULTS / "quality_fmnist_dense_resnet20.pt"
 FASHION = "fashion-mnist:/usr/share/datasets/fashion-mnist"
 
 
-def prunecli(*args: str) -> dict:
+def prunecli(*args: str, allowed: tuple = (0,)) -> dict:
     cmd = [sys.executable, "-m", "prunecli", *map(str, args)]
     done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode not in (0,):
+    if done.returncode not in allowed:
         raise SystemExit(f"failed ({done.returncode}): {' '.join(cmd)}\n{done.stderr[-2000:]}")
-    return json.loads(done.stdout) if "--json" in args else {}
+    doc = json.loads(done.stdout) if "--json" in args and done.stdout.strip() else {}
+    return {**doc, "exit_code": done.returncode, "stderr_tail": done.stderr[-500:]} if allowed != (0,) else doc
 
 
 def load(path: Path) -> dict:
@@ -121,6 +123,68 @@ def torchvision_latency(name: str, work: Path, runs: dict, log: Path, bench_runs
     latencies(runs, log, tag, int8 / "model.int8.onnx", pruned / "model.onnx", dense, bench_runs)
 
 
+def latency_budget(target: float, work: Path, runs: dict, log: Path, epochs: int, seed: int, bench_runs: int) -> None:
+    """`prune --latency T` at batch 8 from the committed dense model, fp32 and with --quantize int8 (same seed, data
+    and fine-tuning), then each deployed artifact re-measured by a fresh `prunecli bench --max-latency-ratio T`."""
+    dense = work / "dense.onnx"
+    if not dense.is_file():
+        prunecli("export", DENSE, "--out", dense, "--force")
+    for variant in ("fp32", "int8"):
+        tag, out = f"latbudget{target:g}_{variant}_s{seed}", work / f"latbudget{target:g}_{variant}_s{seed}"
+        extra = ["--quantize", "int8"] if variant == "int8" else []
+
+        def run() -> dict:
+            report = prunecli("prune", DENSE, "--latency", str(target), "--latency-batch", "8", "--threads", "2",
+                              "--data", FASHION, "--epochs", str(epochs), "--seed", str(seed), *extra, "--out", out,
+                              "--force", "--json", allowed=(0, 1))
+            if not report.get("budget"):
+                return {"exit_code": report["exit_code"], "stderr_tail": report["stderr_tail"]}
+            lat, int8 = report["budget"]["latency"], report.get("int8") or {}
+            return {"exit_code": report["exit_code"], "flops_ratio": report["achieved"]["flops_ratio"],
+                    "params_ratio": report["achieved"]["params_ratio"], "artifact": lat["artifact"],
+                    "measured": lat["measured"], "ci95": lat["ci95"], "met": lat["met"],
+                    "int8_factor": lat.get("int8_factor"), "probes": len(lat["fit_probes"]),
+                    "pytorch_top1": report["accuracy"]["finetuned"]["top1"],
+                    "int8_top1": (int8.get("accuracy") or {}).get("int8_top1"),
+                    "int8_fp32_top1": (int8.get("accuracy") or {}).get("fp32_top1"), "int8_kept": int8.get("kept"),
+                    "timings": report["timings"]}
+
+        row = step(runs, log, f"{tag}_prune", run)
+        if row.get("artifact"):
+            step(runs, log, f"{tag}_gate", lambda: {
+                **bench(out / row["artifact"], dense, 8, bench_runs),
+                "passed": prunecli("bench", out / row["artifact"], "--baseline", dense, "--batch", "8", "--threads",
+                                   "2", "--runs", str(bench_runs), "--max-latency-ratio", str(target),
+                                   allowed=(0, 1))["exit_code"] == 0})
+
+
+def latency_budget_table(runs: dict) -> list[str]:
+    rows = sorted(n[: -len("_prune")] for n in runs if n.startswith("latbudget") and n.endswith("_prune"))
+    if not rows:
+        return []
+    lines = ["", "Latency budget on the deployed artifact (`prune --latency T --latency-batch 8 --threads 2 --epochs 2`, "
+             "same dense model, seed and data; `--quantize int8` makes the fit time INT8 candidates against the dense "
+             "fp32 model). Top-1 on the 10,000 test images: fp32 rows by PyTorch (ONNX parity verified), INT8 rows "
+             "through onnxruntime. `gate`: a fresh `prunecli bench --batch 8 --max-latency-ratio T` of the artifact "
+             "against the dense ONNX, run after the prune:", "",
+             "| T | variant | seed | exit | FLOPs ratio | params ratio | measured (95% CI) | probes | INT8 factor | "
+             "top-1 | gate ratio | gate |",
+             "|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---|"]
+    for tag in rows:
+        r, gate = runs[f"{tag}_prune"], runs.get(f"{tag}_gate", {})
+        target, variant, seed = tag[len("latbudget"):].split("_")
+        if "measured" not in r:
+            lines.append(f"| {target} | {variant} | {seed[1:]} | {r['exit_code']} | - | - | - | - | - | - | - | - |")
+            continue
+        top1 = r["int8_top1"] if r["artifact"].endswith("int8.onnx") else r["pytorch_top1"]
+        factor = f"{r['int8_factor']:.3f}" if r.get("int8_factor") else "-"
+        gated = f"{gate['ratio_p50']:.3f} | {'pass' if gate.get('passed') else 'FAIL'}" if gate else "- | -"
+        lines.append(f"| {target} | {variant} | {seed[1:]} | {r['exit_code']} | {r['flops_ratio']:.3f} | "
+                     f"{r['params_ratio']:.3f} | {r['measured']:.3f} ({r['ci95'][0]:.3f}-{r['ci95'][1]:.3f}) | "
+                     f"{r['probes']} | {factor} | {top1:.2f} | {gated} |")
+    return lines
+
+
 def table(runs: dict) -> str:
     from prunecli.latency import cpu_model
 
@@ -162,6 +226,7 @@ def table(runs: dict) -> str:
             kb = " / ".join(f"{row['sizes_bytes'][k] / 1024:.0f}" for k in ("dense", "pruned", "int8"))
             lines.append(f"| {tag[3:]} | {row['flops_ratio']:.4f} | {kb} | "
                          + " | ".join(_ratio(runs, tag, k) for k in LATENCY_KEYS) + " |")
+    lines += latency_budget_table(runs)
     first = next((r for n, r in runs.items() if n.endswith("_accuracy")), None)
     if first:
         lines += ["", f"Types: {first['types']['reason']}."]
@@ -175,6 +240,8 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=200, help="timed runs per model and batch")
     parser.add_argument("--work", default="/tmp/prunecli-int8", help="bundles and ONNX files (not committed)")
     parser.add_argument("--torchvision", default="", help="latency only: comma-separated torchvision models")
+    parser.add_argument("--latency-budget", type=float, default=None,
+                        help="prune --latency T (batch 8) fp32 vs --quantize int8, per seed")
     parser.add_argument("--table-only", action="store_true")
     args = parser.parse_args()
     log = RESULTS / "int8_runs.jsonl"
@@ -182,7 +249,10 @@ def main() -> None:
     if not args.table_only:
         work = Path(args.work)
         work.mkdir(parents=True, exist_ok=True)
-        if args.torchvision:
+        if args.latency_budget is not None:
+            for seed in [int(s) for s in args.seeds.split(",")]:
+                latency_budget(args.latency_budget, work, runs, log, args.epochs, seed, args.runs)
+        elif args.torchvision:
             for name in args.torchvision.split(","):
                 torchvision_latency(name, work, runs, log, args.runs)
         else:

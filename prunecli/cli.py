@@ -135,6 +135,8 @@ JsonOpt = typer.Option(False, "--json", help="Print one JSON document to stdout 
 CalibrationOpt = typer.Option("minmax", "--calibration", help="INT8: minmax, entropy or percentile (onnxruntime's calibrators).")
 CalibrationBatchesOpt = typer.Option(8, "--calibration-batches", help="INT8: training batches to calibrate on.")
 MaxQuantDropOpt = typer.Option(1.0, "--max-quant-drop", help="INT8: keep fp32 if INT8 loses more top-1 points than this on validation.")
+ReduceRangeOpt = typer.Option("auto", "--reduce-range", help="INT8: auto (from this CPU: on without VNNI), or on/off "
+                              "for the CPU the model will be deployed on.")
 RequireInt8Opt = typer.Option(False, "--require-int8", help="INT8: exit 1 (no output) instead of keeping fp32 when the guard fails.")
 DataHelp = "digits, imagefolder:DIR, cifar10:DIR, cifar100:DIR, fashion-mnist:DIR, mnist:DIR, file.py:factory, synthetic[:N]."
 IgnoreOpt = typer.Option([], "--ignore", help="Module name glob kept intact (repeatable).")
@@ -329,6 +331,7 @@ def prune(
     calibration_batches: int = CalibrationBatchesOpt,
     max_quant_drop: float = MaxQuantDropOpt,
     require_int8: bool = RequireInt8Opt,
+    reduce_range: str = ReduceRangeOpt,
     schedule: str = typer.Option("oneshot", "--schedule", help="oneshot, agp (gradual, cubic) or soft (Soft Filter Pruning)."),
     agp_steps: int = typer.Option(4, "--agp-steps", help="agp: pruning steps."),
     epochs: int = typer.Option(0, "--epochs", help="Fine-tuning epochs (needs --data)."),
@@ -398,7 +401,7 @@ def prune(
                                                               sensitivity_metric, sensitivity_batches),
                      schedule_settings=_schedule_settings(schedule, agp_steps),
                      quantize=_quantize_config(quantize, data, calibration, calibration_batches, max_quant_drop,
-                                               require_int8))
+                                               require_int8, reduce_range))
     finetune = _finetune_config(epochs=epochs, lr=lr, optimizer=optimizer, weight_decay=weight_decay, distill=distill,
                                 distill_weight=distill_weight, temperature=temperature, seed=seed, sync_bn=sync_bn)
     _check_prune_flags(out, force, resume, criterion, config.allocation, schedule, data, epochs,
@@ -449,7 +452,7 @@ def prune(
         raise typer.Exit(130)
 
 
-def _quantize_config(kind, data, calibration, calibration_batches, max_drop, require):
+def _quantize_config(kind, data, calibration, calibration_batches, max_drop, require, reduce_range="auto"):
     from .config import QuantizeConfig
     from .errors import UsageError
 
@@ -461,7 +464,7 @@ def _quantize_config(kind, data, calibration, calibration_batches, max_drop, req
         raise UsageError("--quantize int8 calibrates and checks the INT8 model on data: pass --data SPEC")
     try:
         return QuantizeConfig(calibration=calibration, calibration_batches=calibration_batches, max_drop=max_drop,
-                              require=require)
+                              require=require, reduce_range=reduce_range)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
 
@@ -818,6 +821,7 @@ def quantize(
     calibration_batches: int = CalibrationBatchesOpt,
     max_quant_drop: float = MaxQuantDropOpt,
     require_int8: bool = RequireInt8Opt,
+    reduce_range: str = ReduceRangeOpt,
     batch_size: int = typer.Option(64, "--batch-size", help="Batch size for calibration and evaluation."),
     force: bool = typer.Option(False, "--force", help="Replace a non-empty --out."),
     seed: int = typer.Option(0, "--seed", help="Seed of the data splits."),
@@ -830,7 +834,8 @@ def quantize(
 ) -> None:
     """INT8 with onnxruntime (QDQ, per-channel weights, calibrated on --data), judged through onnxruntime.
 
-    The integer types follow this CPU (reduce_range without VNNI); INT8 is kept only if it loses at most
+    The integer types follow this CPU (reduce_range without VNNI; --reduce-range on/off sets it for the CPU the
+    model will be deployed on); INT8 is kept only if it loses at most
     --max-quant-drop top-1 points on validation, otherwise fp32 is kept and a warning says so (exit 1 with
     --require-int8).
 
@@ -851,7 +856,7 @@ def quantize(
 
     try:
         config = QuantizeConfig(calibration=calibration, calibration_batches=calibration_batches,
-                                max_drop=max_quant_drop, require=require_int8)
+                                max_drop=max_quant_drop, require=require_int8, reduce_range=reduce_range)
     except ValueError as exc:
         raise UsageError(str(exc)) from exc
     if batch_size < 1:

@@ -156,8 +156,11 @@ class QuantizeConfig:
     calibration_batches: int = 8
     max_drop: float = 1.0  # points of top-1 on the validation split
     require: bool = False  # exit 1 instead of falling back to fp32
+    reduce_range: str = "auto"  # auto: from this CPU's instruction set; on/off: for the CPU the model will run on
 
     def __post_init__(self) -> None:
+        if self.reduce_range not in ("auto", "on", "off"):
+            raise ValueError(f"--reduce-range {self.reduce_range!r} is not one of auto, on, off")
         if self.calibration not in CALIBRATIONS:
             raise ValueError(f"--calibration {self.calibration!r} is not one of {', '.join(CALIBRATIONS)}")
         if self.calibration_batches < 1:

@@ -181,7 +181,7 @@ class _LatencyQuantizer:
         if data is None:
             raise UsageError("--latency with --quantize int8 times the INT8 model, which is calibrated on data: "
                              "pass --data SPEC")
-        self.loader, self.types = data.train, int8_types()
+        self.loader, self.types = data.train, int8_types(reduce_range=config.quantize.reduce_range)
         self.config = dataclasses.replace(config.quantize, calibration="minmax", calibration_batches=1)
 
     def __call__(self, fp32: Path, out: Path) -> None:

@@ -45,9 +45,16 @@ def cpu_flags() -> set[str]:
     return set()
 
 
-def int8_types(flags: set[str] | None = None) -> Int8Types:
+def int8_types(flags: set[str] | None = None, reduce_range: str = "auto") -> Int8Types:
+    """u8 activations and s8 weights; ``reduce_range`` from the instruction set (``auto``: of this CPU, read from
+    /proc/cpuinfo unless ``flags`` are given) or as the user set it for the CPU the model will be deployed on."""
     flags = cpu_flags() if flags is None else flags
     vnni = sorted(flags & {"avx512_vnni", "avx_vnni", "amx_int8"})
+    if reduce_range != "auto":
+        here = ", ".join(vnni) or ", ".join(sorted(flags & {"avx512bw", "avx2"})) or platform.machine() or "unknown"
+        return Int8Types("QUInt8", "QInt8", reduce_range == "on", here,
+                         f"--reduce-range {reduce_range}: set for the deployment CPU (this one has {here}); 7-bit "
+                         "weights avoid int16 saturation on x86 without VNNI")
     if vnni:
         return Int8Types("QUInt8", "QInt8", False, ", ".join(vnni),
                          "VNNI: u8 x s8 products accumulate in int32 without saturating, so full-range weights")
@@ -144,7 +151,7 @@ def _top1(pred, labels) -> float:
 def run_quantize(fp32: Path, out_file: Path, loaders, config: QuantizeConfig, types: Int8Types | None = None) -> dict:
     """Quantise ``fp32`` to ``out_file`` and judge it: the guard on validation, the report on test (or validation
     when there is no test split). When the guard fails, ``out_file`` is removed and the doc says fp32 is kept."""
-    types = types or int8_types()
+    types = types or int8_types(reduce_range=config.reduce_range)
     quantize_file(fp32, out_file, loaders.train, config, types)
     guard_split = loaders.val if loaders.val is not None else loaders.test
     fp_val, labels_val = predictions(fp32, guard_split)

@@ -84,6 +84,7 @@ def test_a_bare_onnx_file_quantises(cli, trained_bundle, tmp_path):
 @pytest.mark.parametrize("args, needle", [
     (["--calibration", "kl"], "--calibration"),
     (["--calibration-batches", "0"], "--calibration-batches"),
+    (["--reduce-range", "sometimes"], "--reduce-range"),
 ])
 def test_bad_settings_are_one_line_exit_2_before_work(cli, tmp_path, args, needle):
     result = cli("quantize", TINY, *SMALL, "--out", tmp_path / "q", *args)
@@ -107,6 +108,31 @@ def test_types_follow_the_instruction_set():
     plain = int8_types({"avx2", "fma"})
     assert plain.reduce_range and "saturate" in plain.reason
     assert not int8_types(set()).reduce_range
+    # set for the deployment CPU: a VNNI build machine quantising for an AVX2-only fleet, and the reverse
+    assert int8_types({"avx2", "avx512_vnni"}, "on").reduce_range and not int8_types({"avx2"}, "off").reduce_range
+    assert "--reduce-range on" in int8_types({"avx2", "avx512_vnni"}, "on").reason
+
+
+def _int8_weights(path):
+    import onnx
+    from onnx import numpy_helper
+
+    model = onnx.load(str(path))
+    return [numpy_helper.to_array(i) for i in model.graph.initializer if i.data_type == onnx.TensorProto.INT8]
+
+
+@pytest.mark.parametrize("setting, bound", [("on", 64), ("off", 128)])
+def test_reduce_range_reaches_the_weights(cli, trained_bundle, tmp_path, setting, bound):
+    """--reduce-range on: 7-bit weights (|w| <= 64) whatever this CPU has; off: the full s8 range is used."""
+    result = cli("quantize", trained_bundle, "--data", "digits", "--out", tmp_path / "q", "--reduce-range", setting,
+                 "--max-quant-drop", "100", "--json")
+    assert result.code == 0, result.stderr
+    doc = json.loads(result.stdout)
+    assert doc["types"]["reduce_range"] is (setting == "on") and doc["config"]["reduce_range"] == setting
+    weights = _int8_weights(tmp_path / "q" / "model.int8.onnx")
+    assert weights and max(int(np.abs(w.astype(np.int32)).max()) for w in weights) <= bound
+    if setting == "off":
+        assert max(int(np.abs(w.astype(np.int32)).max()) for w in weights) > 64
 
 
 def test_prune_quantize_int8_adds_the_int8_model_to_the_bundle(cli, tmp_path):

@@ -42,7 +42,8 @@ class LatencyFit:
 
 
 def fit_latency(counts_after, steps: int, target: float, predict, measure, *, t_min: int = 0, margin: float = 0.015,
-                window: float = 0.05, max_probes: int = 12, unit: str = "of dense", neighbours=None) -> LatencyFit:
+                window: float = 0.05, max_probes: int = 12, unit: str = "of dense", neighbours=None,
+                unreachable_hint: str = "") -> LatencyFit:
     """The prefix of the order (its length ``t``) whose measured latency lands in [1 - window, 1 - margin] x target.
 
     When two adjacent prefixes straddle the window (one step of the order is too coarse), single-group
@@ -51,7 +52,9 @@ def fit_latency(counts_after, steps: int, target: float, predict, measure, *, t_
 
     ``counts_after(t)`` gives the counts of prefix t; ``predict(counts)`` and ``measure(counts)`` return the value
     in the target's unit, ``measure`` as (value, interval high, Ratio). ``t_min``: the least prefix other
-    budgets (FLOPs, params) allow.
+    budgets (FLOPs, params) allow. Unreachable (exit 2): the deepest plan, measured when the prediction says the
+    target is out of reach or after two probes measured too slow with none fast enough, is too slow;
+    ``unreachable_hint`` ends that message.
     """
     aim, upper, lower = target * (1 - margin * 2), target * (1 - margin), target * (1 - window)
     predicted = {}
@@ -79,14 +82,19 @@ def fit_latency(counts_after, steps: int, target: float, predict, measure, *, t_
         probes.append(p)
         return p
 
-    if pred(steps) > target:
-        deepest = probe(steps)
+    def check_reachable() -> Probe:
+        """Measure the deepest plan (once); a usage error when even it is too slow."""
+        deepest = next((q for q in probes if q.t == steps), None) or probe(steps)
         if deepest.measured > target:
             raise UsageError(
                 f"--latency target {target:.4g} {unit} is not reachable: with every channel step applied the model "
                 f"measures {deepest.measured:.4g} {unit} (predicted {deepest.predicted:.4g}); give a larger target, "
-                "or lower --round-to / --min-channels / --max-group-prune's floor to reach further"
+                f"or lower --round-to / --min-channels / --max-group-prune's floor to reach further{unreachable_hint}"
             )
+        return deepest
+
+    if pred(steps) > target:
+        check_reachable()
     too_slow, too_fast = t_min - 1, steps + 1  # measured bounds: t <= too_slow misses, t >= too_fast overshoots
     t = max(t_min, first_below(aim, t_min, steps))
     widths: list[int] = []  # the bracket's width after each probe
@@ -96,8 +104,18 @@ def fit_latency(counts_after, steps: int, target: float, predict, measure, *, t_
             return LatencyFit(t, counts_after(t), p, probes)
         if p.measured > upper or p.high > target:
             too_slow = max(too_slow, t)
+            if too_fast > steps and sum(q.t >= 0 and q.measured > upper for q in probes) >= 2:
+                deepest = check_reachable()  # the prediction keeps missing, nothing measured fast enough: is any plan?
+                if upper >= deepest.measured >= lower and deepest.high <= target:
+                    return LatencyFit(steps, counts_after(steps), deepest, probes)
+                if deepest.measured < lower:
+                    too_fast = steps
         else:
             too_fast = min(too_fast, t)
+            if t == t_min and p.high <= target:
+                # the least pruning allowed is already fast enough (an INT8 model can be): pruning more would only
+                # lose accuracy, and pruning to be slower cannot be the aim
+                return LatencyFit(t, counts_after(t), p, probes)
         if too_fast - too_slow <= 1:
             adjusted = _adjust(too_slow, too_fast, counts_after, neighbours, predict, measure, probes, steps, t_min,
                                aim, upper, lower, target)

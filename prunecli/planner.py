@@ -244,7 +244,10 @@ def _fit_with_latency(bench: LatencyBench, analysis, order, targets, oracle, den
 
     result = fit_latency(lambda t: counts_after(analysis.groups, order, t), len(order), target, bench.predict,
                          bench.measure, t_min=t_min, margin=settings.margin, window=settings.window, unit=unit,
-                         neighbours=neighbours)
+                         neighbours=neighbours, unreachable_hint=(
+                             f" (this is the INT8 model: the dense one measures {bench.int8_factor:.3g} of dense fp32, and "
+                             "INT8 latency need not fall with channels; without --quantize the fp32 model may reach it)"
+                             if bench.int8 is not None else ""))
     counts = result.counts
     from .budget import Fit
 

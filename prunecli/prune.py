@@ -303,7 +303,13 @@ def run_prune(loaded: LoadedModel, config: PruneConfig, out: Path, *, force: boo
             report["latency"] = latency_ratio(loaded.model, tmp / ONNX, loaded.example_input,
                                               loaded.input_shape, config.opset, exporter, config.latency_settings)
             report["latency"]["model"] = ONNX
+            if report.get("int8", {}).get("kept") == "int8":  # the INT8 model against dense, measured the same way
+                report["int8"]["latency_vs_dense"] = _versus_dense(latency_ratio(
+                    loaded.model, tmp / INT8_ONNX, loaded.example_input, loaded.input_shape, config.opset, exporter,
+                    config.latency_settings))
             timings["latency_s"] = time.perf_counter() - t0
+        if config.latency is not None and report.get("int8", {}).get("kept") == "int8":
+            report["int8"]["latency_vs_dense"] = _versus_dense(report["latency"])
         if "latency" in outcome.evidence and config.latency is None:
             report["latency_model"] = outcome.evidence["latency"]["model"]
         if search is not None:
@@ -343,6 +349,13 @@ def _int8(tmp: Path, data, quantize, input_shape, measure_latency: bool, timings
                                   "ratio_p50": bench["ratio"]["p50"], "runs": 50, "threads": bench.get("threads")}
     timings["int8_s"] = time.perf_counter() - t0
     return doc
+
+
+def _versus_dense(measured: dict) -> dict:
+    """report.json ``int8.latency_vs_dense``: the INT8 model against the dense fp32 model (from latency_ratio)."""
+    return {"ratio_p50": measured["ratio_p50"], "p50_ms": measured["pruned_p50_ms"],
+            "dense_p50_ms": measured["dense_p50_ms"], "runs": measured["runs"], "batch": measured["batch"],
+            "threads": measured["threads"], "note": measured["note"]}
 
 
 def check_measured_budget(config: PruneConfig, budget: dict) -> None:

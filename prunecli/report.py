@@ -134,8 +134,10 @@ def prune_markdown(report: dict) -> str:
         lat = report["latency"]
         lines += ["", "## Latency (short measurement)", "",
                   f"onnxruntime {lat['provider']}, {lat['threads']} threads, batch {lat['batch']}, {lat['runs']} interleaved "
-                  f"runs: dense p50 {lat['dense_p50_ms']:.3f} ms, pruned p50 {lat['pruned_p50_ms']:.3f} ms, "
-                  f"ratio {lat['ratio_p50']:.3f}."]
+                  f"runs: dense p50 {lat['dense_p50_ms']:.3f} ms, {lat.get('model', 'model.onnx')} p50 "
+                  f"{lat['pruned_p50_ms']:.3f} ms, ratio {lat['ratio_p50']:.3f}."]
+    if report.get("int8"):
+        lines += ["", "## INT8", ""] + [f"- {line}" for line in int8_lines(report["int8"])]
     lines += ["", "## Timings (s)", ""] + [f"- {k}: {v:.2f}" for k, v in report["timings"].items()
                                                   if isinstance(v, (int, float))]
     return "\n".join(lines) + "\n"
@@ -143,6 +145,26 @@ def prune_markdown(report: dict) -> str:
 
 def _num(value, fmt: str) -> str:
     return "-" if value is None else format(value, fmt)
+
+
+def int8_lines(q: dict) -> list[str]:
+    """The INT8 model in sentences (report.md and the console)."""
+    t, guard, acc = q["types"], q["guard"], q["accuracy"]
+    lines = [f"{'kept: ' + q['file'] if q['kept'] == 'int8' else 'NOT kept: fp32 only'} - onnxruntime static "
+             f"{t['activation']}/{t['weight']}, reduce_range {t['reduce_range']} ({t['reason']}; {t['isa']})",
+             f"guard on {guard['split']}: top-1 fp32 {guard['fp32_top1']:.2f}, INT8 {guard['int8_top1']:.2f} (drop "
+             f"{guard['drop_points']:.2f} points, allowed {guard['max_drop_points']:g})",
+             f"{acc['split']} through onnxruntime: top-1 fp32 {acc['fp32_top1']:.2f}, INT8 {acc['int8_top1']:.2f}, "
+             f"agreement {acc['agreement']:.2f}%"]
+    if q.get("latency_vs_fp32"):
+        f = q["latency_vs_fp32"]
+        lines.append(f"latency p50: INT8 {f['p50_ms']:.3f} ms vs fp32 {f['fp32_p50_ms']:.3f} ms, ratio "
+                     f"{f['ratio_p50']:.3f} ({f['runs']} runs)")
+    if q.get("latency_vs_dense"):
+        d = q["latency_vs_dense"]
+        lines.append(f"latency p50: INT8 {d['p50_ms']:.3f} ms vs dense fp32 {d['dense_p50_ms']:.3f} ms, ratio "
+                     f"{d['ratio_p50']:.3f} ({d['runs']} runs, batch {d['batch']})")
+    return lines
 
 
 def latency_budget_lines(b: dict) -> list[str]:
@@ -153,6 +175,7 @@ def latency_budget_lines(b: dict) -> list[str]:
              f"{_num(b['predicted'], '.4g')} | {_num(b['prediction_error'], '+.1%')} | {b['dense_ms']:.3f} ms | "
              f"{'yes' if b['met'] else 'NO'} | {'yes' if b['within_window'] else 'no'} |",
              "",
+             f"Measured: {b.get('artifact', 'model.onnx')}. "
              f"{b['provider']} on {b['cpu']}, {b['threads']} threads, batch {b['batch']}, {b['runs']} runs interleaved "
              f"with the dense model; the fit measured {len(b['fit_probes'])} candidate plans. A latency holds for the "
              "machine, runtime and thread count it was measured on."]
@@ -175,7 +198,8 @@ def render_prune(console: Console, report: dict, out) -> None:
     console.print(budget)
     if "latency" in report["budget"]:
         b = report["budget"]["latency"]
-        console.print(f"Latency measured on {b['provider']} ({b['cpu']}, {b['threads']} threads, batch {b['batch']}), "
+        console.print(f"Latency of {b.get('artifact', 'model.onnx')} measured on {b['provider']} ({b['cpu']}, "
+                      f"{b['threads']} threads, batch {b['batch']}), "
                       f"{b['runs']} interleaved runs: {b['measured']:.4g} {b['unit']} (95% interval "
                       f"{b['ci95'][0]:.4g}-{b['ci95'][1]:.4g}); the latency model predicted {_num(b['predicted'], '.4g')} "
                       f"({_num(b['prediction_error'], '+.1%')}). It holds on this machine and runtime only.")
@@ -199,9 +223,14 @@ def render_prune(console: Console, report: dict, out) -> None:
     if report.get("latency"):
         lat = report["latency"]
         console.print(f"Latency (onnxruntime {lat['provider']}, {lat['threads']} threads, {lat['runs']} interleaved runs): "
-                      f"dense p50 {lat['dense_p50_ms']:.2f} ms, pruned {lat['pruned_p50_ms']:.2f} ms, "
+                      f"dense p50 {lat['dense_p50_ms']:.2f} ms, {lat.get('model', 'model.onnx')} "
+                      f"{lat['pruned_p50_ms']:.2f} ms, "
                       f"ratio [bold]{lat['ratio_p50']:.3f}[/bold] (use `prunecli bench` for a gate).")
-    console.print(f"Bundle written to [bold]{out}[/bold] (model.onnx, model.safetensors, recipe.json, report.json, report.md).")
+    if report.get("int8"):
+        console.print("INT8: " + "; ".join(int8_lines(report["int8"])) + ".", markup=False)
+    int8 = ", model.int8.onnx" if (report.get("int8") or {}).get("kept") == "int8" else ""
+    console.print(f"Bundle written to [bold]{out}[/bold] (model.onnx{int8}, model.safetensors, recipe.json, report.json, "
+                  "report.md).")
 
 
 def render_bench(console: Console, doc: dict) -> None:

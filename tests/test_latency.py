@@ -364,3 +364,39 @@ def test_a_dead_measuring_process_is_one_error_and_is_restarted():
         runtime.call("facts")
     fresh = runtime_for(config)
     assert fresh is not runtime and fresh.call("facts")["torch_loaded"] is False
+
+
+def test_a_floor_the_prediction_misses_is_found_unreachable_by_measuring_the_deepest_plan():
+    """An INT8-like runtime: latency stops falling at 0.6 of dense while the latency model predicts it keeps
+    falling. After two probes too slow and none fast enough the deepest plan is measured: exit 2 naming it."""
+    from prunecli.errors import UsageError
+    from prunecli.latency_fit import fit_latency
+
+    groups = {"a": 64, "b": 128, "c": 256}
+
+    class Floored(_Runtime):
+        def true(self, counts):
+            return max(0.6, super().true(counts))
+
+    runtime = Floored(groups, bias=1.0)
+    runtime.predict = lambda counts: _Runtime.true(runtime, counts)  # the model does not know the floor
+    order = _order(groups, 8)
+    with pytest.raises(UsageError, match="not reachable: with every channel step applied the model measures 0.6"
+                                         r".*\(INT8 hint\)"):
+        fit_latency(_after(groups, order, 8), len(order), 0.5, runtime.predict, runtime.measure,
+                    unreachable_hint=" (INT8 hint)")
+    assert len(runtime.measured) == 3 and runtime.measured[-1] == _after(groups, order, 8)(len(order))
+
+
+def test_a_target_the_least_pruning_already_meets_keeps_it():
+    """INT8 can make the dense model itself fast enough: the fit keeps the least pruning allowed (t_min), not a
+    deeper plan that lands in the window by being slower."""
+    from prunecli.latency_fit import fit_latency
+
+    groups = {"a": 64, "b": 128}
+    runtime = _Runtime(groups, bias=1.0)
+    runtime.true = lambda counts: 0.55  # flat: no plan is faster or slower than the dense one
+    runtime.predict = lambda counts: 0.55
+    order = _order(groups, 8)
+    fit = fit_latency(_after(groups, order, 8), len(order), 0.62, runtime.predict, runtime.measure)
+    assert fit.t == 0 and fit.counts == groups and len(runtime.measured) == 1

@@ -146,7 +146,11 @@ def test_prune_quantize_int8_adds_the_int8_model_to_the_bundle(cli, tmp_path):
     assert int8["accuracy"]["agreement"] >= 85 and int8["guard"]["passed"]
     latency = int8["latency_vs_fp32"]
     assert latency["p50_ms"] > 0 and latency["fp32_p50_ms"] > 0 and latency["runs"] == 50
+    versus_dense = int8["latency_vs_dense"]  # next to fp32 and dense: the short measurement the report makes
+    assert versus_dense["ratio_p50"] > 0 and versus_dense["runs"] == 20 and versus_dense["dense_p50_ms"] > 0
     assert json.loads((out / "report.json").read_text())["int8"]["file"] == "model.int8.onnx"
+    md = (out / "report.md").read_text()
+    assert "## INT8" in md and "kept: model.int8.onnx" in md and f"agreement {int8['accuracy']['agreement']:.2f}%" in md
     import prunecli
 
     prunecli.load_bundle(out, arch=TINY)  # still a valid bundle with the extra file
@@ -222,6 +226,7 @@ def test_latency_with_quantize_int8_is_met_on_the_quantised_model(cli, weight_co
     int8, fp32 = _weight_cost(out / "model.int8.onnx"), _weight_cost(out / "model.onnx")
     assert lat["measured"] == pytest.approx(int8 / _weight_cost(dense), rel=1e-6)
     assert 0.3 * 0.95 <= lat["measured"] <= 0.3
+    assert report["int8"]["latency_vs_dense"]["ratio_p50"] == pytest.approx(lat["measured"])
     assert fp32 / _weight_cost(dense) > 0.5  # the fp32 model of the same plan is far from the target: INT8 was timed
     assert 0.35 < lat["int8_factor"] < 0.5  # the dense INT8/fp32 ratio scaled the latency model's predictions
     assert weight_cost_machine and all(weight_cost_machine)  # every file timed against dense was an INT8 model

@@ -136,7 +136,7 @@ def latency_budget(target: float, work: Path, runs: dict, log: Path, epochs: int
         def run() -> dict:
             report = prunecli("prune", DENSE, "--latency", str(target), "--latency-batch", "8", "--threads", "2",
                               "--data", FASHION, "--epochs", str(epochs), "--seed", str(seed), *extra, "--out", out,
-                              "--force", "--json", allowed=(0, 1))
+                              "--force", "--json", allowed=(0, 1, 2))
             if not report.get("budget"):
                 return {"exit_code": report["exit_code"], "stderr_tail": report["stderr_tail"]}
             lat, int8 = report["budget"]["latency"], report.get("int8") or {}

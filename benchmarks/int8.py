@@ -3,7 +3,8 @@ onnxruntime, latency at batch 1 and 8).
 
     python benchmarks/int8.py                        # Fashion-MNIST ResNet-20 (needs dataset-fashion-mnist)
     python benchmarks/int8.py --torchvision resnet18,mobilenet_v2 --runs 50   # latency only (224x224)
-    python benchmarks/int8.py --latency-budget 0.6 --seeds 0,1,2   # prune --latency 0.6, fp32 vs --quantize int8
+    python benchmarks/int8.py --latency-budget 0.62 --seeds 0,1,2   # prune --latency 0.62, fp32 vs --quantize int8
+    python benchmarks/int8.py --latency-budget 0.3 --torchvision resnet18   # the same, latency only
 
 Every step is a prunecli command line (prune, quantize, export, bench), so the table is what a user gets. Raw
 results are appended to ``benchmarks/results/int8_runs.jsonl`` and a finished step is skipped when the script is
@@ -123,38 +124,55 @@ def torchvision_latency(name: str, work: Path, runs: dict, log: Path, bench_runs
     latencies(runs, log, tag, int8 / "model.int8.onnx", pruned / "model.onnx", dense, bench_runs)
 
 
-def latency_budget(target: float, work: Path, runs: dict, log: Path, epochs: int, seed: int, bench_runs: int) -> None:
-    """`prune --latency T` at batch 8 from the committed dense model, fp32 and with --quantize int8 (same seed, data
-    and fine-tuning), then each deployed artifact re-measured by a fresh `prunecli bench --max-latency-ratio T`."""
-    dense = work / "dense.onnx"
+FMNIST_BUDGET = {"model": DENSE, "label": "ResNet-20 (Fashion-MNIST)", "data": FASHION, "shape": None, "batch": 8,
+                 "extra": []}
+
+
+def torchvision_budget(name: str) -> dict:
+    """Latency only: a random-init torchvision model at 128x128, batch 1, calibrated on synthetic images (their
+    top-1 means nothing: the guard is off and no accuracy is reported)."""
+    return {"model": f"torchvision:{name}", "label": f"{name} (random init, 128x128)", "data": "synthetic:64",
+            "shape": "1,3,128,128", "batch": 1, "extra": ["--max-quant-drop", "100"], "suffix": f"_tv{name}"}
+
+
+def latency_budget(target: float, work: Path, runs: dict, log: Path, epochs: int, seed: int, bench_runs: int,
+                   setup: dict = FMNIST_BUDGET) -> None:
+    """`prune --latency T` (the setup's batch), fp32 and with --quantize int8 (same model, seed, data and
+    fine-tuning), then each deployed artifact re-measured by a fresh `prunecli bench --max-latency-ratio T`."""
+    suffix = setup.get("suffix", "")
+    shape = ["--input-shape", setup["shape"]] if setup["shape"] else []
+    dense = work / f"dense{suffix}.onnx"
     if not dense.is_file():
-        prunecli("export", DENSE, "--out", dense, "--force")
+        prunecli("export", setup["model"], *shape, "--out", dense, "--force")
     for variant in ("fp32", "int8"):
-        tag, out = f"latbudget{target:g}_{variant}_s{seed}", work / f"latbudget{target:g}_{variant}_s{seed}"
-        extra = ["--quantize", "int8"] if variant == "int8" else []
+        tag = f"latbudget{target:g}_{variant}_s{seed}{suffix}"
+        out = work / tag
+        extra = ["--quantize", "int8", *setup["extra"]] if variant == "int8" else []
 
         def run() -> dict:
-            report = prunecli("prune", DENSE, "--latency", str(target), "--latency-batch", "8", "--threads", "2",
-                              "--data", FASHION, "--epochs", str(epochs), "--seed", str(seed), *extra, "--out", out,
-                              "--force", "--json", allowed=(0, 1, 2))
+            report = prunecli("prune", setup["model"], *shape, "--latency", str(target), "--latency-batch",
+                              str(setup["batch"]), "--threads", "2", "--data", setup["data"], "--epochs", str(epochs),
+                              "--seed", str(seed), *extra, "--out", out, "--force", "--json", allowed=(0, 1, 2))
             if not report.get("budget"):
-                return {"exit_code": report["exit_code"], "stderr_tail": report["stderr_tail"]}
+                return {"exit_code": report["exit_code"], "stderr_tail": report["stderr_tail"], "label": setup["label"]}
             lat, int8 = report["budget"]["latency"], report.get("int8") or {}
-            return {"exit_code": report["exit_code"], "flops_ratio": report["achieved"]["flops_ratio"],
+            finetuned = (report.get("accuracy") or {}).get("finetuned") or {}
+            return {"exit_code": report["exit_code"], "label": setup["label"], "batch": setup["batch"],
+                    "flops_ratio": report["achieved"]["flops_ratio"],
                     "params_ratio": report["achieved"]["params_ratio"], "artifact": lat["artifact"],
                     "measured": lat["measured"], "ci95": lat["ci95"], "met": lat["met"],
                     "int8_factor": lat.get("int8_factor"), "probes": len(lat["fit_probes"]),
-                    "pytorch_top1": report["accuracy"]["finetuned"]["top1"],
-                    "int8_top1": (int8.get("accuracy") or {}).get("int8_top1"),
-                    "int8_fp32_top1": (int8.get("accuracy") or {}).get("fp32_top1"), "int8_kept": int8.get("kept"),
-                    "timings": report["timings"]}
+                    "pytorch_top1": finetuned.get("top1") if setup["data"] == FASHION else None,
+                    "int8_top1": (int8.get("accuracy") or {}).get("int8_top1") if setup["data"] == FASHION else None,
+                    "int8_kept": int8.get("kept"), "timings": report["timings"]}
 
         row = step(runs, log, f"{tag}_prune", run)
         if row.get("artifact"):
             step(runs, log, f"{tag}_gate", lambda: {
-                **bench(out / row["artifact"], dense, 8, bench_runs),
-                "passed": prunecli("bench", out / row["artifact"], "--baseline", dense, "--batch", "8", "--threads",
-                                   "2", "--runs", str(bench_runs), "--max-latency-ratio", str(target),
+                **bench(out / row["artifact"], dense, setup["batch"], bench_runs, setup["shape"]),
+                "passed": prunecli("bench", out / row["artifact"], "--baseline", dense, "--batch", str(setup["batch"]),
+                                   "--threads", "2", "--runs", str(bench_runs), "--max-latency-ratio", str(target),
+                                   *(["--input-shape", setup["shape"]] if setup["shape"] else []),
                                    allowed=(0, 1))["exit_code"] == 0})
 
 
@@ -162,26 +180,34 @@ def latency_budget_table(runs: dict) -> list[str]:
     rows = sorted(n[: -len("_prune")] for n in runs if n.startswith("latbudget") and n.endswith("_prune"))
     if not rows:
         return []
-    lines = ["", "Latency budget on the deployed artifact (`prune --latency T --latency-batch 8 --threads 2 --epochs 2`, "
-             "same dense model, seed and data; `--quantize int8` makes the fit time INT8 candidates against the dense "
-             "fp32 model). Top-1 on the 10,000 test images: fp32 rows by PyTorch (ONNX parity verified), INT8 rows "
-             "through onnxruntime. `gate`: a fresh `prunecli bench --batch 8 --max-latency-ratio T` of the artifact "
-             "against the dense ONNX, run after the prune:", "",
-             "| T | variant | seed | exit | FLOPs ratio | params ratio | measured (95% CI) | probes | INT8 factor | "
-             "top-1 | gate ratio | gate |",
-             "|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---|"]
+    lines = ["", "Latency budget on the deployed artifact (`prune --latency T --latency-batch B --threads 2`; fp32 and "
+             "`--quantize int8` from the same model with the same seed and data; with INT8 the fit times INT8 "
+             "candidates against the dense fp32 model). ResNet-20: `--epochs 2` on Fashion-MNIST, top-1 on the 10,000 "
+             "test images (fp32 rows by PyTorch, ONNX parity verified; INT8 rows through onnxruntime). torchvision "
+             "rows: random init, synthetic calibration, no fine-tuning, no accuracy. `gate`: a fresh "
+             "`prunecli bench --batch B --max-latency-ratio T` of the artifact against the dense ONNX after the prune:",
+             "",
+             "| model | batch | T | variant | seed | exit | FLOPs ratio | params ratio | measured (95% CI) | probes | "
+             "INT8 factor | top-1 | gate ratio | gate |",
+             "|---|---:|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---:|---|"]
+    refused: dict = {}
     for tag in rows:
         r, gate = runs[f"{tag}_prune"], runs.get(f"{tag}_gate", {})
-        target, variant, seed = tag[len("latbudget"):].split("_")
+        target, variant, seed = tag[len("latbudget"):].split("_")[:3]
+        head = f"| {r.get('label', FMNIST_BUDGET['label'])} | {r.get('batch', 8)} | {target} | {variant} | {seed[1:]}"
         if "measured" not in r:
-            lines.append(f"| {target} | {variant} | {seed[1:]} | {r['exit_code']} | - | - | - | - | - | - | - | - |")
+            lines.append(f"{head} | {r['exit_code']} | - | - | - | - | - | - | - | - |")
+            refused.setdefault(r["stderr_tail"].strip().split("; give")[0], []).append(f"{variant} seed {seed[1:]}")
             continue
         top1 = r["int8_top1"] if r["artifact"].endswith("int8.onnx") else r["pytorch_top1"]
+        top1 = f"{top1:.2f}" if top1 is not None else "-"
         factor = f"{r['int8_factor']:.3f}" if r.get("int8_factor") else "-"
         gated = f"{gate['ratio_p50']:.3f} | {'pass' if gate.get('passed') else 'FAIL'}" if gate else "- | -"
-        lines.append(f"| {target} | {variant} | {seed[1:]} | {r['exit_code']} | {r['flops_ratio']:.3f} | "
+        lines.append(f"{head} | {r['exit_code']} | {r['flops_ratio']:.3f} | "
                      f"{r['params_ratio']:.3f} | {r['measured']:.3f} ({r['ci95'][0]:.3f}-{r['ci95'][1]:.3f}) | "
-                     f"{r['probes']} | {factor} | {top1:.2f} | {gated} |")
+                     f"{r['probes']} | {factor} | {top1} | {gated} |")
+    for message, which in refused.items():
+        lines += ["", f"Refused ({', '.join(which)}): `{message}`"]
     return lines
 
 
@@ -250,8 +276,11 @@ def main() -> None:
         work = Path(args.work)
         work.mkdir(parents=True, exist_ok=True)
         if args.latency_budget is not None:
-            for seed in [int(s) for s in args.seeds.split(",")]:
-                latency_budget(args.latency_budget, work, runs, log, args.epochs, seed, args.runs)
+            setups = [torchvision_budget(n) for n in args.torchvision.split(",")] if args.torchvision else [FMNIST_BUDGET]
+            for setup in setups:
+                for seed in [int(s) for s in args.seeds.split(",")]:
+                    latency_budget(args.latency_budget, work, runs, log, args.epochs if setup is FMNIST_BUDGET else 0,
+                                   seed, args.runs, setup)
         elif args.torchvision:
             for name in args.torchvision.split(","):
                 torchvision_latency(name, work, runs, log, args.runs)

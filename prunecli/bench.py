@@ -169,6 +169,10 @@ def resolve_onnx(spec: str, tmpdir: Path, load_kwargs: dict, flag: str = "MODEL"
     if path.suffix.lower() == ".onnx":
         if not path.is_file():
             raise UsageError(f"{flag} {path}: file not found")
+        if is_bundle(path.parent):  # a bundle's file (model.onnx, model.int8.onnx): checked against its recipe
+            recipe = read_recipe(path.parent)
+            if path.name in recipe.get("files", {}):
+                verify_file(path.parent, path.name, recipe)
         return path, None
     if path.is_dir() and (path / ONNX).is_file():
         if not is_bundle(path):

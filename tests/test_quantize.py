@@ -152,8 +152,18 @@ def test_prune_quantize_int8_adds_the_int8_model_to_the_bundle(cli, tmp_path):
     md = (out / "report.md").read_text()
     assert "## INT8" in md and "kept: model.int8.onnx" in md and f"agreement {int8['accuracy']['agreement']:.2f}%" in md
     import prunecli
+    from conftest import sha256
 
     prunecli.load_bundle(out, arch=TINY)  # still a valid bundle with the extra file
+    assert json.loads((out / "recipe.json").read_text())["files"]["model.int8.onnx"] == sha256(out / "model.int8.onnx")
+    alone = tmp_path / "alone.onnx"
+    shutil.copy(out / "model.int8.onnx", alone)
+    data = bytearray((out / "model.int8.onnx").read_bytes())
+    data[-20] ^= 0xFF  # a weight byte changed inside the bundle: the gate refuses it
+    (out / "model.int8.onnx").write_bytes(bytes(data))
+    edited = cli("bench", out / "model.int8.onnx", "--runs", "5")
+    assert edited.code == 2 and "model.int8.onnx does not match the sha256" in edited.stderr
+    assert cli("bench", alone, "--runs", "5").code == 0  # copied out of the bundle, it is a plain ONNX file
 
 
 def test_prune_quantize_needs_data_and_require_int8_is_exit_1_without_a_bundle(cli, tmp_path):

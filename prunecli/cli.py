@@ -379,6 +379,8 @@ def prune(
 
         prunecli prune model.pt --latency 12ms --threads 4 --latency-batch 8 --out pruned/
 
+        prunecli prune model.pt --latency 0.5 --quantize int8 --data imagefolder:./data --epochs 5 --out pruned/   # met by model.int8.onnx
+
         prunecli prune pruned/ --flops 0.5 --out pruned-again/   # prune a bundle further
 
         torchrun --nproc_per_node 8 -m prunecli prune torchvision:resnet50 --flops 0.5 --data imagefolder:/data/imagenet --epochs 90 --amp bf16 --out pruned/
@@ -834,10 +836,9 @@ def quantize(
 ) -> None:
     """INT8 with onnxruntime (QDQ, per-channel weights, calibrated on --data), judged through onnxruntime.
 
-    The integer types follow this CPU (reduce_range without VNNI; --reduce-range on/off sets it for the CPU the
-    model will be deployed on); INT8 is kept only if it loses at most
-    --max-quant-drop top-1 points on validation, otherwise fp32 is kept and a warning says so (exit 1 with
-    --require-int8).
+    The integer types follow this CPU (reduce_range without VNNI; --reduce-range on/off sets it for the CPU the model
+    will be deployed on). INT8 is kept only if it loses at most --max-quant-drop top-1 points on validation,
+    otherwise fp32 is kept and a warning says so (exit 1 with --require-int8).
 
     Examples:
 

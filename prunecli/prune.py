@@ -346,7 +346,8 @@ def _int8(tmp: Path, data, quantize, input_shape, measure_latency: bool, timings
 
         bench = run_bench(tmp / INT8_ONNX, tmp / ONNX, BenchConfig(runs=50, warmup=5), tuple(input_shape))
         doc["latency_vs_fp32"] = {"p50_ms": bench["model"]["p50_ms"], "fp32_p50_ms": bench["baseline"]["p50_ms"],
-                                  "ratio_p50": bench["ratio"]["p50"], "runs": 50, "threads": bench.get("threads")}
+                                  "ratio_p50": bench["ratio"]["p50"], "runs": 50, "threads": bench.get("threads"),
+                                  "batch": bench["model"]["batch"]}
     timings["int8_s"] = time.perf_counter() - t0
     return doc
 

@@ -159,7 +159,7 @@ def int8_lines(q: dict) -> list[str]:
     if q.get("latency_vs_fp32"):
         f = q["latency_vs_fp32"]
         lines.append(f"latency p50: INT8 {f['p50_ms']:.3f} ms vs fp32 {f['fp32_p50_ms']:.3f} ms, ratio "
-                     f"{f['ratio_p50']:.3f} ({f['runs']} runs)")
+                     f"{f['ratio_p50']:.3f} ({f['runs']} runs, batch {f.get('batch', '?')})")
     if q.get("latency_vs_dense"):
         d = q["latency_vs_dense"]
         lines.append(f"latency p50: INT8 {d['p50_ms']:.3f} ms vs dense fp32 {d['dense_p50_ms']:.3f} ms, ratio "

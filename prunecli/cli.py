@@ -850,16 +850,12 @@ def quantize(
     from pathlib import Path
 
     from .bundle import INT8_ONNX
-    from .config import QuantizeConfig
     from .errors import UsageError
     from .outputs import atomic_dir, check_out_dir
     from .quantize import run_quantize
 
-    try:
-        config = QuantizeConfig(calibration=calibration, calibration_batches=calibration_batches,
-                                max_drop=max_quant_drop, require=require_int8, reduce_range=reduce_range)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from exc
+    config = _quantize_config("int8", data, calibration, calibration_batches, max_quant_drop, require_int8,
+                              reduce_range)
     if batch_size < 1:
         raise UsageError(f"--batch-size {batch_size} must be at least 1")
     check_out_dir(Path(out), force, inputs=_typed_inputs(model, weights, arch))

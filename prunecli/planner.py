@@ -76,6 +76,8 @@ class LatencyBench:
         from .latency_model import build_latency_model
 
         self.loaded, self.config, self.settings = loaded, config, config.latency_settings
+        # checked before any export or measurement: the INT8 candidates need data to calibrate on
+        self.int8 = _LatencyQuantizer(config, data) if config.quantize and config.latency else None
         self.runtime = self.settings.runtime()
         self._tmp = tempfile.TemporaryDirectory(prefix="prunecli-latency-")
         self.dir = Path(self._tmp.name)
@@ -98,10 +100,9 @@ class LatencyBench:
         self.groups = analysis.groups
         self.measured = 0
         timings["latency_table_s"] = time.perf_counter() - t0
-        self.int8, self.int8_factor = None, 1.0
-        if config.quantize is not None and config.latency is not None:
+        self.int8_factor = 1.0
+        if self.int8 is not None:
             t0 = time.perf_counter()
-            self.int8 = _LatencyQuantizer(config, data)
             try:
                 self.int8_factor = self._ratio(self.dir / "dense.onnx").ratio
             except BaseException:

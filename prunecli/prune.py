@@ -289,9 +289,10 @@ def run_prune(loaded: LoadedModel, config: PruneConfig, out: Path, *, force: boo
                           "exporter": exporter, "dynamic_batch": True, **check}
         if config.quantize is not None:  # first: with a latency budget, the INT8 model is what is measured
             report["int8"] = _int8(tmp, data, config.quantize, loaded.input_shape, measure_latency, timings)
+        int8_kept = report.get("int8", {}).get("kept") == "int8"
         if config.latency is not None:
             t0 = time.perf_counter()
-            deployed = INT8_ONNX if report.get("int8", {}).get("kept") == "int8" else ONNX
+            deployed = INT8_ONNX if int8_kept else ONNX
             report["latency"] = latency_ratio(loaded.model, tmp / deployed, loaded.example_input, loaded.input_shape,
                                               config.opset, exporter, config.latency_settings,
                                               halfwidth=config.latency_settings.halfwidth)
@@ -303,12 +304,12 @@ def run_prune(loaded: LoadedModel, config: PruneConfig, out: Path, *, force: boo
             report["latency"] = latency_ratio(loaded.model, tmp / ONNX, loaded.example_input,
                                               loaded.input_shape, config.opset, exporter, config.latency_settings)
             report["latency"]["model"] = ONNX
-            if report.get("int8", {}).get("kept") == "int8":  # the INT8 model against dense, measured the same way
+            if int8_kept:  # the INT8 model against dense, measured the same way
                 report["int8"]["latency_vs_dense"] = _versus_dense(latency_ratio(
                     loaded.model, tmp / INT8_ONNX, loaded.example_input, loaded.input_shape, config.opset, exporter,
                     config.latency_settings))
             timings["latency_s"] = time.perf_counter() - t0
-        if config.latency is not None and report.get("int8", {}).get("kept") == "int8":
+        if config.latency is not None and int8_kept:
             report["int8"]["latency_vs_dense"] = _versus_dense(report["latency"])
         if "latency" in outcome.evidence and config.latency is None:
             report["latency_model"] = outcome.evidence["latency"]["model"]

@@ -32,10 +32,10 @@ CHILD = r"""
 import json, sys, time, warnings
 warnings.filterwarnings("ignore")
 from pathlib import Path
-from prunecli.config import BudgetTarget, PruneConfig
-from prunecli.errors import PruneCliError
-from prunecli.load import load_model
-from prunecli.prune import run_prune
+from prunecli.plan.config import BudgetTarget, PruneConfig
+from prunecli.core.errors import PruneCliError
+from prunecli.artifacts.load import load_model
+from prunecli.pipeline.prune import run_prune
 name, out, flops, stage_timeout = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
 t0 = time.perf_counter()
 try:

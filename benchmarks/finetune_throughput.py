@@ -8,7 +8,7 @@ Same model (prunecli's CIFAR ResNet-20, 3x32x32, 10 classes), same in-memory dat
 same batch per process, same optimiser (SGD, Nesterov momentum 0.9, weight decay 5e-4, one LambdaLR step per
 batch). The hand-written loop is the few lines a user would write: forward, cross-entropy, zero_grad,
 backward, step, scheduler step (under torchrun: DistributedDataParallel and a DistributedSampler). prunecli's
-is `prunecli.finetune.fit`, whose report counts training time only (validation excluded), as the hand loop
+is `prunecli.train.finetune.fit`, whose report counts training time only (validation excluded), as the hand loop
 does. Each measurement trains --epochs epochs; the first epoch is a warm-up in both (its time is dropped).
 One process uses all --threads; torchrun runs 2 processes with threads/2 each. Repeats alternate the two
 loops; the table shows the median. Must run alone on the machine. Raw runs are appended to
@@ -46,7 +46,7 @@ def _data(images: int, seed: int = 0):
 def _model():
     import torch
 
-    from prunecli.zoo import cifar_resnet
+    from prunecli.models.zoo import cifar_resnet
 
     torch.manual_seed(0)
     return cifar_resnet(depth=20, num_classes=10)
@@ -104,13 +104,13 @@ def hand_loop(args) -> dict:
 
 
 def prunecli_loop(args) -> dict:
-    """prunecli.finetune.fit on the same model, data and batch (validation on 1 batch, not timed)."""
+    """prunecli.train.finetune.fit on the same model, data and batch (validation on 1 batch, not timed)."""
     import torch
 
-    from prunecli.data import DataConfig, Loaders, make_loader, shard
-    from prunecli.device import resolve
-    from prunecli.distributed import init, local_rank
-    from prunecli.finetune import FinetuneConfig, fit
+    from prunecli.core.device import resolve
+    from prunecli.core.distributed import init, local_rank
+    from prunecli.train.data import DataConfig, Loaders, make_loader, shard
+    from prunecli.train.finetune import FinetuneConfig, fit
 
     placement = resolve(args.device, args.amp, local_rank=local_rank())
     world = init(placement.kind)
@@ -168,7 +168,7 @@ def measure(args, loop: str, processes: int) -> dict:
 
 
 def _machine() -> str:
-    from prunecli.latency import cpu_model
+    from prunecli.runtime.timing import cpu_model
 
     return f"{cpu_model()}, {os.cpu_count()} CPUs, {platform.system()}"
 

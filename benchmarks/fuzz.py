@@ -63,7 +63,7 @@ def check_bundle(bundle: Path, arch: str, report: dict) -> list[str]:
     import torch
 
     import prunecli
-    from prunecli.cost import count_flops, count_params
+    from prunecli.graph.cost import count_flops, count_params
 
     problems = []
     model = prunecli.load_bundle(bundle, arch=arch)

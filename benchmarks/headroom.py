@@ -89,16 +89,24 @@ def main() -> None:
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
 
-    from prunecli.allocate import ALLOCATORS, removable_steps
-    from prunecli.config import BudgetTarget, PruneConfig
-    from prunecli.cost import count_flops
-    from prunecli.data import DataConfig, load_data
-    from prunecli.finetune import FinetuneConfig, evaluate
-    from prunecli.inspect import prunable_groups
-    from prunecli.schedule import SCHEDULES, Context
+    from prunecli.graph.cost import count_flops
+    from prunecli.graph.groups import removable_steps
+    from prunecli.pipeline.config import PruneConfig
+    from prunecli.pipeline.schedules import SCHEDULES, Context
+    import dataclasses
 
-    @ALLOCATORS.register(FIXED)
-    def fixed(groups, scores, config, evidence=None) -> list[str]:
+    from prunecli.plan.allocators import ALLOCATORS, Allocation
+    from prunecli.plan.constraints import prunable_groups
+    from prunecli.plan.targets import BudgetTarget
+    from prunecli.train.data import DataConfig, load_data
+    from prunecli.train.finetune import FinetuneConfig, evaluate
+
+    @dataclasses.dataclass(frozen=True)
+    class Fixed(Allocation):
+        """The allocation RATIOS names (one per run)."""
+
+    @ALLOCATORS.register(FIXED, config=Fixed)
+    def fixed(groups, scores, allocation, metric="flops", evidence=None) -> list[str]:
         """Steps in proportion to the share of each group that RATIOS removes (as the learned allocator orders them)."""
         events = []
         for index, group in enumerate(groups):
@@ -131,7 +139,8 @@ def main() -> None:
                 # as benchmarks/quality.py does (criterion batches drawn first), so that a seed gives the same
                 # data order there and here, and the uniform and global rows repeat that table's runs exactly
                 batches = [b for _, b in zip(range(8), data.train)]
-                config = PruneConfig(flops=BudgetTarget("flops", budget), criterion="l1", allocation=allocation, seed=seed)
+                config = PruneConfig(flops=BudgetTarget("flops", budget), criterion="l1", seed=seed,
+                                     allocation=ALLOCATORS.config(allocation)())
                 t0 = time.perf_counter()
                 outcome = SCHEDULES.get("oneshot")(Context(loaded, config, FinetuneConfig(epochs=args.epochs, lr=0.02,
                                                                                            seed=seed, progress=False),

@@ -236,7 +236,7 @@ def latency_budget_table(runs: dict) -> list[str]:
 
 
 def table(runs: dict) -> str:
-    from prunecli.latency import cpu_model
+    from prunecli.runtime.timing import cpu_model
 
     lines = [
         "# INT8 after pruning (onnxruntime static quantisation through `prunecli quantize`)",

@@ -36,12 +36,14 @@ def main() -> None:
     import onnxruntime as ort
     import torch
 
-    from prunecli.bench import BenchConfig, run_bench
-    from prunecli.latency import cpu_model, physical_cores
-    from prunecli.config import BudgetTarget, PruneConfig
-    from prunecli.load import load_model
-    from prunecli.export import run_export
-    from prunecli.prune import run_prune
+    from prunecli.artifacts.load import load_model
+    from prunecli.pipeline.config import PruneConfig
+    from prunecli.pipeline.prune import run_prune
+    from prunecli.plan.allocators import ALLOCATORS
+    from prunecli.plan.targets import BudgetTarget
+    from prunecli.runtime.bench import BenchConfig, run_bench
+    from prunecli.runtime.export import run_export
+    from prunecli.runtime.timing import cpu_model, physical_cores
 
     threads = args.threads or physical_cores()
     header = [
@@ -68,7 +70,8 @@ def main() -> None:
             run_export(loaded, tmp / "dense.onnx")
             for allocation in args.allocations.split(","):
                 for budget in (float(b) for b in args.budgets.split(",")):
-                    report = run_prune(loaded, PruneConfig(flops=BudgetTarget("flops", budget), allocation=allocation),
+                    report = run_prune(loaded, PruneConfig(flops=BudgetTarget("flops", budget),
+                                                                  allocation=ALLOCATORS.config(allocation)()),
                                        tmp / f"{allocation}-{budget}", measure_latency=False)
                     cells = []
                     for batch in (int(b) for b in args.batches.split(",")):

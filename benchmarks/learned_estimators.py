@@ -39,12 +39,16 @@ def main() -> None:
     import torch.nn.functional as F
     from scipy.stats import spearmanr
 
-    from prunecli.allocate.learned import Masks, _BatchStatistics, loss_slopes
-    from prunecli.data import DataConfig, load_data
-    from prunecli.demo import dense_checkpoint
-    from prunecli.graph import channel_roles
-    from prunecli.inspect import prunable_groups
-    from prunecli.load import load_model
+    from prunecli.artifacts.load import load_model
+    from prunecli.graph.groups import channel_roles
+    from prunecli.pipeline.demo import dense_checkpoint
+    from prunecli.plan.allocators.learned.search import (
+        Masks,
+        _BatchStatistics,
+        loss_slopes,
+    )
+    from prunecli.plan.constraints import prunable_groups
+    from prunecli.train.data import DataConfig, load_data
 
     torch.set_num_threads(os.cpu_count() or 1)
     path, _ = dense_checkpoint()

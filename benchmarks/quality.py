@@ -52,7 +52,7 @@ LEARNED_ARCH = "learned counts, dense weights"
 
 
 # learned:VARIANT in --allocations: the learned allocator with other search settings, tuned on validation
-# (SearchConfig fields; "epochs" is the search's share of --epochs)
+# (Learned fields; "epochs" is the search's share of --epochs)
 LEARNED_VARIANTS = {
     "search1": {"epochs": 1},  # one search epoch of the five, four of fine-tuning
     "search3": {"epochs": 3},
@@ -94,9 +94,9 @@ def fashion_dense(model: str, data_dir: str, out: Path):
     from the very same weights for its runs to join the table. Trained here on first use only."""
     import torch
 
-    from prunecli.arch import build_arch
-    from prunecli.data import DataConfig, load_data
-    from prunecli.finetune import FinetuneConfig, evaluate, fit
+    from prunecli.models.arch import build_arch
+    from prunecli.train.data import DataConfig, load_data
+    from prunecli.train.finetune import FinetuneConfig, evaluate, fit
 
     path = out.with_name(FASHION_DENSE.format(model=model))
     if path.is_file():
@@ -137,11 +137,11 @@ def setup_dense():
     (loaded model, its FLOPs, header with dense test top-1, threads and machine)."""
     import torch
 
-    from prunecli.cost import count_flops
-    from prunecli.data import DataConfig, load_data
-    from prunecli.demo import dense_checkpoint
-    from prunecli.finetune import evaluate
-    from prunecli.load import load_model
+    from prunecli.artifacts.load import load_model
+    from prunecli.graph.cost import count_flops
+    from prunecli.pipeline.demo import dense_checkpoint
+    from prunecli.train.data import DataConfig, load_data
+    from prunecli.train.finetune import evaluate
 
     threads = os.cpu_count() or 1
     torch.set_num_threads(threads)
@@ -160,7 +160,7 @@ def write_table(runs: list[dict], out: Path, header: dict) -> None:
     lines = [
         "# Quality on digits: top-1 after pruning and the same training budget",
         "",
-        f"Start: one dense ResNet-20 (prunecli.zoo:cifar_resnet, 16x16 input) trained once "
+        f"Start: one dense ResNet-20 (prunecli.models.zoo:cifar_resnet, 16x16 input) trained once "
         f"({header['dense_epochs']} epochs); dense test top-1 {header['dense_top1']:.2f}%. Every method gets "
         "the same epochs after the dense model (column `epochs`; SGD lr 0.02, cosine, cross-entropy, batch 64; "
         "the learned allocator's search epochs count against them), the best epoch selected on the validation "
@@ -204,9 +204,9 @@ def fashion_setup(model: str, data_dir: str, train_subset: int, threads: int, ou
     fixed subset (the same for every method and seed), validation and test whole."""
     import torch
 
-    from prunecli.cost import count_flops
-    from prunecli.data import SPLIT_SEED, DataConfig, Loaders, _loaders, load_data
-    from prunecli.load import load_model
+    from prunecli.artifacts.load import load_model
+    from prunecli.graph.cost import count_flops
+    from prunecli.train.data import SPLIT_SEED, DataConfig, Loaders, _loaders, load_data
 
     threads = threads or os.cpu_count() or 1
     torch.set_num_threads(threads)
@@ -232,7 +232,7 @@ def fashion_setup(model: str, data_dir: str, train_subset: int, threads: int, ou
 
 
 def evaluate_val(model, loader) -> float:
-    from prunecli.finetune import evaluate
+    from prunecli.train.finetune import evaluate
 
     return evaluate(model, loader)["top1"]
 
@@ -328,7 +328,7 @@ def plot_fashion(runs: list[dict], out: Path, headers: dict) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    from prunecli.report import save_figure
+    from prunecli.pipeline.plots import save_figure
 
     models = [m for m in FASHION_MODELS if current_runs(runs, headers, m)]
     if not models:
@@ -401,9 +401,9 @@ def main() -> None:
         if getattr(args, name) is None:
             setattr(args, name, pair[fashion])
 
-    from prunecli.cost import count_params
-    from prunecli.data import DataConfig, load_data
-    from prunecli.demo import DENSE_RECIPE
+    from prunecli.graph.cost import count_params
+    from prunecli.pipeline.demo import DENSE_RECIPE
+    from prunecli.train.data import DataConfig, load_data
 
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -459,7 +459,7 @@ def main() -> None:
 def round_to_for(loaded, budget: float) -> int:
     """The preset's round_to, halved until ``budget`` (a FLOPs fraction) is reachable: ResNet-20 at width 16 stops
     at 0.117 of its FLOPs with round_to 8 (its residual streams keep 8 of 16 channels) and needs 4 for 0.1."""
-    from prunecli.inspect import prunable_groups
+    from prunecli.plan.constraints import prunable_groups
 
     step = None
     while True:
@@ -473,11 +473,12 @@ def run_grid(args, model_name, dense_sha, loaded, dense_flops, dense_params, fre
              dense_epochs: int, dense_lr: float) -> None:
     import torch
 
-    from prunecli.allocate.learned import SearchConfig
-    from prunecli.config import BudgetTarget, PruneConfig
-    from prunecli.cost import count_flops, count_params
-    from prunecli.finetune import FinetuneConfig, evaluate, fit
-    from prunecli.schedule import SCHEDULES, AgpConfig, Context
+    from prunecli.graph.cost import count_flops, count_params
+    from prunecli.pipeline.config import PruneConfig
+    from prunecli.pipeline.schedules import SCHEDULES, Agp, Context
+    from prunecli.plan.allocators import ALLOCATORS, Learned
+    from prunecli.plan.targets import BudgetTarget
+    from prunecli.train.finetune import FinetuneConfig, evaluate, fit
 
     tag = {"model": model_name, "dense": dense_sha} if model_name else {}
 
@@ -523,13 +524,12 @@ def run_grid(args, model_name, dense_sha, loaded, dense_flops, dense_params, fre
                             continue
                         data, batches = fresh_data(seed)
                         config = PruneConfig(flops=BudgetTarget("flops", budget), criterion=criterion,
-                                             allocation="learned" if learned else allocation, seed=seed,
-                                             round_to=round_to,
-                                             allocation_settings=SearchConfig(
+                                             seed=seed, round_to=round_to,
+                                             allocation=Learned(
                                                  epochs=search, weights="dense" if method == "learned-arch" else "searched",
                                                  **overrides)
-                                             if learned else None,
-                                             schedule_settings=AgpConfig(steps=3) if schedule == "agp" else None)
+                                             if learned else ALLOCATORS.config(allocation)(),
+                                             schedule=Agp(steps=3) if schedule == "agp" else SCHEDULES.config(schedule)())
                         spent = search if method == "learned" else 0  # the control does not count its search
                         finetune = FinetuneConfig(epochs=args.epochs - spent, lr=0.02, seed=seed, progress=False)
                         t0 = time.perf_counter()
@@ -554,7 +554,7 @@ def run_grid(args, model_name, dense_sha, loaded, dense_flops, dense_params, fre
                     continue
                 data, _ = fresh_data(seed)
                 t0 = time.perf_counter()
-                config = PruneConfig(flops=BudgetTarget("flops", budget), criterion="l1", allocation="uniform", seed=seed,
+                config = PruneConfig(flops=BudgetTarget("flops", budget), criterion="l1", seed=seed,
                                      round_to=round_to)
                 outcome = SCHEDULES.get("oneshot")(Context(loaded, config, FinetuneConfig(epochs=0), None, None, None, {}))
                 model = copy.deepcopy(outcome.model)

@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--out", default="benchmarks/results/stability.md")
     args = parser.parse_args()
     exe = [sys.executable, "-m", "prunecli"]
-    from prunecli.latency import cpu_model, physical_cores
+    from prunecli.runtime.timing import cpu_model, physical_cores
 
     lines = [
         "# Stability of `prunecli bench` (consecutive runs)",

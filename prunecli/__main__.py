@@ -1,3 +1,3 @@
-from .entry import main
+from prunecli.cli import main
 
 main()

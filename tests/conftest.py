@@ -37,7 +37,7 @@ class CliResult:
 def cli():
     from typer.testing import CliRunner
 
-    from prunecli.cli import app
+    from prunecli.cli.app import app
 
     runner = CliRunner()
 

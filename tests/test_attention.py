@@ -13,9 +13,9 @@ import torch
 
 timm = pytest.importorskip("timm")
 
-from prunecli import attention  # noqa: E402
-from prunecli.cost import count_flops  # noqa: E402
-from prunecli.plan import first_kept, pooled_scores, select_keep  # noqa: E402
+from prunecli.graph import attention  # noqa: E402
+from prunecli.graph.cost import count_flops  # noqa: E402
+from prunecli.graph.plans import first_kept, pooled_scores, select_keep  # noqa: E402
 
 VIT = "timm:test_vit"  # 6 blocks, 2 heads of 32, embedding 64, input 3x160x160 (timm's pretrained_cfg)
 EMBEDDING = "blocks.5.mlp.fc2"  # the embedding group's root (`prunecli inspect timm:test_vit`)
@@ -98,8 +98,8 @@ def test_heads_left_unupdated_are_caught_exit_3(cli, tmp_path, monkeypatch):
 
 
 def test_heads_that_disagree_with_the_weights_are_a_verification_failure():
-    from prunecli.errors import VerificationFailed
-    from prunecli.shrink import check_against_dense
+    from prunecli.core.errors import VerificationFailed
+    from prunecli.graph.shrink import check_against_dense
 
     model = timm.create_model("test_vit").eval()
     x = torch.randn(1, 3, 160, 160)

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import save_file
-
 from conftest import sha256
+from safetensors.torch import save_file
 
 SHAPE = ["--input-shape", "1,3,16,16"]
 TINY = "tinynets:tiny_resnet:width=8"
@@ -52,9 +51,10 @@ def _ckpt(d: Path, name: str, **extra) -> None:
 
 def _bundle(d: Path, name: str) -> Path:
     """A real bundle of a torchvision model (a data spec), pruned data-free."""
-    from prunecli.config import BudgetTarget, PruneConfig
-    from prunecli.load import load_model
-    from prunecli.prune import run_prune
+    from prunecli.artifacts.load import load_model
+    from prunecli.pipeline.config import PruneConfig
+    from prunecli.pipeline.prune import run_prune
+    from prunecli.plan.targets import BudgetTarget
 
     loaded = load_model("torchvision:resnet18:num_classes=4", input_shape="1,3,32,32")
     run_prune(loaded, PruneConfig(flops=BudgetTarget("flops", 0.5)), d / name, measure_latency=False)
@@ -121,9 +121,9 @@ FILES = {
     "evil_shape.pt": lambda d, g: _ckpt(d, "evil_shape.pt", arch="torchvision:resnet18", input_shape="rm -rf /"),
     "download.pt": lambda d, g: _ckpt(d, "download.pt", arch="torchvision:resnet18:weights=DEFAULT"),
     "evil.safetensors": lambda d, g: save_file(_state_dict(), str(d / "evil.safetensors"),
-                                               metadata={"prunecli.arch": _shell(d)}),
+                                               metadata={"prunecli.models.arch": _shell(d)}),
     "evil_py.safetensors": lambda d, g: save_file(_state_dict(), str(d / "evil_py.safetensors"),
-                                                  metadata={"prunecli.arch": _payload(d)}),
+                                                  metadata={"prunecli.models.arch": _payload(d)}),
     "bundle": lambda d, g: _copy_bundle(g, d, "bundle"),
     "evil_bundle": lambda d, g: _edit_recipe(_copy_bundle(g, d, "evil_bundle"),
                                              lambda r: r["source"].update(arch=_payload(d))),
@@ -165,7 +165,7 @@ ROWS = [
     (["prune", "{d}/evil_py.pt", "--flops", "0.5", "--out", "{d}/o"], ["evil_py.pt"], 2, "key 'arch'"),
     (["export", "{d}/evil_os.pt", "--out", "{d}/m.onnx"], ["evil_os.pt"], 2, "names a module to import"),
     (["bench", "{d}/evil_py.pt"], ["evil_py.pt"], 2, "names a Python file to import"),
-    (["inspect", "{d}/evil.safetensors"], ["evil.safetensors"], 2, "metadata 'prunecli.arch'"),
+    (["inspect", "{d}/evil.safetensors"], ["evil.safetensors"], 2, "metadata 'prunecli.models.arch'"),
     (["prune", "{d}/evil_py.safetensors", "--flops", "0.5", "--out", "{d}/o"], ["evil_py.safetensors"], 2, "never runs code"),
     (["inspect", "{d}/evil_bundle"], ["evil_bundle"], 2, "source.arch"),
     (["prune", "{d}/evil_os_bundle", "--flops", "0.5", "--out", "{d}/o"], ["evil_os_bundle"], 2, "never runs from a file"),
@@ -299,7 +299,7 @@ def test_table_has_at_least_50_rows():
 def test_load_bundle_refuses_code_in_recipe(tmp_path, good_bundle):
     """Python API: the same rule as the command line."""
     import prunecli
-    from prunecli.errors import UsageError
+    from prunecli.core.errors import UsageError
 
     FILES["evil_bundle"](tmp_path, good_bundle)
     with pytest.raises(UsageError, match="load_bundle"):

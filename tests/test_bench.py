@@ -18,7 +18,7 @@ def resnet18_pair(tmp_path_factory):
     """resnet18 pruned to --flops 0.5 (224x224) and its dense ONNX, as the issue's command lines use them."""
     from typer.testing import CliRunner
 
-    from prunecli.cli import app
+    from prunecli.cli.app import app
 
     d = tmp_path_factory.mktemp("pair")
     runner = CliRunner()

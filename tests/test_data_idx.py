@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 import torch
 
-from prunecli.data import DataConfig, DataFault, load_data
-from prunecli.errors import UsageError
+from prunecli.core.errors import UsageError
+from prunecli.train.data import DataConfig, DataFault, load_data
 
 NAMES = {"train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
          "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")}

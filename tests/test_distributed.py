@@ -143,9 +143,9 @@ def _rank_check_worker(rank: int, port: int, outdir: str, differ: bool) -> None:
     os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK=str(rank), WORLD_SIZE="2", LOCAL_RANK=str(rank))
     import torch.distributed as dist
 
-    from prunecli.distributed import World
-    from prunecli.errors import VerificationFailed
-    from prunecli.finetune import _rank_check
+    from prunecli.core.distributed import World
+    from prunecli.core.errors import VerificationFailed
+    from prunecli.train.finetune import _rank_check
 
     dist.init_process_group("gloo", rank=rank, world_size=2)
     torch.manual_seed(rank if differ else 0)
@@ -228,7 +228,7 @@ def test_imagefolder_evaluation_matches_torchvisions_preset():
     from PIL import Image
     from torchvision.transforms._presets import ImageClassification
 
-    from prunecli.data import _image_transforms, eval_resize
+    from prunecli.train.data import _image_transforms, eval_resize
 
     rng = np.random.default_rng(0)
     preset = ImageClassification(crop_size=224, resize_size=256)
@@ -242,7 +242,7 @@ def test_imagefolder_evaluation_matches_torchvisions_preset():
 
 
 def test_loader_workers_default_to_what_the_machine_has(monkeypatch):
-    from prunecli.data import DataConfig, available_cpus, loader_workers
+    from prunecli.train.data import DataConfig, available_cpus, loader_workers
 
     assert loader_workers(DataConfig("digits"), decodes=False) == 0  # tensors in memory: nothing to decode
     assert loader_workers(DataConfig("x"), decodes=True) == max(1, min(8, available_cpus()))

@@ -16,8 +16,8 @@ import pytest
 import torch
 
 import prunecli
-from prunecli.criteria import channel_scores
-from prunecli.data import DataConfig, load_data
+from prunecli.plan.criteria import channel_scores
+from prunecli.train.data import DataConfig, load_data
 
 TESTS = Path(__file__).parent
 SMALL = ["--input-shape", "1,3,16,16"]
@@ -67,7 +67,7 @@ def test_cifar_loader_refuses_code_in_pickles(tmp_path):
     root = _cifar_folder(tmp_path / "c")
     with open(root / "cifar-10-batches-py" / "test_batch", "wb") as fh:
         pickle.dump({"data": os.system, "labels": []}, fh)  # a pickle that would import os.system
-    from prunecli.errors import UsageError
+    from prunecli.core.errors import UsageError
 
     with pytest.raises(UsageError, match="never needs"):
         load_data(DataConfig(f"cifar10:{root}"), (1, 3, 32, 32))
@@ -98,14 +98,14 @@ def test_every_schedule_ends_on_budget(cli, tmp_path, schedule):
     assert budget["met"] and budget["gap"] <= 0.01
     recipe = json.loads((tmp_path / "o" / "recipe.json").read_text())
     assert len(recipe["plans"]) == (2 if schedule == "agp" else 1)
-    from prunecli.cost import count_flops
+    from prunecli.graph.cost import count_flops
 
     rebuilt = prunecli.load_bundle(tmp_path / "o", arch="tinynets:tiny_resnet")
     assert count_flops(rebuilt, torch.randn(1, 3, 16, 16)) == budget["achieved"]
 
 
 def test_agp_counts_follow_the_cubic_schedule():
-    from prunecli.schedule import agp_counts
+    from prunecli.pipeline.schedules import agp_counts
 
     counts = [agp_counts(64, 16, 8, t, 4) for t in range(1, 5)]
     assert counts[-1] == 16 and counts == sorted(counts, reverse=True)
@@ -117,16 +117,17 @@ def test_agp_counts_follow_the_cubic_schedule():
 
 def test_agp_ends_on_the_oneshot_counts_of_the_dense_fit(tmp_path):
     """The final step reaches exactly the per-group counts `oneshot` fits on the dense model."""
-    from prunecli.config import BudgetTarget, PruneConfig
-    from prunecli.finetune import FinetuneConfig
-    from prunecli.load import load_model
-    from prunecli.schedule import SCHEDULES, Context
+    from prunecli.artifacts.load import load_model
+    from prunecli.pipeline.config import PruneConfig
+    from prunecli.pipeline.schedules import SCHEDULES, Context
+    from prunecli.plan.targets import BudgetTarget
+    from prunecli.train.finetune import FinetuneConfig
 
     torch.manual_seed(0)
     loaded = load_model("tinynets:tiny_resnet:width=64", input_shape="1,3,16,16")
-    from prunecli.schedule import AgpConfig
+    from prunecli.pipeline.schedules import Agp
 
-    config = PruneConfig(flops=BudgetTarget("flops", 0.5), round_to=1, schedule_settings=AgpConfig(steps=3))
+    config = PruneConfig(flops=BudgetTarget("flops", 0.5), round_to=1, schedule=Agp(steps=3))
     ctx = lambda: Context(loaded, config, FinetuneConfig(epochs=0), None, None, None, {})  # noqa: E731
     oneshot, agp = SCHEDULES.get("oneshot")(ctx()), SCHEDULES.get("agp")(ctx())
     assert len(agp.plans) == 3

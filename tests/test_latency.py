@@ -26,7 +26,7 @@ def shared_cache(tmp_path_factory, monkeypatch):
     (".5", 0.5, False),
 ])
 def test_latency_budgets_parse(text, value, absolute):
-    from prunecli.config import LatencyTarget
+    from prunecli.plan.targets import LatencyTarget
 
     budget = LatencyTarget.parse(text)
     assert budget.absolute is absolute
@@ -39,7 +39,7 @@ def test_latency_budgets_parse(text, value, absolute):
     ("fast", "not a latency budget"), ("3 sec", "not a latency budget"), ("nan", "not a latency budget"),
 ])
 def test_bad_latency_budgets_are_refused(text, message):
-    from prunecli.config import LatencyTarget
+    from prunecli.plan.targets import LatencyTarget
 
     with pytest.raises(ValueError, match=None) as info:
         LatencyTarget.parse(text)
@@ -74,7 +74,7 @@ def test_a_missing_provider_is_exit_4_before_loading(cli, tmp_path):
 
 
 def test_find_block_reads_the_staircase():
-    from prunecli.latency_model import find_block
+    from prunecli.runtime.latency_model import find_block
 
     stairs = {c: (1.0 if c % 4 == 0 else 1.3) * (1 + c / 100) for c in range(33, 65)}
     block, penalty = find_block(stairs)
@@ -94,10 +94,11 @@ def _uniform_counts(analysis, fraction, multiple=8):
 @pytest.mark.parametrize("spec", [RESNET, MOBILE])
 def test_latency_model_predicts_measured_whole_model_latency(shared_cache, spec):
     """The table's prediction for a plan is within 15% of the whole model measured interleaved with dense."""
-    from prunecli.config import LatencySettings, LatencyTarget, PruneConfig
-    from prunecli.inspect import prunable_groups
-    from prunecli.load import load_model
-    from prunecli.planner import LatencyBench
+    from prunecli.artifacts.load import load_model
+    from prunecli.pipeline.config import PruneConfig
+    from prunecli.plan.constraints import prunable_groups
+    from prunecli.plan.latency_bench import LatencyBench
+    from prunecli.plan.targets import LatencySettings, LatencyTarget
 
     loaded = load_model(spec, input_shape=SHAPE)
     analysis, _ = prunable_groups(loaded)
@@ -120,10 +121,11 @@ def _prune(cli, out, *args):
 
 def test_the_table_is_cached_per_runtime(shared_cache):
     """A second latency model of the same model measures nothing: every layer and the staircase come from disk."""
-    from prunecli.config import LatencySettings, LatencyTarget, PruneConfig
-    from prunecli.inspect import prunable_groups
-    from prunecli.load import load_model
-    from prunecli.planner import LatencyBench
+    from prunecli.artifacts.load import load_model
+    from prunecli.pipeline.config import PruneConfig
+    from prunecli.plan.constraints import prunable_groups
+    from prunecli.plan.latency_bench import LatencyBench
+    from prunecli.plan.targets import LatencySettings, LatencyTarget
 
     loaded = load_model(MOBILE, input_shape=SHAPE)
     analysis, _ = prunable_groups(loaded)
@@ -166,10 +168,11 @@ def test_latency_budget_is_met_and_the_table_is_reused(cli, shared_cache, tmp_pa
 
 @pytest.mark.slow
 def test_absolute_latency_budget(cli, shared_cache, tmp_path):
-    from prunecli.config import LatencySettings, LatencyTarget, PruneConfig
-    from prunecli.inspect import prunable_groups
-    from prunecli.load import load_model
-    from prunecli.planner import LatencyBench
+    from prunecli.artifacts.load import load_model
+    from prunecli.pipeline.config import PruneConfig
+    from prunecli.plan.constraints import prunable_groups
+    from prunecli.plan.latency_bench import LatencyBench
+    from prunecli.plan.targets import LatencySettings, LatencyTarget
 
     loaded = load_model(VGG, input_shape=SHAPE)
     analysis, _ = prunable_groups(loaded)
@@ -244,7 +247,7 @@ class _Runtime:
     def measure(self, counts: dict):
         self.measured.append(dict(counts))
         value = self.true(counts)
-        from prunecli.latency import Ratio
+        from prunecli.runtime.timing import Ratio
 
         return value, value * (1 + self.noise + 0.01), Ratio("p50", value, value * 0.99, value * 1.01, value, 1.0, 100)
 
@@ -269,7 +272,7 @@ def _after(groups, order, step):
 
 @pytest.mark.parametrize("target,bias", [(0.75, 1.15), (0.5, 0.85), (0.3, 1.3), (0.3, 0.8)])
 def test_fit_lands_in_the_window_despite_a_biased_model(target, bias):
-    from prunecli.latency_fit import fit_latency
+    from prunecli.plan.latency_fit import fit_latency
 
     groups = {"a": 64, "b": 128, "c": 256}
     runtime = _Runtime(groups, bias)
@@ -284,7 +287,7 @@ def test_fit_lands_in_the_window_despite_a_biased_model(target, bias):
 def test_fit_adjusts_single_groups_when_one_step_is_too_coarse():
     """Two groups, steps of a quarter of each: no prefix of the order lands in the window; a single-group
     adjustment does."""
-    from prunecli.latency_fit import fit_latency
+    from prunecli.plan.latency_fit import fit_latency
 
     groups = {"a": 32, "b": 32}
     runtime = _Runtime(groups, bias=1.0)
@@ -309,8 +312,8 @@ def test_fit_adjusts_single_groups_when_one_step_is_too_coarse():
 
 
 def test_fit_refuses_an_unreachable_target_with_the_measured_minimum():
-    from prunecli.errors import UsageError
-    from prunecli.latency_fit import fit_latency
+    from prunecli.core.errors import UsageError
+    from prunecli.plan.latency_fit import fit_latency
 
     groups = {"a": 64, "b": 64}
     runtime = _Runtime(groups, bias=1.0)
@@ -325,8 +328,8 @@ def test_measuring_process_holds_onnxruntime_only_and_shares_one_pool(tmp_path):
     a relative path still opens after this process changed directory."""
     import os
 
-    from prunecli.latency import RuntimeConfig, runtime_for
-    from prunecli.latency_model import _relu_bytes
+    from prunecli.runtime.latency_model import _relu_bytes
+    from prunecli.runtime.timing import RuntimeConfig, runtime_for
 
     config = RuntimeConfig(threads=1, warmup=2)
     runtime = runtime_for(config)
@@ -353,8 +356,8 @@ def test_measuring_process_holds_onnxruntime_only_and_shares_one_pool(tmp_path):
 
 
 def test_a_dead_measuring_process_is_one_error_and_is_restarted():
-    from prunecli.errors import RuntimeFailure
-    from prunecli.latency import RuntimeConfig, runtime_for
+    from prunecli.core.errors import RuntimeFailure
+    from prunecli.runtime.timing import RuntimeConfig, runtime_for
 
     config = RuntimeConfig(threads=1)
     runtime = runtime_for(config)
@@ -369,8 +372,8 @@ def test_a_dead_measuring_process_is_one_error_and_is_restarted():
 def test_a_floor_the_prediction_misses_is_found_unreachable_by_measuring_the_deepest_plan():
     """An INT8-like runtime: latency stops falling at 0.6 of dense while the latency model predicts it keeps
     falling. After two probes too slow and none fast enough the deepest plan is measured: exit 2 naming it."""
-    from prunecli.errors import UsageError
-    from prunecli.latency_fit import fit_latency
+    from prunecli.core.errors import UsageError
+    from prunecli.plan.latency_fit import fit_latency
 
     groups = {"a": 64, "b": 128, "c": 256}
 
@@ -391,7 +394,7 @@ def test_a_floor_the_prediction_misses_is_found_unreachable_by_measuring_the_dee
 def test_a_target_the_least_pruning_already_meets_keeps_it():
     """INT8 can make the dense model itself fast enough: the fit keeps the least pruning allowed (t_min), not a
     deeper plan that lands in the window by being slower."""
-    from prunecli.latency_fit import fit_latency
+    from prunecli.plan.latency_fit import fit_latency
 
     groups = {"a": 64, "b": 128}
     runtime = _Runtime(groups, bias=1.0)

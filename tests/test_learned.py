@@ -7,13 +7,12 @@ import json
 
 import pytest
 import torch
-
 from test_sensitivity import SHAPE, loaded_two_branch, teacher_loaders
 
 
 @pytest.mark.parametrize("alpha, beta2", [(0.99, 2.0), (0.5, 2.0), (0.3, 50.0), (0.05, 10.0)])
 def test_threshold_solve_hits_the_target_mean(alpha, beta2):
-    from prunecli.allocate.learned import keep_probabilities
+    from prunecli.plan.allocators.learned import keep_probabilities
 
     u = torch.randn(64, generator=torch.Generator().manual_seed(0))
     a = torch.tensor(alpha, requires_grad=True)
@@ -29,11 +28,11 @@ def test_threshold_solve_hits_the_target_mean(alpha, beta2):
                                          ("torchvision:mobilenet_v2:width_mult=0.5", "1,3,64,64")])
 @pytest.mark.parametrize("metric", ["flops", "params"])
 def test_expected_cost_matches_the_physically_pruned_model(spec, shape, metric):
-    from prunecli.allocate.learned import ExpectedCost
-    from prunecli.cost import count_flops, count_params
-    from prunecli.inspect import prunable_groups
-    from prunecli.load import load_model
-    from prunecli.shrink import remove_channels_
+    from prunecli.artifacts.load import load_model
+    from prunecli.graph.cost import count_flops, count_params
+    from prunecli.graph.shrink import remove_channels_
+    from prunecli.plan.allocators.learned import ExpectedCost
+    from prunecli.plan.constraints import prunable_groups
 
     loaded = load_model(spec, input_shape=shape)
     analysis, _ = prunable_groups(loaded, round_to=1)
@@ -52,8 +51,9 @@ def test_expected_cost_matches_the_physically_pruned_model(spec, shape, metric):
 
 
 def test_the_loss_raises_the_alpha_of_the_group_it_depends_on():
-    from prunecli.allocate.learned import ExpectedCost, SearchConfig, search
-    from prunecli.inspect import prunable_groups
+    from prunecli.plan.allocators.learned import ExpectedCost, search
+    from prunecli.plan.allocators.learned import Learned as SearchConfig
+    from prunecli.plan.constraints import prunable_groups
 
     loaded = loaded_two_branch()
     data = teacher_loaders(loaded.model, n=512)
@@ -99,8 +99,8 @@ def test_learned_needs_data(cli, tmp_path):
 
 
 def test_expected_cost_splits_a_concatenated_input_between_its_groups():
-    from prunecli.allocate.learned import ExpectedCost
-    from prunecli.inspect import prunable_groups
+    from prunecli.plan.allocators.learned import ExpectedCost
+    from prunecli.plan.constraints import prunable_groups
 
     loaded = loaded_two_branch()
     analysis, _ = prunable_groups(loaded, round_to=1)
@@ -112,7 +112,7 @@ def test_expected_cost_splits_a_concatenated_input_between_its_groups():
 def test_budget_shift_gives_the_uniform_allocation_and_the_reduced_gradient_is_exact():
     """Equal logits meet the target with equal ratios; reduced_gradient is the derivative of a loss along the
     budget surface (checked by finite differences through the re-solved shift), zero where g ~ c (KKT)."""
-    from prunecli.allocate.learned import budget_shift, reduced_gradient
+    from prunecli.plan.allocators.learned import budget_shift, reduced_gradient
 
     c = torch.tensor([4.0, 1.0, 2.0], dtype=torch.float64)
     lo = torch.tensor([0.1, 0.1, 0.25], dtype=torch.float64)
@@ -147,9 +147,9 @@ def test_budget_shift_gives_the_uniform_allocation_and_the_reduced_gradient_is_e
 
 
 def test_loss_slopes_see_the_group_the_loss_uses_and_leave_running_statistics_alone():
-    from prunecli.allocate.learned import Masks, loss_slopes
-    from prunecli.graph import channel_roles
-    from prunecli.inspect import prunable_groups
+    from prunecli.graph.groups import channel_roles
+    from prunecli.plan.allocators.learned import Masks, loss_slopes
+    from prunecli.plan.constraints import prunable_groups
 
     loaded = loaded_two_branch()
     data = teacher_loaders(loaded.model, n=256)
@@ -173,7 +173,7 @@ def test_loss_slopes_see_the_group_the_loss_uses_and_leave_running_statistics_al
 
 
 def test_search_estimators_are_selectable_and_validated():
-    from prunecli.allocate.learned import SearchConfig
+    from prunecli.plan.allocators.learned import Learned as SearchConfig
 
     assert SearchConfig().estimator == "fd"
     with pytest.raises(ValueError, match="estimator"):
@@ -181,10 +181,10 @@ def test_search_estimators_are_selectable_and_validated():
 
 
 def test_the_budget_fit_gives_steps_back_to_the_groups_furthest_below_their_learned_count():
-    from prunecli.allocate import removable_steps
-    from prunecli.budget import CostOracle, fit_budget
-    from prunecli.inspect import prunable_groups
-    from prunecli.load import load_model
+    from prunecli.artifacts.load import load_model
+    from prunecli.graph.groups import removable_steps
+    from prunecli.plan.budget import CostOracle, fit_budget
+    from prunecli.plan.constraints import prunable_groups
 
     loaded = load_model("tinynets:tiny_resnet:width=32", input_shape="1,3,16,16")
     analysis, _ = prunable_groups(loaded, round_to=1)
@@ -205,14 +205,15 @@ def test_the_budget_fit_gives_steps_back_to_the_groups_furthest_below_their_lear
 
 @pytest.mark.parametrize("weights", ["searched", "dense"])
 def test_the_learned_plan_applies_to_the_searched_weights_or_for_the_control_to_the_input(weights):
-    from prunecli.allocate.learned import SearchConfig
-    from prunecli.config import BudgetTarget, PruneConfig
-    from prunecli.planner import plan_model
+    from prunecli.pipeline.config import PruneConfig
+    from prunecli.plan.allocators.learned import Learned as SearchConfig
+    from prunecli.plan.stage import plan_model
+    from prunecli.plan.targets import BudgetTarget
 
     loaded = loaded_two_branch()
     data = teacher_loaders(loaded.model)
-    config = PruneConfig(flops=BudgetTarget("flops", 0.5), criterion="l1", allocation="learned", round_to=1,
-                         allocation_settings=SearchConfig(epochs=1, weights=weights))
+    config = PruneConfig(flops=BudgetTarget("flops", 0.5), criterion="l1", round_to=1,
+                         allocation=SearchConfig(epochs=1, weights=weights))
     result = plan_model(loaded, config, {}, data=data)
     assert 0.495 * result.dense["flops"] <= result.fit.cost["flops"] <= 0.5 * result.dense["flops"]
     if weights == "dense":

@@ -3,27 +3,33 @@
 from __future__ import annotations
 
 import json
+
 import pytest
 import torch
+from conftest import sha256
+from tinynets import FILTER_ORDER
 
 import prunecli
-from conftest import sha256
-from prunecli.config import BudgetTarget, PruneConfig
-from prunecli.load import load_model
-from prunecli.planner import plan_model, shrink_copy
-from prunecli.prune import run_prune
-from tinynets import FILTER_ORDER
+from prunecli.artifacts.load import load_model
+from prunecli.graph.shrink import shrink_copy
+from prunecli.pipeline.config import PruneConfig
+from prunecli.pipeline.prune import run_prune
+from prunecli.plan.allocators import ALLOCATORS
+from prunecli.plan.stage import plan_model
+from prunecli.plan.targets import BudgetTarget
 
 SMALL = "1,3,16,16"
 
 
-def plan_for(spec, criterion="l1", allocation="uniform", flops=None, params=None, seed=0, tolerance=0.3, **kw):
+def plan_for(spec, criterion="l1", allocation="uniform", flops=None, params=None, seed=0, tolerance=0.3,
+             max_group_prune=None, **kw):
     """Plan on a small model; the loose tolerance lets one-group toys pass (their steps are coarse)."""
     loaded = load_model(spec, input_shape=SMALL)
     config = PruneConfig(
         flops=BudgetTarget("flops", flops) if flops else None,
         params=BudgetTarget("params", params) if params else None,
-        criterion=criterion, allocation=allocation, seed=seed, tolerance=tolerance, **kw,
+        criterion=criterion, seed=seed, tolerance=tolerance, **kw,
+        allocation=ALLOCATORS.config(allocation)(**({} if max_group_prune is None else {"max_group_prune": max_group_prune})),
     )
     r = plan_model(loaded, config, {})
     return loaded, r.plan, r.fit, r.dense, r.targets
@@ -58,7 +64,7 @@ def test_budgets_within_one_percent(flops, params):
     r = plan_model(loaded, config, {})
     plan, fit, targets = r.plan, r.fit, r.targets
     pruned = shrink_copy(loaded, plan)
-    from prunecli.cost import count_flops, count_params
+    from prunecli.graph.cost import count_flops, count_params
 
     achieved = {"flops": count_flops(pruned, loaded.example_input), "params": count_params(pruned)}
     assert achieved == fit.cost  # the meta-device search measured the real model exactly
@@ -192,7 +198,7 @@ def test_bundle_is_a_model_for_inspect_export_and_prune(cli, tmp_path):
     assert again.code == 0, again
     assert len(json.loads((tmp_path / "b" / "recipe.json").read_text())["plans"]) == 2
     rebuilt = prunecli.load_bundle(tmp_path / "b", arch="tinynets:tiny_resnet")
-    from prunecli.cost import count_flops
+    from prunecli.graph.cost import count_flops
 
     assert count_flops(rebuilt, torch.randn(1, 3, 16, 16)) == json.loads(again.stdout)["achieved"]["flops"]
     exported = cli("export", tmp_path / "b", "--arch", "tinynets:tiny_resnet", "--out", tmp_path / "b.onnx", "--json")
@@ -200,7 +206,7 @@ def test_bundle_is_a_model_for_inspect_export_and_prune(cli, tmp_path):
 
 
 def test_interrupt_leaves_no_partial_bundle(tmp_path, monkeypatch):
-    import prunecli.export as stage
+    import prunecli.runtime.export as stage
 
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
@@ -241,7 +247,7 @@ def test_input_file_is_unchanged_by_every_command(cli, tmp_path):
 
 
 def test_failed_verification_exits_3(cli, tmp_path, monkeypatch):
-    import prunecli.export as export
+    import prunecli.runtime.export as export
 
     monkeypatch.setattr(export, "ATOL", -1.0)  # no output can match: the check must fail loudly
     result = cli("export", "tinynets:tiny_resnet", "--input-shape", SMALL, "--out", tmp_path / "m.onnx")
@@ -285,7 +291,7 @@ def test_groups_that_would_unbalance_a_grouped_conv_are_not_prunable(cli, tmp_pa
 
 def test_two_group_counts_share_one_lcm_step():
     loaded = load_model("tinynets:two_groupings", input_shape=SMALL)
-    from prunecli.inspect import prunable_groups
+    from prunecli.plan.constraints import prunable_groups
 
     analysis, _ = prunable_groups(loaded, round_to=1)
     stem = analysis.group("stem")
@@ -297,7 +303,7 @@ def test_two_group_counts_share_one_lcm_step():
 
 def test_builtin_plain_vgg_prunes_to_budget_and_rebuilds(cli, tmp_path):
     """prunecli:plain_vgg (the Fashion-MNIST benchmark's second model): a plain chain, so every conv is a group."""
-    from prunecli.arch import build_arch
+    from prunecli.models.arch import build_arch
 
     spec = "prunecli:plain_vgg:width=2,num_classes=10,in_channels=1"
     model = build_arch(spec)
@@ -334,7 +340,7 @@ def test_every_prune_is_checked_against_the_dense_model(cli, tmp_path, model, fl
 def test_a_mis_pruned_model_is_exit_3_and_no_bundle(cli, tmp_path, monkeypatch):
     """A pruning bug (here: every group loses the channel after the planned one, as a layer whose indices are
     not remapped would) still runs and still matches its own ONNX; the check against the dense model catches it."""
-    import prunecli.planner as planner
+    import prunecli.graph.shrink as planner
 
     real = planner.remove_channels_
 
@@ -352,7 +358,7 @@ def test_a_mis_pruned_model_is_exit_3_and_no_bundle(cli, tmp_path, monkeypatch):
 
 def test_the_budget_is_re_measured_on_the_final_model(cli, tmp_path, monkeypatch):
     """If the pruned model measures other than the plan said (e.g. a layer left unpruned), exit 1, no bundle."""
-    import prunecli.prune as prune_module
+    import prunecli.pipeline.prune as prune_module
 
     real = prune_module.measure
     calls = []
@@ -379,7 +385,7 @@ def test_a_stage_past_its_time_bound_is_refused_naming_the_stage(cli, tmp_path, 
     run refused with one line naming the stage and the flag, exit 4, nothing written. `inspect` has the same bound."""
     import time
 
-    import prunecli.planner as planner
+    import prunecli.plan.stage as planner
 
     real = planner.prunable_groups
     finished = []

@@ -17,7 +17,7 @@ def trained_bundle(tmp_path_factory):
     """A tiny ResNet pruned and fine-tuned on digits, so that top-1 means something."""
     from typer.testing import CliRunner
 
-    from prunecli.cli import app
+    from prunecli.cli.app import app
 
     out = tmp_path_factory.mktemp("b") / "pruned"
     r = CliRunner().invoke(app, ["prune", TINY, *SMALL, "--flops", "0.5", "--epochs", "3", "--no-latency",
@@ -101,7 +101,7 @@ def test_a_non_empty_out_is_refused_without_force(cli, tmp_path):
 
 
 def test_types_follow_the_instruction_set():
-    from prunecli.quantize import int8_types
+    from prunecli.runtime.quantize import int8_types
 
     vnni = int8_types({"avx2", "avx512bw", "avx512_vnni"})
     assert not vnni.reduce_range and "avx512_vnni" in vnni.isa
@@ -151,8 +151,9 @@ def test_prune_quantize_int8_adds_the_int8_model_to_the_bundle(cli, tmp_path):
     assert json.loads((out / "report.json").read_text())["int8"]["file"] == "model.int8.onnx"
     md = (out / "report.md").read_text()
     assert "## INT8" in md and "kept: model.int8.onnx" in md and f"agreement {int8['accuracy']['agreement']:.2f}%" in md
-    import prunecli
     from conftest import sha256
+
+    import prunecli
 
     prunecli.load_bundle(out, arch=TINY)  # still a valid bundle with the extra file
     assert json.loads((out / "recipe.json").read_text())["files"]["model.int8.onnx"] == sha256(out / "model.int8.onnx")
@@ -203,7 +204,7 @@ def _weight_cost(path) -> float:
 def weight_cost_machine(monkeypatch):
     """Every latency ratio prunecli measures comes from :func:`_weight_cost` of the two files (deterministic), and
     the files measured are recorded."""
-    from prunecli.latency import Ratio, Runtime
+    from prunecli.runtime.timing import Ratio, Runtime
 
     measured = []
 

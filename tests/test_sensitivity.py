@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from prunecli.data import Loaders
+from prunecli.train.data import Loaders
 
 SHAPE = "1,3,8,8"
 
@@ -24,14 +24,15 @@ def teacher_loaders(model, n: int = 256, batch: int = 64) -> Loaders:
 
 
 def loaded_two_branch():
-    from prunecli.load import load_model
+    from prunecli.artifacts.load import load_model
 
     return load_model("tinynets:two_branch_one_sensitive", input_shape=SHAPE)
 
 
 def test_scan_finds_the_sensitive_group_and_caches_it(monkeypatch):
-    from prunecli import sensitivity
-    from prunecli.sensitivity import SensitivityConfig, scan_model
+    from prunecli.pipeline.sensitivity import scan_model
+    from prunecli.plan.allocators import Sensitivity as SensitivityConfig
+    from prunecli.plan.allocators.sensitivity import scan as sensitivity
 
     loaded = loaded_two_branch()
     data = teacher_loaders(loaded.model)
@@ -61,8 +62,8 @@ def test_scan_finds_the_sensitive_group_and_caches_it(monkeypatch):
 
 def test_zeroing_a_group_gives_the_outputs_of_removing_it():
     """The scan zeroes channels instead of removing them; for BatchNorm nets (incl. residual adds) that is exact."""
-    from prunecli.load import load_model
-    from prunecli.shrink import remove_channels_, zero_channels_
+    from prunecli.artifacts.load import load_model
+    from prunecli.graph.shrink import remove_channels_, zero_channels_
 
     torch.manual_seed(0)
     loaded = load_model("tinynets:tiny_resnet:width=16", input_shape="2,3,16,16")
@@ -82,23 +83,25 @@ def test_zeroing_a_group_gives_the_outputs_of_removing_it():
 
 
 def test_sensitivity_allocation_prunes_the_sensitive_group_less():
-    from prunecli.config import BudgetTarget, PruneConfig
-    from prunecli.planner import plan_model
-    from prunecli.sensitivity import SensitivityConfig
+    from prunecli.pipeline.config import PruneConfig
+    from prunecli.plan.allocators import Sensitivity as SensitivityConfig
+    from prunecli.plan.allocators import Uniform
+    from prunecli.plan.stage import plan_model
+    from prunecli.plan.targets import BudgetTarget
 
     loaded = loaded_two_branch()
     data = teacher_loaders(loaded.model)
-    from prunecli.budget import CostOracle
-    from prunecli.graph import analyse
+    from prunecli.graph.groups import analyse
+    from prunecli.plan.budget import CostOracle
 
     # FLOPs are linear in a + b (one channel is ~3% of the model), so aim at a count that exists: 20 channels
     oracle = CostOracle(loaded.model, loaded.example_input, analyse(loaded.model, loaded.example_input).groups)
     budget = BudgetTarget("flops", oracle({"a": 10, "b": 10})["flops"], absolute=True)
     kept = {}
     for allocation in ("uniform", "sensitivity"):
-        config = PruneConfig(flops=budget, allocation=allocation, round_to=1,
-                             allocation_settings=SensitivityConfig(levels=(0.25, 0.5, 0.75), batches=2)
-                             if allocation == "sensitivity" else None)
+        config = PruneConfig(flops=budget, round_to=1,
+                             allocation=SensitivityConfig(levels=(0.25, 0.5, 0.75), batches=2)
+                             if allocation == "sensitivity" else Uniform())
         timings = {}
         r = plan_model(loaded, config, timings, data=data)
         plan, fit, targets = r.plan, r.fit, r.targets
@@ -110,9 +113,9 @@ def test_sensitivity_allocation_prunes_the_sensitive_group_less():
 
 
 def test_step_slopes_follow_the_lower_convex_hull():
-    from prunecli.allocate.sensitivity import step_slopes
-    from prunecli.graph import GroupInfo
-    from prunecli.sensitivity import Curve, Point
+    from prunecli.graph.groups import GroupInfo
+    from prunecli.plan.allocators.sensitivity.allocator import step_slopes
+    from prunecli.plan.allocators.sensitivity.scan import Curve, Point
 
     group = GroupInfo("g", 8, ("g",), 0.5, 0.5, step=2, min_keep=2)
     # saved 10 per 2 channels; degradation 0, 5, 6, 20 at 2, 4, 6 channels removed; no point for 6 -> interpolated

@@ -39,7 +39,7 @@ def test_a_shuffle_read_as_identity_is_caught_and_its_group_kept(cli, tmp_path, 
     and the conv after the shuffle loses the wrong input columns. It runs, and it matches its own ONNX; the check
     against the dense model says it is wrong, finds the group that fails on its own, and the plan is made again
     with that group intact - the bundle written is correct and says what was kept."""
-    from prunecli import tracing
+    from prunecli.graph import tracing
 
     monkeypatch.setattr(tracing._ShuffleIndexMapping, "__call__", lambda self, idxs: list(idxs))
     out = tmp_path / "o"
@@ -71,7 +71,7 @@ def test_shufflenet_v2_prunes_its_branches_and_keeps_the_split_stream(cli, tmp_p
 def test_a_runaway_index_mapping_costs_its_group_only(cli, monkeypatch):
     """A group whose Torch-Pruning closure would grow past the cap (a reshape it misreads: Swin's windows) is kept
     intact with the reason, and the model's other groups stay prunable (a whole-model refusal before)."""
-    from prunecli import tracing
+    from prunecli.graph import tracing
 
     plain = json.loads(cli("inspect", "tinynets:flat_head", "--input-shape", "1,3,8,8", "--json").stdout)
     assert {g["root"] for g in plain["groups"]} == {"conv1", "conv2"}  # conv2's group crosses the flatten (x64)

@@ -11,8 +11,8 @@ import torch
 timm = pytest.importorskip("timm")
 
 import prunecli  # noqa: E402
-from prunecli.errors import UsageError  # noqa: E402
-from prunecli.load import load_model  # noqa: E402
+from prunecli.artifacts.load import load_model  # noqa: E402
+from prunecli.core.errors import UsageError  # noqa: E402
 
 SMALL = ["--input-shape", "1,3,64,64"]
 
@@ -60,7 +60,7 @@ def test_a_spec_cannot_point_timm_at_a_file(cli, tmp_path):
 
 
 def test_typed_pretrained_is_not_recorded_in_the_bundle_spec():
-    from prunecli.arch import structure_spec
+    from prunecli.models.arch import structure_spec
 
     assert structure_spec("timm:resnet18:pretrained=True") == "timm:resnet18"
     assert structure_spec("timm:resnet18:pretrained=True,num_classes=10") == "timm:resnet18:num_classes=10"
@@ -128,7 +128,7 @@ def test_only_convs_that_standardise_their_weight_count_as_mixing_inputs():
     channel's weights (the zeroed-dense identity still holds there); a standardised conv does not."""
     from timm.layers import Conv2dSame, ScaledStdConv2d, StdConv2d
 
-    from prunecli.shrink import _weights_mix_inputs
+    from prunecli.graph.shrink import _weights_mix_inputs
 
     assert _weights_mix_inputs(ScaledStdConv2d(4, 8, 3)) and _weights_mix_inputs(StdConv2d(4, 8, 3))
     assert not _weights_mix_inputs(Conv2dSame(4, 8, 3, stride=2))

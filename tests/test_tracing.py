@@ -10,7 +10,7 @@ def test_a_torch_pruning_failure_costs_its_group_only(cli, tmp_path, monkeypatch
     """Torch-Pruning reads every 5-D expand as Hugging Face GQA and divides by zero on any other (NesT, Twins, GC
     ViT: a batched matmul's broadcast). With its reading restored, the failure is kept to the group through the
     expand, with the reason; before, the whole model was one unwrapped ``ZeroDivisionError`` line."""
-    from prunecli import tracing
+    from prunecli.graph import tracing
 
     monkeypatch.setattr(tracing, "_repeats_heads", lambda graph, node, sizes: True)
     result = cli("inspect", "tinynets:expand5", "--input-shape", "1,3,16,16", "--json")
@@ -60,7 +60,7 @@ def test_flops_are_counted_when_a_parameter_is_passed_as_a_block_input():
     import torch
     from tinynets import token_tuple
 
-    from prunecli.cost import count_flops
+    from prunecli.graph.cost import count_flops
 
     model = token_tuple()
     flops = count_flops(model, torch.randn(2, 5, 8))
@@ -77,7 +77,7 @@ def test_a_split_maps_by_its_sizes_after_an_earlier_group_shrank_it():
     import torch
     from torch import nn
 
-    from prunecli.shrink import build_graph, remove_channels_
+    from prunecli.graph.shrink import build_graph, remove_channels_
 
     class Split(nn.Module):
         def __init__(self) -> None:

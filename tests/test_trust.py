@@ -69,7 +69,7 @@ def test_bundle_onnx_stands_alone_and_files_get_the_umask(cli, tmp_path):
 
 def test_large_models_get_one_named_side_file(cli, tmp_path, monkeypatch):
     """Above protobuf's 2 GB the weights go to <file>.onnx.data (simulated with a zero threshold)."""
-    import prunecli.export as export
+    import prunecli.runtime.export as export
 
     monkeypatch.setattr(export, "EXTERNAL_DATA_BYTES", 0)
     result = cli("export", TINY, *SMALL, "--out", tmp_path / "e" / "m.onnx")
@@ -84,7 +84,7 @@ def test_large_models_get_one_named_side_file(cli, tmp_path, monkeypatch):
 
 
 def test_failed_export_leaves_nothing(cli, tmp_path, monkeypatch):
-    import prunecli.export as export
+    import prunecli.runtime.export as export
 
     monkeypatch.setattr(export, "ATOL", -1.0)
     (tmp_path / "e").mkdir()
@@ -95,13 +95,15 @@ def test_failed_export_leaves_nothing(cli, tmp_path, monkeypatch):
 def test_ctrl_c_while_typer_parses_is_one_line_and_130(monkeypatch, capsys):
     """Typer turns a KeyboardInterrupt raised inside its parsing into a silent exit 130 (seen in CI with a signal
     0.1 s after start); the console script still prints its one line."""
-    from prunecli import cli, entry, interrupts
+    from prunecli import cli as entry
+    from prunecli.cli import _errors as cli
+    from prunecli.core import interrupts
 
     def interrupted_while_parsing():
         interrupts._state["received"] = True
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "_env_debug", interrupted_while_parsing)
+    monkeypatch.setattr(cli, "env_debug", interrupted_while_parsing)
     monkeypatch.setattr(sys, "argv", ["prunecli", "presets"])
     previous = signal.getsignal(signal.SIGINT)
     interrupts.reset()
@@ -116,7 +118,7 @@ def test_ctrl_c_while_typer_parses_is_one_line_and_130(monkeypatch, capsys):
 
 
 def test_deferred_interrupt_is_raised_after_the_block():
-    from prunecli import interrupts
+    from prunecli.core import interrupts
 
     previous = signal.getsignal(signal.SIGINT)
     signal.signal(signal.SIGINT, interrupts._handler)
@@ -220,7 +222,7 @@ def test_no_library_warning_for_core_models(tmp_path, name):
 FAULTY_DATA = '''
 import os
 import torch
-from prunecli.data import ImageReader
+from prunecli.train.data import ImageReader
 
 class Faulty(torch.utils.data.Dataset):
     """Reads a broken image on call {limit} (in epoch 2) unless FIXED is set: a disk fault mid-training."""
@@ -273,7 +275,7 @@ def test_data_fault_names_the_file_keeps_the_checkpoint_and_resume_continues(cli
 def test_an_export_onnxruntime_cannot_run_falls_back_to_the_next_exporter(cli, tmp_path, monkeypatch):
     """TorchScript's exporter bakes the batch size into vit_b_16; onnxruntime then rejects batch 2. That is a
     verification failure (the dynamo export is tried next), not an internal error."""
-    import prunecli.export as export
+    import prunecli.runtime.export as export
 
     real = export._to_proto
 

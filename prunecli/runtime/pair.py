@@ -1,0 +1,51 @@
+"""A model against its dense original on the runtime: the one way prunecli times a pair after pruning.
+
+The dense model is exported with the pruned one's exporter and both are timed interleaved in one measuring process
+(:mod:`prunecli.runtime.timing`), so the ratio compares like with like; the final check of a latency budget, the
+report's short measurement and INT8's latency against dense all use it.
+"""
+
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+from prunecli.runtime.export import export_onnx
+from prunecli.runtime.timing import (
+    RuntimeConfig,
+    cpu_model,
+    physical_cores,
+    runtime_for,
+    statistics,
+)
+
+
+def latency_ratio(dense_model, pruned_onnx: Path, example_input, input_shape, opset: int, exporter: str,
+                  settings, halfwidth: float | None = None) -> dict:
+    """Dense vs pruned on the runtime, interleaved in one process; the dense model goes through the same exporter
+    as the pruned one, so the ratio compares like with like. Without a latency budget a short measurement (the
+    report's ``latency``); with one, until the ratio's 95% interval is within +-``halfwidth``."""
+    runtime = RuntimeConfig(settings.provider, settings.threads, settings.batch, warmup=5)
+    with tempfile.TemporaryDirectory(prefix="prunecli-dense-") as tmp:
+        dense_onnx = Path(tmp) / "dense.onnx"
+        export_onnx(dense_model, example_input, dense_onnx, opset, exporter=exporter)
+        measuring = runtime_for(runtime)
+        pruned = measuring.open("model", pruned_onnx, runtime, tuple(input_shape))
+        dense = measuring.open("baseline", dense_onnx, runtime, tuple(input_shape))
+        try:
+            if halfwidth is None:
+                ratio = measuring.ratio(pruned, dense, settings.stat, halfwidth=1.0, block=5, min_runs=20, max_runs=20)
+            else:
+                ratio = measuring.ratio(pruned, dense, settings.stat, halfwidth=halfwidth)
+        finally:
+            measuring.drop(pruned, dense)
+    p, d = statistics(pruned.samples_ms, pruned.batch), statistics(dense.samples_ms, dense.batch)
+    return {
+        "provider": pruned.provider, "threads": settings.threads or physical_cores(),
+        "cpu": cpu_model(), "runs": len(pruned.samples_ms), "batch": pruned.batch, "stat": settings.stat,
+        "dense_p50_ms": d["p50_ms"], "pruned_p50_ms": p["p50_ms"],
+        "ratio_p50": p["p50_ms"] / d["p50_ms"], "ratio_mean": p["mean_ms"] / d["mean_ms"],
+        "ratio": ratio.ratio, "ci95": [ratio.low, ratio.high], "dense_ms": ratio.baseline_ms, "pruned_ms": ratio.model_ms,
+        "note": ("the latency budget's final measurement" if halfwidth is not None
+                 else "short measurement during prune; use `prunecli bench` for a gate"),
+    }

@@ -32,12 +32,22 @@ from prunecli.cli.options import (
     TrustOpt,
     WeightsOpt,
     WorkersOpt,
+    choices,
     console,
     load,
     progress_bars,
     typed_inputs,
 )
+from prunecli.pipeline.schedules import SCHEDULES
+from prunecli.plan.allocators import ALLOCATORS
 from prunecli.plan.allocators.learned import DEFAULT_SEARCH_EPOCHS
+from prunecli.plan.criteria import CRITERIA, DATA_CRITERIA
+
+CRITERION_HELP = f"Channel ranking: {choices(CRITERIA)} ({', '.join(sorted(DATA_CRITERIA))} need --data)."
+ALLOCATION_HELP = (f"How pruning spreads over groups: {choices(ALLOCATORS)}. Default uniform, or latency (least "
+                   "importance lost per measured ms saved) with --latency; global ranks channels across groups; "
+                   "sensitivity (a per-group scan) and learned (ratios learned from the task loss) need --data.")
+SCHEDULE_HELP = f"How pruning and fine-tuning interleave: {choices(SCHEDULES)} (agp: gradual, cubic; soft: Soft Filter Pruning)."
 
 
 def prune(
@@ -46,11 +56,8 @@ def prune(
     params: Optional[str] = typer.Option(None, "--params", help="Params budget: fraction of dense (0.3) or count (5M)."),
     out: str = typer.Option(..., "--out", help="Output bundle directory (must be empty or absent unless --force)."),
     force: bool = typer.Option(False, "--force", help="Replace a non-empty --out."),
-    criterion: str = typer.Option("l1", "--criterion", help="Channel ranking: l1, l2, fpgm, bn, lamp, random, taylor."),
-    allocation: Optional[str] = typer.Option(None, "--allocation", help="How pruning spreads over groups: uniform "
-                                             "(default), global, latency (least importance lost per measured ms saved; "
-                                             "the default with --latency), sensitivity (a per-group scan), learned "
-                                             "(ratios learned from the task loss); the last two need --data."),
+    criterion: str = typer.Option("l1", "--criterion", help=CRITERION_HELP),
+    allocation: Optional[str] = typer.Option(None, "--allocation", help=ALLOCATION_HELP),
     round_to: Optional[int] = typer.Option(None, "--round-to", help="Kept channels are multiples of N (default: preset's)."),
     ignore: List[str] = IgnoreOpt,
     min_channels: int = MinChannelsOpt,
@@ -78,7 +85,7 @@ def prune(
     max_quant_drop: float = MaxQuantDropOpt,
     require_int8: bool = RequireInt8Opt,
     reduce_range: str = ReduceRangeOpt,
-    schedule: str = typer.Option("oneshot", "--schedule", help="oneshot, agp (gradual, cubic) or soft (Soft Filter Pruning)."),
+    schedule: str = typer.Option("oneshot", "--schedule", help=SCHEDULE_HELP),
     agp_steps: int = typer.Option(4, "--agp-steps", help="agp: pruning steps."),
     epochs: int = typer.Option(0, "--epochs", help="Fine-tuning epochs (needs --data)."),
     lr: float = typer.Option(0.01, "--lr", help="Peak learning rate (cosine schedule with warmup)."),

@@ -24,18 +24,20 @@ from prunecli.cli.options import (
     TrustOpt,
     WeightsOpt,
     WorkersOpt,
+    choices,
     console,
     load,
     progress_bars,
     typed_inputs,
 )
+from prunecli.plan.criteria import CRITERIA
 
 
 def sensitivity(
     model: str = ModelArg,
     data: str = typer.Option(..., "--data", help=DataHelp),
     levels: str = typer.Option(LEVELS, "--levels", help="Fractions of each group's channels to remove."),
-    criterion: str = typer.Option("l1", "--criterion", help="Which channels go at each level: l1, l2, fpgm, bn, lamp, random, taylor, activation."),
+    criterion: str = typer.Option("l1", "--criterion", help=f"Which channels go at each level: {choices(CRITERIA)}."),
     metric: str = typer.Option("loss", "--metric", help="loss (validation cross-entropy, smooth) or top1."),
     batches: int = typer.Option(10, "--batches", help="Validation batches evaluated per point (the same ones every time)."),
     out: str = typer.Option("sensitivity", "--out", help="Directory for sensitivity.csv, .json and .png."),

@@ -16,6 +16,8 @@ the table goes to ``benchmarks/results/fuzz.md``.
 
     python benchmarks/fuzz.py --nets 200            # about 30 min on 2 cores, 2 runs in parallel
     python benchmarks/fuzz.py --table-only
+    python benchmarks/fuzz.py --name layered --compare fuzz_runs.jsonl   # a second run of the same 200 nets, its
+                                                                          # verdicts compared seed by seed
 """
 
 from __future__ import annotations
@@ -196,7 +198,12 @@ def main() -> None:
     parser.add_argument("--nets", type=int, default=200)
     parser.add_argument("--parallel", type=int, default=2)
     parser.add_argument("--table-only", action="store_true")
+    parser.add_argument("--name", default=None, help="write fuzz_runs_NAME.jsonl / fuzz_NAME.md (another run)")
+    parser.add_argument("--compare", default=None, help="runs file under results/ whose verdicts this run must repeat")
     args = parser.parse_args()
+    global RUNS, TABLE
+    if args.name:
+        RUNS, TABLE = RESULTS / f"fuzz_runs_{args.name}.jsonl", RESULTS / f"fuzz_{args.name}.md"
     RESULTS.mkdir(parents=True, exist_ok=True)
     if not args.table_only:
         done = {r["seed"] for r in load_runs()}
@@ -208,6 +215,33 @@ def main() -> None:
                 print(f"seed {row['seed']:3d} {row['outcome']:10s} {row.get('wall_s', 0):6.1f}s {row.get('stderr', '')[:100]}",
                       flush=True)
     print(write_table(sorted(load_runs(), key=lambda r: r["seed"])))
+    if args.compare:
+        print(compare(RESULTS / args.compare))
+
+
+def compare(other: Path) -> str:
+    """Seed by seed: the same outcome, exit code, and (ok runs) the same achieved ratios, or (refusals) the same
+    message with its numbers blanked. Appended to the table."""
+    theirs = {r["seed"]: r for r in (json.loads(line) for line in other.read_text().splitlines() if line.strip())}
+    ours = {r["seed"]: r for r in load_runs()}
+    blank = lambda text: re.sub(r"[0-9][0-9.,e+-]*", "N", re.sub(r"/[^ ]*", "PATH", text or ""))  # noqa: E731
+    differ = []
+    for seed in sorted(set(ours) & set(theirs)):
+        a, b = ours[seed], theirs[seed]
+        same = (a["outcome"], a["code"]) == (b["outcome"], b["code"])
+        if same and a["outcome"] == "ok":
+            same = all(abs(a["achieved"][k] - b["achieved"].get(k, -1)) < 1e-9 for k in a["achieved"])
+        elif same:
+            same = blank(a.get("stderr")) == blank(b.get("stderr"))
+        if not same:
+            differ.append(f"| {seed} | {b['outcome']} {b['code']} | {a['outcome']} {a['code']} | {a.get('stderr', '')[:80]} |")
+    text = (f"\n## Against {other.name}\n\n{len(set(ours) & set(theirs))} nets in both; "
+            f"{len(differ)} with another verdict (outcome, exit code, achieved ratios or refusal message).\n")
+    if differ:
+        text += "\n| seed | before | now | now says |\n|---|---|---|---|\n" + "\n".join(differ) + "\n"
+    with TABLE.open("a") as fh:
+        fh.write(text)
+    return text
 
 
 if __name__ == "__main__":

@@ -89,12 +89,12 @@ def main() -> None:
     args = parser.parse_args()
     warnings.filterwarnings("ignore")
 
+    import dataclasses
+
     from prunecli.graph.cost import count_flops
     from prunecli.graph.groups import removable_steps
     from prunecli.pipeline.config import PruneConfig
     from prunecli.pipeline.schedules import SCHEDULES, Context
-    import dataclasses
-
     from prunecli.plan.allocators import ALLOCATORS, Allocation
     from prunecli.plan.constraints import prunable_groups
     from prunecli.plan.targets import BudgetTarget

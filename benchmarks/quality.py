@@ -160,7 +160,7 @@ def write_table(runs: list[dict], out: Path, header: dict) -> None:
     lines = [
         "# Quality on digits: top-1 after pruning and the same training budget",
         "",
-        f"Start: one dense ResNet-20 (prunecli.models.zoo:cifar_resnet, 16x16 input) trained once "
+        f"Start: one dense ResNet-20 (prunecli:cifar_resnet, 16x16 input) trained once "
         f"({header['dense_epochs']} epochs); dense test top-1 {header['dense_top1']:.2f}%. Every method gets "
         "the same epochs after the dense model (column `epochs`; SGD lr 0.02, cosine, cross-entropy, batch 64; "
         "the learned allocator's search epochs count against them), the best epoch selected on the validation "

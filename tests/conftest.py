@@ -50,3 +50,24 @@ def cli():
 
 def sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def _stand_in_ms(onnx_bytes: bytes, shape) -> float:
+    """A deterministic machine for one-node layer models: weight bytes x output positions (plus a call overhead)."""
+    import math
+
+    spatial = math.prod(shape[2:]) if len(shape) > 2 else 1
+    return 0.005 + len(onnx_bytes) * spatial * 2e-9
+
+
+@pytest.fixture(params=["stand-in", pytest.param("measured", marks=pytest.mark.slow)])
+def layer_timing(request, monkeypatch):
+    """The latency model's layer tables and staircase probe timed on a deterministic stand-in (fast suite) or on the
+    real runtime (slow suite: the same assertions). Whole models are always timed for real."""
+    if request.param == "stand-in":
+        def time_many(models, runtime, **_):
+            return [_stand_in_ms(data, shape) for data, shape in models]
+
+        monkeypatch.setattr("prunecli.runtime.latency_model.measure.time_many", time_many)
+        monkeypatch.setattr("prunecli.runtime.latency_model.table.time_many", time_many)
+    return request.param

@@ -11,7 +11,14 @@ from prunecli.artifacts.load import load_model
 from prunecli.pipeline.config import PruneConfig
 from prunecli.pipeline.prune import run_prune
 from prunecli.pipeline.schedules import SCHEDULES, Agp, OneShot, Soft
-from prunecli.plan.allocators import ALLOCATORS, Global, Latency, Learned, Sensitivity, Uniform
+from prunecli.plan.allocators import (
+    ALLOCATORS,
+    Global,
+    Latency,
+    Learned,
+    Sensitivity,
+    Uniform,
+)
 from prunecli.plan.targets import BudgetTarget
 
 HALF = BudgetTarget("flops", 0.5)

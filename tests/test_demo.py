@@ -19,7 +19,7 @@ def test_demo_recovers_accuracy(cli, tmp_path):
     for name in ("dense.pt", "dense.onnx", "pruned/model.onnx", "pruned/recipe.json", "report.json"):
         assert (tmp_path / "demo" / name).exists()
     again = cli("inspect", tmp_path / "demo" / "dense.pt", "--json")
-    assert again.code == 0 and json.loads(again.stdout)["arch"].startswith("prunecli.models.zoo:cifar_resnet")
+    assert again.code == 0 and json.loads(again.stdout)["arch"].startswith("prunecli.zoo:cifar_resnet")
 
 
 def test_demo_refuses_non_empty_out(cli, tmp_path):

@@ -58,10 +58,12 @@ def test_human_output_is_a_table(cli):
     assert "Prunable channel groups" in result.stdout and "Reachable range" in result.stdout
 
 
-MODELS = [
-    "resnet18", "resnet50", "mobilenet_v2", "mobilenet_v3_small", "vgg16_bn", "efficientnet_b0",
-    "regnet_x_400mf", "densenet121", "convnext_tiny", "shufflenet_v2_x1_0", "squeezenet1_0", "googlenet",
-]
+# The fast suite inspects one of each kind (residual, inverted residual with squeeze-excitation, channel shuffle);
+# the rest of the list runs in the slow suite (`make test-slow`).
+MODELS = ["resnet18", "efficientnet_b0", "shufflenet_v2_x1_0"] + [
+    pytest.param(name, marks=pytest.mark.slow) for name in (
+        "resnet50", "mobilenet_v2", "mobilenet_v3_small", "vgg16_bn", "regnet_x_400mf", "densenet121", "convnext_tiny",
+        "squeezenet1_0", "googlenet")]
 # Architectures Torch-Pruning cannot trace today; inspect must say why in one line.
 CANNOT: dict[str, str] = {}
 
@@ -105,6 +107,7 @@ def test_presets_listed(cli):
     assert cli("inspect", "tinynets:tiny_resnet", "--preset", "resnt").stderr.count("did you mean 'resnet'") == 1
 
 
+@pytest.mark.slow  # fast: test_shuffle.py::test_a_shuffle_read_as_identity_is_caught_and_its_group_kept
 def test_swin_keeps_what_torch_pruning_misreads_and_prunes_its_mlps(cli):
     """Torch-Pruning misreads Swin's window reshapes (a group crossing them would collect indices without bound):
     those groups are kept intact with the reason, and the MLPs - which cross no reshape - are prunable."""

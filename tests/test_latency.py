@@ -14,9 +14,12 @@ VGG = "tinynets:tiny_vgg:width=32"  # four single-layer groups: fine channel ste
 
 
 @pytest.fixture
-def shared_cache(tmp_path_factory, monkeypatch):
-    """One latency cache for the tests of this module (the staircase probe and layer tables are measured once)."""
-    root = tmp_path_factory.getbasetemp() / "latency-cache"
+def shared_cache(tmp_path_factory, monkeypatch, request):
+    """One latency cache for the tests of this module (the staircase probe and layer tables are measured once); the
+    stand-in machine's tables (see conftest's ``layer_timing``) in a cache of their own."""
+    callspec = getattr(request.node, "callspec", None)
+    kind = callspec.params.get("layer_timing", "measured") if callspec else "measured"
+    root = tmp_path_factory.getbasetemp() / f"latency-cache-{kind}"
     monkeypatch.setenv("XDG_CACHE_HOME", str(root))
     return root
 
@@ -119,7 +122,7 @@ def _prune(cli, out, *args):
     return r, (json.loads(r.stdout) if r.code in (0, 1) and r.stdout.strip() else None)
 
 
-def test_the_table_is_cached_per_runtime(shared_cache):
+def test_the_table_is_cached_per_runtime(shared_cache, layer_timing):
     """A second latency model of the same model measures nothing: every layer and the staircase come from disk."""
     from prunecli.artifacts.load import load_model
     from prunecli.pipeline.config import PruneConfig
@@ -188,7 +191,7 @@ def test_absolute_latency_budget(cli, shared_cache, tmp_path):
     assert lat["measured"] == pytest.approx(lat["measured_ms"])
 
 
-def test_unreachable_latency_exits_2_before_any_work(cli, shared_cache, tmp_path):
+def test_unreachable_latency_exits_2_before_any_work(cli, shared_cache, tmp_path, layer_timing):
     r = cli("prune", RESNET, "--input-shape", SHAPE, "--threads", "2", "--latency", "0.01", "--data", "synthetic:64",
             "--epochs", "3", "--out", tmp_path / "o")
     assert r.code == 2, r
@@ -207,7 +210,7 @@ def test_bench_gate_agrees_right_after_prune(cli, shared_cache, tmp_path):
     assert r.code == 0, r
 
 
-def test_latency_allocation_serves_a_flops_budget(cli, shared_cache, tmp_path):
+def test_latency_allocation_serves_a_flops_budget(cli, shared_cache, tmp_path, layer_timing):
     """--allocation latency with a FLOPs budget: the FLOPs fit stays exact, the order comes from the latency model."""
     # --round-to 1: four single-layer groups at the staircase's multiple of 8 are too coarse for a 1% FLOPs fit
     r, report = _prune(cli, tmp_path / "o", "--flops", "0.5", "--allocation", "latency", "--round-to", "1")
@@ -217,7 +220,7 @@ def test_latency_allocation_serves_a_flops_budget(cli, shared_cache, tmp_path):
     assert "latency" not in report["budget"]
 
 
-def test_inspect_latency_prints_shares_and_writes_a_plot(cli, shared_cache, tmp_path):
+def test_inspect_latency_prints_shares_and_writes_a_plot(cli, shared_cache, tmp_path, layer_timing):
     r = cli("inspect", MOBILE, "--input-shape", SHAPE, "--latency", "--threads", "2", "--plot", tmp_path / "lat.png",
             "--json")
     assert r.code == 0, r

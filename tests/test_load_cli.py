@@ -23,7 +23,7 @@ def files(tmp_path_factory):
     torch.save(sd, d / "plain.pth")
     torch.save({"state_dict": {f"module.{k}": v for k, v in sd.items()}}, d / "wrapped.pt")
     save_file({k: v.contiguous() for k, v in sd.items()}, str(d / "weights.safetensors"))
-    save_file({k: v.contiguous() for k, v in sd.items()}, str(d / "described.safetensors"), metadata={"prunecli.models.arch": ARCH})
+    save_file({k: v.contiguous() for k, v in sd.items()}, str(d / "described.safetensors"), metadata={"prunecli.arch": ARCH})
     torch.save(model, d / "pickled.pt")
     torch.jit.save(torch.jit.trace(model.eval(), torch.randn(1, 3, 32, 32)), str(d / "scripted.pt"))
     (d / "empty.pt").write_bytes(b"")

@@ -220,7 +220,7 @@ def weight_cost_machine(monkeypatch):
     return measured
 
 
-def test_latency_with_quantize_int8_is_met_on_the_quantised_model(cli, weight_cost_machine, tmp_path):
+def test_latency_with_quantize_int8_is_met_on_the_quantised_model(cli, weight_cost_machine, tmp_path, layer_timing):
     """--latency with --quantize int8: the fit times INT8 candidates and the final INT8 model; on a machine where
     INT8 is 2.5x faster, 0.3 of dense is met by a model whose fp32 version is far above it."""
     out = tmp_path / "b"
@@ -247,7 +247,7 @@ def test_latency_with_quantize_int8_is_met_on_the_quantised_model(cli, weight_co
     assert recipe["files"]["model.int8.onnx"] == sha256(out / "model.int8.onnx")
 
 
-def test_latency_missed_because_the_guard_kept_fp32_is_exit_1_naming_it(cli, weight_cost_machine, tmp_path):
+def test_latency_missed_because_the_guard_kept_fp32_is_exit_1_naming_it(cli, weight_cost_machine, tmp_path, layer_timing):
     """The fit met 0.3 with INT8, but the guard (forced to fail) keeps fp32: the deployed model is measured, misses,
     and the line says why and what to change."""
     out = tmp_path / "b"

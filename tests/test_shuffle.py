@@ -55,6 +55,7 @@ def test_a_shuffle_read_as_identity_is_caught_and_its_group_kept(cli, tmp_path, 
     assert model.mix.out_channels < 32
 
 
+@pytest.mark.slow  # fast: test_a_shuffle_block_prunes_and_matches_the_zeroed_dense_model, test_inspect[shufflenet_v2_x1_0]
 @pytest.mark.parametrize("model", ["torchvision:shufflenet_v2_x0_5"])
 def test_shufflenet_v2_prunes_its_branches_and_keeps_the_split_stream(cli, tmp_path, model):
     inspected = json.loads(cli("inspect", model, "--json").stdout)

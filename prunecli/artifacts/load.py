@@ -13,7 +13,7 @@ Every command loads through :func:`load_model`. What a MODEL argument may be:
     ``{"arch": "torchvision:resnet18", "state_dict": {...}, "input_shape": [1, 3, 224, 224]}``
     (``input_shape`` optional), which needs no other flag.
 ``file.safetensors``
-    Weights plus ``--arch``, or a ``prunecli.models.arch`` entry in the file's metadata.
+    Weights plus ``--arch``, or a ``prunecli.arch`` entry in the file's metadata.
 A prunecli bundle directory
     Rebuilt from its JSON recipe and safetensors weights (see :mod:`prunecli.artifacts.bundle`).
 
@@ -58,7 +58,7 @@ from prunecli.models.presets import Preset, get_preset, match_preset
 
 DEFAULT_INPUT_SHAPE = (1, 3, 224, 224)
 CHECKPOINT_ARCH_KEY = "arch"
-SAFETENSORS_ARCH_KEY = "prunecli.models.arch"
+SAFETENSORS_ARCH_KEY = "prunecli.arch"
 # An example input or its activations above this share of the available memory is refused before allocating.
 MEMORY_SHARE = 0.5
 

@@ -34,12 +34,15 @@ def latency_settings(provider: str, threads: Optional[int], batch: Optional[int]
         return LatencySettings(provider=provider, threads=threads, batch=batch, stat=stat)
 
 
-def allocation(name: Optional[str], *, max_group_prune: float, search_epochs: int, levels: str, metric: str,
-               batches: int):
-    """The allocation config ``--allocation NAME`` selects, from the flags that configure it (None: the default,
-    which depends on whether a latency budget is given)."""
-    if name is None:
-        return None
+def allocation(name: Optional[str], *, latency: bool, max_group_prune: float, search_epochs: int, levels: str,
+               metric: str, batches: int):
+    """The allocation config ``--allocation NAME`` selects, from the flags that configure it (no name: ``latency``
+    with a latency budget, else ``uniform``). --max-group-prune is checked whichever allocation uses it."""
+    from prunecli.core.checks import require_fraction
+
+    with usage():
+        require_fraction("--max-group-prune", max_group_prune)
+    name = name or ("latency" if latency else "uniform")
     from prunecli.plan.allocators import (
         ALLOCATORS,
         Global,

@@ -136,10 +136,10 @@ def junit_xml(doc: dict) -> str:
     """One testcase per constraint; a failure element when it is missed."""
     from xml.etree import ElementTree as ET
 
-    suite = ET.Element("testsuite", name="prunecli.runtime.bench", tests=str(len(doc["constraints"])),
+    suite = ET.Element("testsuite", name="prunecli.bench", tests=str(len(doc["constraints"])),
                        failures=str(sum(not c["passed"] for c in doc["constraints"])))
     for c in doc["constraints"]:
-        case = ET.SubElement(suite, "testcase", classname="prunecli.runtime.bench", name=c["name"])
+        case = ET.SubElement(suite, "testcase", classname="prunecli.bench", name=c["name"])
         message = f"measured {c['measured']:.4g} vs budget {c['budget']:g} ({c['stat']})"
         if not c["passed"]:
             ET.SubElement(case, "failure", message=message).text = message

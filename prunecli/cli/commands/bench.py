@@ -56,16 +56,15 @@ def bench(
     from pathlib import Path
 
     from prunecli.artifacts.resolve import resolve_onnx
+    from prunecli.cli._errors import usage
     from prunecli.core.errors import UsageError
     from prunecli.runtime.bench import BenchConfig, markdown_summary, run_bench
     from prunecli.runtime.bench import junit_xml as to_junit
 
-    try:
+    with usage():
         config = BenchConfig(provider=provider, threads=threads, batch=batch, warmup=warmup, runs=runs,
                              seconds=seconds, stat=stat, max_latency_ms=max_latency_ms,
                              max_latency_ratio=max_latency_ratio)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from exc
     if max_latency_ratio is not None and baseline is None:
         raise UsageError("--max-latency-ratio needs --baseline MODEL to compare against")
     from prunecli.artifacts.load import parse_input_shape

@@ -74,19 +74,18 @@ def sensitivity(
     """
     from pathlib import Path
 
+    from prunecli.cli._errors import usage
     from prunecli.core.errors import UsageError
     from prunecli.core.outputs import check_out_dir
     from prunecli.pipeline.sensitivity import scan_document, scan_model, write_outputs
-    from prunecli.plan.allocators.sensitivity.scan import SensitivityConfig
+    from prunecli.plan.allocators.sensitivity import Sensitivity
     from prunecli.plan.criteria import CRITERIA, DATA_CRITERIA
 
     check_out_dir(Path(out), force, inputs=typed_inputs(model, weights, arch, data))
     CRITERIA.get(criterion)
-    try:
-        config = SensitivityConfig(levels=SensitivityConfig.parse_levels(levels), criterion=criterion, metric=metric,
-                                   batches=batches, seed=seed)
-    except ValueError as exc:
-        raise UsageError(str(exc)) from exc
+    with usage():
+        config = Sensitivity(levels=Sensitivity.parse_levels(levels), criterion=criterion, metric=metric,
+                             batches=batches, seed=seed)
     from prunecli.core.device import resolve
 
     placement = resolve(device)

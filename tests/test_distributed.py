@@ -89,7 +89,7 @@ def test_two_processes_train_as_one_process_with_the_global_batch(tmp_path):
 
 
 def test_ctrl_c_stops_every_rank_and_resume_continues_exactly(tmp_path):
-    args = ["tinynets:tiny_plain", "--input-shape", "1,3,16,16", "--data", "synthetic:2000", "--flops", "0.4",
+    args = ["tinynets:tiny_plain", "--input-shape", "1,3,16,16", "--data", "synthetic:800", "--flops", "0.4",
             "--epochs", "25", "--batch-size", "8", "--no-latency"]
     cmd = [TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "prunecli", "prune", *args, "--out",
            str(tmp_path / "run")]
@@ -123,8 +123,8 @@ def test_ctrl_c_stops_every_rank_and_resume_continues_exactly(tmp_path):
 
 
 @pytest.mark.parametrize("extra, message", [
-    (["--schedule", "agp"], "--schedule agp runs in one process"),
-    (["--sync-bn"], "--sync-bn needs GPUs"),
+    pytest.param(["--schedule", "agp"], "--schedule agp runs in one process", marks=pytest.mark.slow),
+    pytest.param(["--sync-bn"], "--sync-bn needs GPUs", marks=pytest.mark.slow),
     # after the group formed: rank 0 fails while planning, rank 1 (waiting for the plan) loses its peer and
     # keeps quiet; the one line is rank 0's
     (["--flops", "0.01"], "is not reachable"),
@@ -249,3 +249,22 @@ def test_loader_workers_default_to_what_the_machine_has(monkeypatch):
     monkeypatch.setenv("LOCAL_WORLD_SIZE", str(4 * available_cpus()))
     assert loader_workers(DataConfig("x"), decodes=True) == 1  # shared among the processes on this machine
     assert loader_workers(DataConfig("x", workers=3), decodes=True) == 3
+
+
+@pytest.mark.parametrize("extra, message", [
+    (["--schedule", "agp"], "--schedule agp runs in one process; under torchrun use --schedule oneshot"),
+    (["--sync-bn"], "--sync-bn needs GPUs"),
+    (["--epochs", "0"], "under torchrun prunecli fine-tunes in parallel"),
+])
+def test_torchrun_placements_are_refused_before_any_work(cli, tmp_path, monkeypatch, extra, message):
+    """The refusals a torchrun rank makes before it joins the group, in-process (torchrun's own variable set): one
+    line, exit 2, nothing written. The torchrun runs of the same flags are in the slow suite."""
+    if "--sync-bn" in extra and torch.cuda.is_available():
+        pytest.skip("SyncBatchNorm runs on this machine's GPUs")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    result = cli("prune", *RUN[:-1], "--out", tmp_path / "o", *extra)
+    assert result.code == 2, result
+    assert result.stderr.count("\n") == 1 and message in result.stderr
+    assert not (tmp_path / "o").exists()

@@ -149,9 +149,11 @@ def _child(args, tmp_path):
 
 CTRL_C = [("prune", 0.3), ("prune", 1.0), ("prune", 2.0), ("prune", 3.5), ("prune", 5.0), ("export", 2.5),
           ("export", 4.0)]
+FAST_CTRL_C = {("prune", 1.0), ("prune", 3.5), ("export", 2.5)}  # while importing, while planning, while exporting
 
 
-@pytest.mark.parametrize("command,delay", CTRL_C, ids=[f"{c}-{d}s" for c, d in CTRL_C])
+@pytest.mark.parametrize("command,delay", [c if c in FAST_CTRL_C else pytest.param(*c, marks=pytest.mark.slow)
+                                          for c in CTRL_C], ids=[f"{c}-{d}s" for c, d in CTRL_C])
 def test_ctrl_c_anywhere_exits_130_and_leaves_nothing(tmp_path, command, delay):
     """SIGINT during imports, tracing, planning or export: exit 130, one line, no output, no debris.
 
@@ -187,13 +189,19 @@ def test_ctrl_c_anywhere_exits_130_and_leaves_nothing(tmp_path, command, delay):
 
 QUIET_CASES = [
     ["inspect", "torchvision:vit_b_16:image_size=64", "--input-shape", "1,3,64,64"],  # TP's "Unwrapped parameters"
-    ["prune", "torchvision:mobilenet_v3_small", "--input-shape", "1,3,64,64", "--flops", "0.5", "--no-latency"],
+    pytest.param(["prune", "torchvision:mobilenet_v3_small", "--input-shape", "1,3,64,64", "--flops", "0.5",
+                  "--no-latency"], marks=pytest.mark.slow),
     ["prune", *PRUNABLE, "--flops", "0.5", "--data", "synthetic:64", "--epochs", "1"],
-    ["export", "torchvision:squeezenet1_0", "--input-shape", "1,3,64,64"],
+    pytest.param(["export", "torchvision:squeezenet1_0", "--input-shape", "1,3,64,64"], marks=pytest.mark.slow),
 ]
 
 
-@pytest.mark.parametrize("args", QUIET_CASES, ids=[a[1] + "-" + a[0] for a in QUIET_CASES])
+def _quiet_id(case) -> str:
+    args = case.values[0] if hasattr(case, "values") else case
+    return args[1] + "-" + args[0]
+
+
+@pytest.mark.parametrize("args", QUIET_CASES, ids=[_quiet_id(a) for a in QUIET_CASES])
 def test_no_library_warning_on_stderr(tmp_path, args):
     out = ["--out", str(tmp_path / ("m.onnx" if args[0] == "export" else "o"))] if args[0] != "inspect" else []
     proc = _child([*args, *out, "--json"], tmp_path)

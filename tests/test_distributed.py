@@ -88,9 +88,13 @@ def test_two_processes_train_as_one_process_with_the_global_batch(tmp_path):
     assert report["history"][0]["val"]["loss"] != report["history"][1]["val"]["loss"]
 
 
-def test_ctrl_c_stops_every_rank_and_resume_continues_exactly(tmp_path):
-    args = ["tinynets:tiny_plain", "--input-shape", "1,3,16,16", "--data", "synthetic:800", "--flops", "0.4",
-            "--epochs", "25", "--batch-size", "8", "--no-latency"]
+CTRL_C_ARGS = ["tinynets:tiny_plain", "--input-shape", "1,3,16,16", "--data", "synthetic:800", "--flops", "0.4",
+               "--epochs", "25", "--batch-size", "8", "--no-latency"]
+
+
+def _interrupted_torchrun(tmp_path, args):
+    """A torchrun group interrupted (SIGINT to every process, as Ctrl-C in a terminal) once its first checkpoint is
+    written. Returns the checkpoint's epoch, after checking that every rank stopped cleanly and left nothing."""
     cmd = [TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "prunecli", "prune", *args, "--out",
            str(tmp_path / "run")]
     proc = subprocess.Popen(cmd, env=_env(), cwd=tmp_path, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
@@ -111,7 +115,17 @@ def test_ctrl_c_stops_every_rank_and_resume_continues_exactly(tmp_path):
     assert 1 <= done < 25
     with pytest.raises(ProcessLookupError):
         os.killpg(proc.pid, 0)  # no process of the group is left
+    return done
 
+
+def test_ctrl_c_stops_every_rank(tmp_path):
+    _interrupted_torchrun(tmp_path, CTRL_C_ARGS)
+
+
+@pytest.mark.slow  # fast: test_ctrl_c_stops_every_rank, and test_finetune's single-process resume-is-exact test
+def test_ctrl_c_stops_every_rank_and_resume_continues_exactly(tmp_path):
+    args = CTRL_C_ARGS
+    done = _interrupted_torchrun(tmp_path, args)
     resumed = _torchrun(tmp_path, *args, "--out", tmp_path / "run", "--resume", "--json")
     assert resumed.returncode == 0, resumed.stderr
     report = json.loads(resumed.stdout)

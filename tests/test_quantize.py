@@ -7,6 +7,7 @@ import shutil
 
 import numpy as np
 import pytest
+from conftest import _weight_cost
 
 TINY = "tinynets:tiny_resnet"
 SMALL = ["--input-shape", "1,3,8,8", "--data", "digits"]
@@ -180,44 +181,6 @@ def test_prune_quantize_needs_data_and_require_int8_is_exit_1_without_a_bundle(c
                    "--max-quant-drop", "-100", "--out", tmp_path / "c", "--json")
     assert fallback.code == 0 and "fp32 only" in fallback.stderr
     assert json.loads(fallback.stdout)["int8"]["kept"] == "fp32" and not (tmp_path / "c" / "model.int8.onnx").exists()
-
-
-def _weight_cost(path) -> float:
-    """A stand-in machine's latency of an ONNX file: the multiply-adds of its convolutions and matrix products (from
-    onnx shape inference), each costing 0.4 of an fp32 one in a QDQ model (so INT8 is 2.5x faster)."""
-    import onnx
-
-    model = onnx.shape_inference.infer_shapes(onnx.load(str(path)))
-    shapes = {v.name: [d.dim_value for d in v.type.tensor_type.shape.dim]
-              for v in list(model.graph.value_info) + list(model.graph.output) + list(model.graph.input)}
-    shapes.update({i.name: list(i.dims) for i in model.graph.initializer})
-    int8 = any(n.op_type == "QuantizeLinear" for n in model.graph.node)
-    cost = 0.0
-    for node in model.graph.node:
-        if node.op_type in ("Conv", "Gemm", "MatMul"):
-            weight, out = shapes[node.input[1]], shapes[node.output[0]]
-            cost += float(np.prod(weight)) * (float(np.prod(out[2:])) if node.op_type == "Conv" else 1.0)
-    return cost * (0.4 if int8 else 1.0)
-
-
-@pytest.fixture
-def weight_cost_machine(monkeypatch):
-    """Every latency ratio prunecli measures comes from :func:`_weight_cost` of the two files (deterministic), and
-    the files measured are recorded."""
-    from prunecli.runtime.timing import Ratio, Runtime
-
-    measured = []
-
-    def ratio(self, model, baseline, stat="p50", **_):
-        import onnx
-
-        m, b = _weight_cost(model.path), _weight_cost(baseline.path)
-        measured.append(any(n.op_type == "QuantizeLinear" for n in onnx.load(str(model.path)).graph.node))
-        model.samples_ms[:], baseline.samples_ms[:] = [m] * 20, [b] * 20
-        return Ratio(stat, m / b, m / b * 0.998, m / b * 1.002, m, b, 20)
-
-    monkeypatch.setattr(Runtime, "ratio", ratio)
-    return measured
 
 
 def test_latency_with_quantize_int8_is_met_on_the_quantised_model(cli, weight_cost_machine, tmp_path, layer_timing):

@@ -188,7 +188,8 @@ def test_ctrl_c_anywhere_exits_130_and_leaves_nothing(tmp_path, command, delay):
 
 
 QUIET_CASES = [
-    ["inspect", "torchvision:vit_b_16:image_size=64", "--input-shape", "1,3,64,64"],  # TP's "Unwrapped parameters"
+    pytest.param(["inspect", "torchvision:vit_b_16:image_size=64", "--input-shape", "1,3,64,64"],  # TP's "Unwrapped
+                 marks=pytest.mark.slow),                                                           # parameters"
     pytest.param(["prune", "torchvision:mobilenet_v3_small", "--input-shape", "1,3,64,64", "--flops", "0.5",
                   "--no-latency"], marks=pytest.mark.slow),
     ["prune", *PRUNABLE, "--flops", "0.5", "--data", "synthetic:64", "--epochs", "1"],

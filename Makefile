@@ -8,6 +8,8 @@ $(STAMP): pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet --no-compile -e '.[dev]'
+	# bytecode for what prunecli and its tests import, once, instead of every package's files at install
+	$(PY) -c 'import torch, torchvision, torch_pruning, onnx, onnxscript, onnxruntime, timm, sklearn, safetensors, prunecli.cli.app'
 	touch $(STAMP)
 
 .PHONY: install demo test test-slow clean

@@ -9,7 +9,9 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet --no-compile -e '.[dev]'
 	# bytecode for what prunecli and its tests import, once, instead of every package's files at install
-	$(PY) -c 'import torch, torchvision, torch_pruning, onnx, onnxscript, onnxruntime, timm, sklearn, safetensors, prunecli.cli.app'
+	$(PY) -c 'import torch, torch._dynamo, torch.export, torch.onnx, torch.distributed, torch.fx, torchvision.models, \
+		torchvision.datasets, torch_pruning, onnx, onnxscript, onnxruntime.quantization, timm, sklearn, safetensors, \
+		matplotlib.pyplot, prunecli.cli.app, prunecli.pipeline.prune'
 	touch $(STAMP)
 
 .PHONY: install demo test test-slow clean

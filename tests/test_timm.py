@@ -85,6 +85,22 @@ def test_without_timm_the_spec_says_how_to_install(monkeypatch):
         load_model("timm:test_resnet")
 
 
+def test_channels_that_stand_for_two_are_planned_once(cli, tmp_path):
+    """GhostNet's pattern on a tiny net (tinynets.TinyGhost): a group whose channel stands for two of its root's is
+    planned over its own channels, prunes to the budget and matches the dense model. timm's GhostNet: below, slow."""
+    result = cli("prune", "tinynets:tiny_ghost", "--input-shape", "1,3,16,16", "--round-to", "1", "--flops", "0.5",
+                 "--no-latency", "--json", "--out", tmp_path / "o")
+    assert result.code == 0, result.stderr
+    report = json.loads(result.stdout)
+    (check,) = report["correctness"]
+    assert check["check"] == "zeroed dense model" and check["max_abs_diff"] <= check["tolerance"]
+    rows = {g["root"]: g for g in report["groups"]}
+    assert rows["conv_dw"]["before"] == 6  # its 12 output channels are 6 pairs
+    rebuilt = prunecli.load_bundle(tmp_path / "o", arch="tinynets:tiny_ghost")
+    assert dict(rebuilt.named_modules())["conv_dw"].out_channels == 2 * rows["conv_dw"]["after"] < 12
+
+
+@pytest.mark.slow  # fast: test_channels_that_stand_for_two_are_planned_once
 def test_ghostnet_channels_that_stand_for_two_are_planned_once(cli, tmp_path):
     """GhostNet concatenates a layer with a depthwise copy of it: removing channel i removes i and its copy. Such a
     group is planned over its own channels (half the layer's), prunes to the budget and matches the dense model."""

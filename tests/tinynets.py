@@ -394,3 +394,36 @@ class StdConvNet(nn.Module):
 def std_conv_net() -> nn.Module:
     torch.manual_seed(0)
     return StdConvNet()
+
+
+class TinyGhost(nn.Module):
+    """GhostNet's pattern: a layer concatenated with a depthwise copy of it, then a depthwise conv over both, so the
+    depthwise conv's 12 output channels are 6 pairs (channel i and 6+i go together)."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.stem = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+        self.bn = nn.BatchNorm2d(8)
+        self.primary = nn.Conv2d(8, 6, 1, bias=False)
+        self.bn_p = nn.BatchNorm2d(6)
+        self.cheap = nn.Conv2d(6, 6, 3, padding=1, groups=6, bias=False)
+        self.bn_c = nn.BatchNorm2d(6)
+        self.conv_dw = nn.Conv2d(12, 12, 3, stride=2, padding=1, groups=12, bias=False)
+        self.bn_dw = nn.BatchNorm2d(12)
+        self.pw = nn.Conv2d(12, 16, 1, bias=False)
+        self.bn_pw = nn.BatchNorm2d(16)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.head = nn.Linear(16, num_classes)
+
+    def forward(self, x):
+        x = torch.relu(self.bn(self.stem(x)))
+        p = torch.relu(self.bn_p(self.primary(x)))
+        c = torch.relu(self.bn_c(self.cheap(p)))
+        y = torch.cat([p, c], 1)
+        y = self.bn_dw(self.conv_dw(y))
+        y = torch.relu(self.bn_pw(self.pw(y)))
+        return self.head(torch.flatten(self.pool(y), 1))
+
+
+def tiny_ghost(num_classes: int = 10) -> nn.Module:
+    return TinyGhost(num_classes=num_classes)

@@ -200,7 +200,7 @@ def test_nan_loss_stops_with_a_kept_checkpoint(cli, tmp_path):
 
 def test_sigint_keeps_best_bundle_and_resume_continues(tmp_path):
     env = {**os.environ, "PYTHONPATH": str(TESTS)}
-    args = [sys.executable, "-m", "prunecli", "prune", "tinynets:tiny_resnet", *SMALL, "--data", "synthetic:256",
+    args = [sys.executable, "-m", "prunecli", "prune", "tinynets:tiny_resnet:width=16", *SMALL, "--data", "synthetic:256",
             "--flops", "0.5", "--epochs", "20", "--batch-size", "16", "--no-latency", "--out", str(tmp_path / "o")]
     # A shell running the suite in the background starts it with SIGINT ignored, which children inherit and
     # Python then keeps; restore the default so the child turns SIGINT into KeyboardInterrupt as in a terminal.
@@ -217,7 +217,7 @@ def test_sigint_keeps_best_bundle_and_resume_continues(tmp_path):
     assert "--resume" in err
     report = json.loads((tmp_path / "o" / "report.json").read_text())
     assert report["interrupted"] is True
-    model = prunecli.load_bundle(tmp_path / "o", arch="tinynets:tiny_resnet")  # a loadable bundle from the best checkpoint
+    model = prunecli.load_bundle(tmp_path / "o", arch="tinynets:tiny_resnet:width=16")  # a loadable bundle from the best checkpoint
     assert model(torch.randn(1, 3, 16, 16)).shape == (1, 10)
     done = torch.load(last, weights_only=True)["epoch"]
     assert 1 <= done < 20

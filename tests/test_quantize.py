@@ -187,7 +187,7 @@ def test_latency_with_quantize_int8_is_met_on_the_quantised_model(cli, weight_co
     """--latency with --quantize int8: the fit times INT8 candidates and the final INT8 model; on a machine where
     INT8 is 2.5x faster, 0.3 of dense is met by a model whose fp32 version is far above it."""
     out = tmp_path / "b"
-    r = cli("prune", "tinynets:tiny_vgg:width=32", "--input-shape", "1,3,64,64", "--data", "digits", "--threads", "2",
+    r = cli("prune", "tinynets:tiny_vgg:width=32", "--input-shape", "1,3,32,32", "--data", "digits", "--threads", "2",
             "--latency", "0.3", "--round-to", "2", "--quantize", "int8", "--max-quant-drop", "100", "--json",
             "--out", out)
     assert r.code == 0, r
@@ -196,7 +196,7 @@ def test_latency_with_quantize_int8_is_met_on_the_quantised_model(cli, weight_co
     assert lat["artifact"] == "model.int8.onnx" and report["latency"]["model"] == "model.int8.onnx"
     assert lat["met"] and lat["within_window"] and lat["binding"] == "latency"
     dense = tmp_path / "dense.onnx"
-    assert cli("export", "tinynets:tiny_vgg:width=32", "--input-shape", "1,3,64,64", "--out", dense).code == 0
+    assert cli("export", "tinynets:tiny_vgg:width=32", "--input-shape", "1,3,32,32", "--out", dense).code == 0
     int8, fp32 = _weight_cost(out / "model.int8.onnx"), _weight_cost(out / "model.onnx")
     assert lat["measured"] == pytest.approx(int8 / _weight_cost(dense), rel=1e-6)
     assert 0.3 * 0.95 <= lat["measured"] <= 0.3
@@ -214,7 +214,7 @@ def test_latency_missed_because_the_guard_kept_fp32_is_exit_1_naming_it(cli, wei
     """The fit met 0.3 with INT8, but the guard (forced to fail) keeps fp32: the deployed model is measured, misses,
     and the line says why and what to change."""
     out = tmp_path / "b"
-    r = cli("prune", "tinynets:tiny_vgg:width=32", "--input-shape", "1,3,64,64", "--data", "digits", "--threads", "2",
+    r = cli("prune", "tinynets:tiny_vgg:width=32", "--input-shape", "1,3,32,32", "--data", "digits", "--threads", "2",
             "--latency", "0.3", "--round-to", "2", "--quantize", "int8", "--max-quant-drop", "-100", "--json",
             "--out", out)
     assert r.code == 1, r

@@ -107,3 +107,19 @@ def test_weights_only_is_explicit_everywhere():
             if "torch.load(" in line:
                 assert "weights_only=" in line, f"{path.name}: {line.strip()}"
                 assert "weights_only=True" in line or "trust" in line, f"{path.name}: {line.strip()}"
+
+
+def test_a_factory_file_leaves_no_bytecode_beside_it(tmp_path, monkeypatch):
+    """Importing the user's factory file writes nothing into their folder, even where Python would write bytecode."""
+    import sys
+
+    from prunecli.models.arch import build_factory_object
+
+    folder = tmp_path / "user"
+    folder.mkdir()
+    (folder / "factory.py").write_text("import torch\n\ndef build():\n    return torch.nn.Linear(2, 3)\n")
+    monkeypatch.setattr(sys, "dont_write_bytecode", False)
+    model = build_factory_object(f"{folder}/factory.py:build", "MODEL")
+    assert isinstance(model, torch.nn.Linear)
+    assert sorted(p.name for p in folder.iterdir()) == ["factory.py"]
+    assert sys.dont_write_bytecode is False  # the setting is the caller's again

@@ -254,10 +254,14 @@ def build_factory_object(spec: str, flag: str):
         module_spec = importlib.util.spec_from_file_location(mod_name, path)
         module = importlib.util.module_from_spec(module_spec)
         sys.modules[mod_name] = module
+        # nothing is written beside the user's file (no __pycache__ in their folder), whatever the environment says
+        write_bytecode, sys.dont_write_bytecode = sys.dont_write_bytecode, True
         try:
             module_spec.loader.exec_module(module)
         except Exception as exc:  # user code: report its failure as an input error
             raise UsageError(f"{flag} {spec!r}: importing {target} failed: {type(exc).__name__}: {exc}") from exc
+        finally:
+            sys.dont_write_bytecode = write_bytecode
     else:
         try:
             module = importlib.import_module(target)

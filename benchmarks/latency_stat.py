@@ -145,6 +145,14 @@ def _blocks(row: dict) -> tuple[np.ndarray, np.ndarray]:
     return m, b
 
 
+def within(row: dict, stat: str, parts: int = 4) -> float:
+    """The statistic's spread across ``parts`` consecutive segments of one session (what one process can see of
+    the machine's drift, without a second process)."""
+    m, b = _blocks(row)
+    k = len(m) // parts
+    return spread([statistic(m[i * k:(i + 1) * k], b[i * k:(i + 1) * k], stat) for i in range(parts)])
+
+
 def spread(values: list[float]) -> float:
     """(max - min) / median: the range a verdict could land anywhere in."""
     return (max(values) - min(values)) / st.median(values) if len(values) > 1 else float("nan")
@@ -159,7 +167,8 @@ def table() -> None:
            "model (`--flops 0.5`, uniform l1, random init, 224x224) and its dense model interleaved in blocks of 10 "
            "runs, as the latency fit does; sessions alternate quiet / busy (one other process spinning on a core) and "
            "are spread over the hour. Spread = (max - min) / median of the sessions' ratios; shift = median busy / "
-           "median quiet - 1. Timings are never compared across CPUs.", ""]
+           "median quiet - 1; within a session = median over sessions of the spread across 4 consecutive segments of "
+           "one session. Timings are never compared across CPUs.", ""]
     for cpu in cpus:
         mine = [r for r in rows if r["cpu"] == cpu]
         flags = mine[0].get("flags", "")
@@ -173,16 +182,18 @@ def table() -> None:
             busy = [r for r in sel if r["condition"] == "busy"]
             out += [f"### {pair}: {len(quiet)} quiet + {len(busy)} busy sessions, "
                     f"{len(sel[0]['model_ms'])} runs per model each", "",
-                    "| statistic | median ratio (quiet) | spread quiet | spread busy | spread all | shift busy |",
-                    "|---|---:|---:|---:|---:|---:|"]
+                    "| statistic | median ratio (quiet) | spread quiet | spread busy | spread all | shift busy | "
+                    "within a session |",
+                    "|---|---:|---:|---:|---:|---:|---:|"]
             for s in STATS:
                 q = [statistic(*_blocks(r), s) for r in quiet]
                 b = [statistic(*_blocks(r), s) for r in busy]
                 both = q + b
                 shift = st.median(b) / st.median(q) - 1 if q and b else float("nan")
                 summary[s].append(spread(both))
+                inside = st.median([within(r, s) for r in sel])
                 out.append(f"| {s} | {st.median(q) if q else float('nan'):.4f} | {spread(q):.1%} | {spread(b):.1%} | "
-                           f"{spread(both):.1%} | {shift:+.1%} |")
+                           f"{spread(both):.1%} | {shift:+.1%} | {inside:.1%} |")
             out.append("")
         out += ["### Over all pairs", "", "| statistic | mean spread (all sessions) | worst pair |", "|---|---:|---:|"]
         for s in sorted(STATS, key=lambda s: st.mean(summary[s])):

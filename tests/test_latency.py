@@ -52,7 +52,7 @@ def test_bad_latency_budgets_are_refused(text, message):
 @pytest.mark.parametrize("args,message", [
     (["--latency", "2"], "add a unit, e.g. 2ms"),
     (["--latency", "0.6", "--no-latency"], "drop --no-latency"),
-    (["--latency", "0.6", "--latency-stat", "p99"], "--latency-stat 'p99' is not one of p50, p90"),
+    (["--latency", "0.6", "--latency-stat", "p99"], "--latency-stat 'p99' is not one of block-min, min, p10, p50, p90"),
     (["--latency", "0.6", "--provider", "gpu"], "--provider 'gpu' is not one of cpu, cuda, tensorrt"),
     (["--latency", "0.6", "--threads", "0"], "--threads 0 must be >= 1"),
     (["--latency", "0.6", "--latency-batch", "0"], "--latency-batch 0 must be >= 1"),

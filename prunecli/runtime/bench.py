@@ -14,15 +14,19 @@ from pathlib import Path
 from prunecli.core.checks import require_finite
 from prunecli.core.errors import UsageError
 from prunecli.runtime.timing import (
+    RATIO_STATS,
     STATS,
     RuntimeConfig,
     cpu_model,
     physical_cores,
+    as_blocks,
+    ratio_of,
     runtime_for,
+    stat_ms,
     statistics,
 )
 
-GATE_STATS = ("p50", "p90", "p99", "mean")
+GATE_STATS = RATIO_STATS
 SCHEMA_VERSION = 1
 
 
@@ -107,16 +111,23 @@ def run_bench(model_path: Path, baseline_path: Path | None, config: BenchConfig,
         "peak_rss_mb": peak,  # of the measuring process (onnxruntime only)
     }
     for timed in models:
+        stats = statistics(timed.samples_ms, timed.batch)
+        blocks = as_blocks(timed.samples_ms, config.block)
         doc[timed.label] = {
             "path": str(timed.path),
             "input_shape": list(timed.input_shape),
             "batch": timed.batch,
-            **statistics(timed.samples_ms, timed.batch),
+            **stats,
+            **{f"{s}_ms": stat_ms(blocks, s) for s in RATIO_STATS if f"{s}_ms" not in stats},
             "rss_delta_mb": timed.rss_delta_mb,
             "samples_ms": timed.samples_ms,
         }
     if baseline_path is not None:
-        doc["ratio"] = {s: doc["model"][f"{s}_ms"] / doc["baseline"][f"{s}_ms"] for s in STATS if doc["baseline"][f"{s}_ms"]}
+        doc["ratio"] = {s: doc["model"][f"{s}_ms"] / doc["baseline"][f"{s}_ms"]
+                        for s in dict.fromkeys((*STATS, *RATIO_STATS)) if doc["baseline"].get(f"{s}_ms")}
+        if len(models[0].samples_ms) >= 2 * config.block:
+            # the gate's statistic with its 95% interval and how much it moved while measured (as `prune` decides)
+            doc["ratio_decision"] = ratio_of(models[0], models[1], config.stat, config.block).to_json()
     doc["stat"] = config.stat
     doc["constraints"] = judge(doc, config)
     doc["passed"] = all(c["passed"] for c in doc["constraints"])

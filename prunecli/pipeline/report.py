@@ -162,6 +162,8 @@ def build_report(loaded, config, outcome, pruned, dense_cost, pruned_cost, *, ig
         report["correctness"] = evidence["correctness"]
     if evidence.get("criterion_fallbacks"):
         report["criterion_fallbacks"] = evidence["criterion_fallbacks"]
+    if evidence.get("cost_oracle"):  # how the budget fit costed its candidates (the final model is counted below)
+        report["budget_fit"] = {"candidate_costs": evidence["cost_oracle"]}
     search = evidence.get("search")
     if search is not None:
         report["allocation"] = {

@@ -18,7 +18,7 @@ from prunecli.core.deadline import bounded
 from prunecli.core.errors import RuntimeFailure, UsageError
 from prunecli.graph.plans import GroupPlan, Plan, select_keep
 from prunecli.plan.allocators import ALLOCATORS
-from prunecli.plan.budget import CostOracle, fit_budget
+from prunecli.plan.budget import AnalyticOracle, cost_oracle, fit_budget
 from prunecli.plan.config import PlanConfig
 from prunecli.plan.constraints import prunable_groups
 from prunecli.plan.criteria import CRITERIA, channel_scores
@@ -149,22 +149,33 @@ def plan_model(loaded: LoadedModel, config: PlanConfig, timings: dict, batches=N
                 + (f" and --max-group-prune {config.allocation.max_group_prune}"
                    if hasattr(config.allocation, "max_group_prune") else "")
                 + "; lower those (or drop --ignore patterns) to reach further")
-        oracle = CostOracle(loaded.model, loaded.example_input, analysis.groups)
-        with bounded("budget fit", config.timeout):
+        oracle = cost_oracle(loaded.model, loaded.example_input, analysis.groups)
+
+        def fit_counts(oracle):
             if config.latency is not None:
-                fit, evidence["latency"] = fit_with_latency(bench, analysis, order, targets, oracle, dense, config, hint,
-                                                             evidence.get("prefer"), timings)
+                return fit_with_latency(bench, analysis, order, targets, oracle, dense, config, hint,
+                                        evidence.get("prefer"), timings)
+            return fit_budget(analysis.groups, order, targets, oracle, dense, tolerance=config.tolerance, hint=hint,
+                              prefer=evidence.get("prefer")), None
+
+        with bounded("budget fit", config.timeout):
+            fit, latency_fit = fit_counts(oracle)
+            evidence["cost_oracle"] = "meta-copy"
+            if isinstance(oracle, AnalyticOracle):
+                evidence["cost_oracle"] = "polynomial, checked on the plan"
+                if not oracle.exact(fit.counts):  # a cost the polynomial misses: fit again, counting exactly
+                    evidence["cost_oracle"] = "meta-copy (the polynomial differed on this model's plan)"
+                    fit, latency_fit = fit_counts(oracle.meta)
+            if config.latency is not None:
+                evidence["latency"] = latency_fit
                 evidence["latency"]["model"] = bench.model.to_json()
                 evidence["latency"]["predicted_ms"] = bench.predict_ms(fit.counts)
                 evidence["latency"]["dense_ms"] = bench.dense_ms
                 evidence["latency"]["int8_factor"] = bench.int8_factor if bench.int8 is not None else None
                 evidence["latency"]["exporter"] = bench.exporter
-            else:
-                fit = fit_budget(analysis.groups, order, targets, oracle, dense, tolerance=config.tolerance, hint=hint,
-                                 prefer=evidence.get("prefer"))
-                if bench is not None:
-                    evidence["latency"] = {"model": bench.model.to_json(), "predicted_ms": bench.model.predict(fit.counts),
-                                           "dense_ms": bench.dense_ms, "exporter": bench.exporter}
+            elif bench is not None:
+                evidence["latency"] = {"model": bench.model.to_json(), "predicted_ms": bench.model.predict(fit.counts),
+                                       "dense_ms": bench.dense_ms, "exporter": bench.exporter}
         timings["search_s"] = time.perf_counter() - t0
     finally:
         if bench is not None:

@@ -1,14 +1,15 @@
 """Learned allocation (DSA): the config and allocator (:mod:`.allocator`), the search on the task loss
-(:mod:`.search`), its expected-cost polynomial (:mod:`.cost`) and soft channel masks (:mod:`.masks`)."""
+(:mod:`.search`) and soft channel masks (:mod:`.masks`); the expected-cost polynomial is
+:mod:`prunecli.graph.polynomial`."""
 
 from __future__ import annotations
 
+from prunecli.graph.polynomial import ExpectedCost
 from prunecli.plan.allocators.learned.allocator import (
            DEFAULT_SEARCH_EPOCHS,
            Learned,
            learned,
 )
-from prunecli.plan.allocators.learned.cost import ExpectedCost
 from prunecli.plan.allocators.learned.masks import Masks, keep_probabilities
 from prunecli.plan.allocators.learned.search import (
            SearchResult,

@@ -91,7 +91,7 @@ from dataclasses import dataclass, field
 
 from prunecli.core.device import CPU, to_cpu_
 from prunecli.plan.allocators.learned.allocator import DEFAULT_SEARCH_EPOCHS, Learned
-from prunecli.plan.allocators.learned.cost import ExpectedCost
+from prunecli.graph.polynomial import ExpectedCost
 from prunecli.plan.allocators.learned.masks import (
     Masks,
     _bracket_falling,

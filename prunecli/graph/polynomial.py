@@ -1,11 +1,17 @@
-"""The expected cost of the learned search: FLOPs or params as a polynomial in the groups' keep ratios."""
+"""FLOPs or params of a model as a polynomial in its groups' keep ratios.
+
+Every layer's cost is bilinear in the channels it keeps on its output side and its input side (a convolution's
+FLOPs and weights; a depthwise convolution's and a norm's are linear in one group), so the polynomial evaluated at
+``kept / channels`` is the pruned model's cost: differentiable for the learned search, exact (to rounding) for the
+budget fit's candidates, where it replaces pruning a meta-device copy per candidate (:class:`prunecli.plan.budget.
+AnalyticOracle` checks it against that on the plan it returns).
+"""
 
 from __future__ import annotations
 
 
-# ---------------------------------------------------------------------------------------------- cost model
 class ExpectedCost:
-    """Expected FLOPs or params of the model as a polynomial in the groups' keep ratios."""
+    """FLOPs or params of the model as a polynomial in the groups' keep ratios."""
 
     def __init__(self, model, example_input, groups, metric: str, roles=None) -> None:
         import torch
@@ -57,6 +63,16 @@ class ExpectedCost:
             out_factor = alpha[out_g] if out_g is not None else 1.0
             in_factor = (1.0 - sum(in_g.values())) + sum(share * alpha[g] for g, share in in_g.items()) if in_g else 1.0
             total = total + value * out_factor * in_factor
+        return total
+
+
+    def at(self, ratios: list[float]) -> float:
+        """The polynomial at keep ratios ``ratios`` (floats, in ``roots`` order), without autograd."""
+        total = self.constant
+        for value, out_g, in_g in self.terms:
+            out_factor = ratios[out_g] if out_g is not None else 1.0
+            in_factor = (1.0 - sum(in_g.values())) + sum(share * ratios[g] for g, share in in_g.items()) if in_g else 1.0
+            total += value * out_factor * in_factor
         return total
 
 

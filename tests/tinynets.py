@@ -427,3 +427,25 @@ class TinyGhost(nn.Module):
 
 def tiny_ghost(num_classes: int = 10) -> nn.Module:
     return TinyGhost(num_classes=num_classes)
+
+
+class TinyLayerScale(nn.Module):
+    """conv -> relu -> conv scaled per channel by a parameter of the model itself (as ConvNeXt's layer scale), not
+    of a layer: a cost the per-layer cost polynomial does not see."""
+
+    def __init__(self, num_classes: int = 10, width: int = 16) -> None:
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, width, 3, padding=1)
+        self.conv2 = nn.Conv2d(width, width, 3, padding=1)
+        self.scale = nn.Parameter(torch.full((width, 1, 1), 0.5))
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.relu(self.conv1(x))
+        x = torch.relu(self.conv2(x) * self.scale)
+        return self.head(x.mean(dim=(2, 3)))
+
+
+def tiny_layer_scale(num_classes: int = 10, width: int = 16) -> nn.Module:
+    torch.manual_seed(0)
+    return TinyLayerScale(num_classes=num_classes, width=width)

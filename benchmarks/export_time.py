@@ -48,6 +48,14 @@ print(macs)
 """
 
 
+def _cpu() -> str:
+    from prunecli.runtime.timing import cpu_model
+
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    flags = [f for f in ("avx2", "avx512f", "avx512_vnni", "amx_tile") if f" {f}" in text]
+    return f"{cpu_model()} ({' '.join(flags) or 'no AVX2'})"
+
+
 def run(cmd: list[str], cwd: str) -> tuple[float, str]:
     env = {**os.environ, "PYTHONWARNINGS": "ignore"}
     started = time.perf_counter()
@@ -77,7 +85,8 @@ def main() -> None:
                                      f"{tmp}/q", "--json"], tmp)
             row = {"model": name, "repeat": repeat, "raw_s": raw_s, "prunecli_s": ours_s, "prunecli_no_latency_s": quiet_s,
                    "timings": report["timings"], "exporter": report["onnx"]["exporter"],
-                   "flops_ratio": report["achieved"]["flops_ratio"]}
+                   "flops_ratio": report["achieved"]["flops_ratio"], "cpu": _cpu(),
+                   "candidate_costs": report.get("budget_fit", {}).get("candidate_costs")}
             rows.append(row)
             with runs_file.open("a") as fh:
                 fh.write(json.dumps(row) + "\n")
@@ -91,7 +100,7 @@ def write_table(rows: list[dict], repeats: int) -> None:
     lines = [
         "# Data-free prune: prunecli against raw Torch-Pruning + export",
         "",
-        f"Machine: {platform.machine()}, {os.cpu_count()} cores, nothing else running; median of {repeats} runs, "
+        f"Machine: {_cpu()}, {platform.machine()}, {os.cpu_count()} cores, nothing else running; median of {repeats} runs, "
         "each a fresh process (imports included), the three commands alternating. Command: "
         "`python benchmarks/export_time.py`.",
         "",

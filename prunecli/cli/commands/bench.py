@@ -58,7 +58,7 @@ def bench(
     from prunecli.artifacts.resolve import resolve_onnx
     from prunecli.cli._errors import usage
     from prunecli.core.errors import UsageError
-    from prunecli.runtime.bench import BenchConfig, markdown_summary, run_bench
+    from prunecli.runtime.bench import NOISE_WINDOW, BenchConfig, markdown_summary, run_bench
     from prunecli.runtime.bench import junit_xml as to_junit
 
     with usage():
@@ -89,6 +89,11 @@ def bench(
         from prunecli.cli.render import render_bench
 
         render_bench(console(), doc)
+    for c in doc["constraints"]:
+        if c.get("noisy"):
+            sys.stderr.write(f"warning: {c['name']}: the ratio moved by {c['spread']:.1%} across the run, more than "
+                             f"{NOISE_WINDOW:.0%}: a verdict this close needs a quieter machine or a margin of at least "
+                             f"{c['spread']:.0%} (see README: the latency budget)\n")
     missed = [c for c in doc["constraints"] if not c["passed"]]
     if missed:
         for c in missed:

@@ -209,6 +209,11 @@ def prune(
                          + ("raise --max-quant-drop or fine-tune longer (--epochs) so INT8 is kept, or raise the target\n"
                             if fallback else "rerun on a quieter machine or lower the target\n"))
         raise typer.Exit(1)
+    if missed and missed["met"] and missed.get("noisy"):
+        sys.stderr.write(f"warning: --latency {latency}: the ratio moved by {missed['spread']:.1%} across its final "
+                         f"measurement, more than the {missed['window']:.0%} window: this machine is too noisy for the "
+                         f"verdict to hold elsewhere; measure on a quieter machine, or expect a gate to need a margin "
+                         f"of {missed['spread']:.0%}\n")
     if report.get("int8") and report["int8"]["kept"] == "fp32":
         guard = report["int8"]["guard"]
         sys.stderr.write(f"warning: INT8 lost {guard['drop_points']:.2f} top-1 points on {guard['split']} (more than "

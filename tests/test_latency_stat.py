@@ -118,3 +118,26 @@ def test_bench_warns_when_the_gate_ratio_moved_more_than_the_window(cli, tmp_pat
     assert gate["stat"] == "block-min" and gate["noisy"] is True and gate["spread"] == pytest.approx(0.12)
     warnings = [line for line in r.stderr.splitlines() if line.startswith("warning:")]
     assert len(warnings) == 1 and "moved by 12.0%" in warnings[0]
+
+
+def test_every_budget_statistic_is_measured_on_the_runtime(cli, tmp_path):
+    """The real measuring process (no stand-in): the dense model's settled latency and a ratio on every statistic
+    a latency budget may be decided on."""
+    from prunecli.plan.targets import LATENCY_STATS
+    from prunecli.runtime.timing import RuntimeConfig, runtime_for, settled_ms
+
+    r = cli("export", "tinynets:tiny_plain", "--input-shape", "1,3,16,16", "--out", tmp_path / "m.onnx")
+    assert r.code == 0, r
+    config = RuntimeConfig("cpu", 1, None, warmup=2)
+    measuring = runtime_for(config)
+    a = measuring.open("model", tmp_path / "m.onnx", config, (1, 3, 16, 16))
+    b = measuring.open("baseline", tmp_path / "m.onnx", config, (1, 3, 16, 16))
+    try:
+        settled = {stat: settled_ms(measuring, b, stat) for stat in LATENCY_STATS}
+        assert all(ms > 0 for ms in settled.values())
+        assert settled["min"] <= settled["p10"] <= settled["p90"] and settled["block-min"] <= settled["p50"]
+        for stat in LATENCY_STATS:
+            ratio = measuring.ratio(a, b, stat, halfwidth=0.5, block=5, min_runs=20, max_runs=40)
+            assert ratio.stat == stat and 0.2 < ratio.ratio < 5 and set(ratio.others) == {"p50", "p90"}
+    finally:
+        measuring.drop(a, b)

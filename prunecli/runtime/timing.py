@@ -398,6 +398,6 @@ def settled_ms(measuring: "Runtime", timed: Timed, stat: str, runs: int = 20, pa
     for _ in range(passes):
         measuring.clear(timed)
         measuring.measure([timed], runs)
-        values.append(statistics(timed.samples_ms, timed.batch)[f"{stat}_ms"])
+        values.append(stat_ms(as_blocks(timed.samples_ms, 10), stat))
     measuring.clear(timed)
     return min(values)

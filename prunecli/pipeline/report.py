@@ -67,10 +67,11 @@ def latency_budget_report(config: PruneConfig, measured: dict, evidence: dict) -
         "gap": (budget.value - value) / budget.value, "met": value <= budget.value,
         "within_window": budget.value * (1 - settings.window) <= value <= budget.value,
         "binding": fit["binding"], "stat": settings.stat,
-        # the deployment statistics from the same runs (the verdict is on ``stat``), and how far the machine moved
-        # the ratio while it was measured (its range over four quarters of the runs, relative to it)
+        # the deployment statistics from the same runs (the verdict is on ``stat``), and how noisy the machine was
+        # while it measured (prunecli.runtime.timing.Ratio: spread, disagreement, noise)
         "reported": measured.get("reported", {}), "spread": measured.get("spread"),
-        "noisy": (measured.get("spread") or 0.0) > settings.window,
+        "disagreement": measured.get("disagreement"), "noise": measured.get("noise"),
+        "noisy": (measured.get("noise") or 0.0) > settings.window,
         "runs": measured["runs"], "batch": measured["batch"],
         "threads": measured["threads"], "provider": measured["provider"], "cpu": measured["cpu"],
         "margin": settings.margin, "window": settings.window, "halfwidth": settings.halfwidth,

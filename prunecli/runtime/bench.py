@@ -27,8 +27,8 @@ from prunecli.runtime.timing import (
 )
 
 GATE_STATS = RATIO_STATS
-# a ratio that moved more than this across the quarters of its runs is reported as measured on a noisy machine
-# (the window `prune --latency` lands in, below its target)
+# a ratio measured with more noise than this (prunecli.runtime.timing.Ratio.noise) is reported as measured on a
+# noisy machine (the window `prune --latency` lands in, below its target)
 NOISE_WINDOW = 0.05
 SCHEMA_VERSION = 1
 
@@ -81,7 +81,8 @@ def judge(result: dict, config: BenchConfig) -> list[dict]:
                             "kind": "max_latency_ratio", "stat": config.stat, "budget": config.max_latency_ratio,
                             "measured": measured, "passed": measured <= config.max_latency_ratio,
                             "ci95": decision.get("ci95"), "spread": decision.get("spread"),
-                            "noisy": (decision.get("spread") or 0.0) > NOISE_WINDOW})
+                            "disagreement": decision.get("disagreement"), "noise": decision.get("noise"),
+                            "noisy": (decision.get("noise") or 0.0) > NOISE_WINDOW})
     return constraints
 
 

@@ -46,7 +46,7 @@ def latency_ratio(dense_model, pruned_onnx: Path, example_input, input_shape, op
         "dense_p50_ms": d["p50_ms"], "pruned_p50_ms": p["p50_ms"],
         "ratio_p50": p["p50_ms"] / d["p50_ms"], "ratio_mean": p["mean_ms"] / d["mean_ms"],
         "ratio": ratio.ratio, "ci95": [ratio.low, ratio.high], "dense_ms": ratio.baseline_ms, "pruned_ms": ratio.model_ms,
-        "spread": ratio.spread, "reported": ratio.others,
+        "spread": ratio.spread, "disagreement": ratio.disagreement, "noise": ratio.noise, "reported": ratio.others,
         "note": ("the latency budget's final measurement" if halfwidth is not None
                  else "short measurement during prune; use `prunecli bench` for a gate"),
     }

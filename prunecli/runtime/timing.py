@@ -294,9 +294,11 @@ def stat_ms(blocks, stat: str) -> float:
 class Ratio:
     """model / baseline latency for one statistic, with a 95% bootstrap interval over interleaved block pairs.
 
-    ``spread``: the ratio's range across four consecutive quarters of the run, relative to it (how much the machine
-    moved it while it was measured); ``others``: the reported statistics (p50, p90) from the same runs, each
-    ``{"ratio", "ci95"}``."""
+    ``others``: the reported statistics (p50, p90) from the same runs, each ``{"ratio", "ci95"}``. How noisy the
+    machine was while it measured (benchmarks/results/latency_stat.md): ``spread``, the ratio's range across four
+    consecutive quarters of the run (noise that drifts), and ``disagreement``, how far the p50 ratio is from the
+    block-min one (noise that is steady: another process on the cores slows the typical runs of the two models
+    unevenly while their fastest runs still escape it), both relative; ``noise`` is the larger."""
 
     stat: str
     ratio: float
@@ -307,6 +309,11 @@ class Ratio:
     runs: int
     spread: float = 0.0
     others: dict = field(default_factory=dict)
+    disagreement: float = 0.0
+
+    @property
+    def noise(self) -> float:
+        return max(self.spread, self.disagreement)
 
     @property
     def halfwidth(self) -> float:
@@ -315,12 +322,13 @@ class Ratio:
 
     def to_json(self) -> dict:
         return {"stat": self.stat, "ratio": self.ratio, "ci95": [self.low, self.high], "model_ms": self.model_ms,
-                "baseline_ms": self.baseline_ms, "runs": self.runs, "spread": self.spread, "others": self.others}
+                "baseline_ms": self.baseline_ms, "runs": self.runs, "spread": self.spread,
+                "disagreement": self.disagreement, "noise": self.noise, "others": self.others}
 
     @staticmethod
     def from_json(doc: dict) -> "Ratio":
         return Ratio(doc["stat"], doc["ratio"], doc["ci95"][0], doc["ci95"][1], doc["model_ms"], doc["baseline_ms"],
-                     doc["runs"], doc.get("spread", 0.0), doc.get("others", {}))
+                     doc["runs"], doc.get("spread", 0.0), doc.get("others", {}), doc.get("disagreement", 0.0))
 
 
 def _blocks(model: Timed, baseline: Timed, block: int):
@@ -370,7 +378,9 @@ def ratio_of(model: Timed, baseline: Timed, stat: str, block: int, seed: int = 0
         parts = [_ratio(m[i * quarter:(i + 1) * quarter], b[i * quarter:(i + 1) * quarter], stat) for i in range(4)]
         spread = (max(parts) - min(parts)) / value if value else 0.0
     others = {s: {"ratio": r, "ci95": [lo, hi]} for s, (r, lo, hi) in intervals.items() if s in REPORTED_STATS}
-    return Ratio(stat, value, low, high, stat_ms(m, stat), stat_ms(b, stat), pairs * block, spread, others)
+    disagreement = abs(_ratio(m, b, "p50") / _ratio(m, b, "block-min") - 1) if pairs else 0.0
+    return Ratio(stat, value, low, high, stat_ms(m, stat), stat_ms(b, stat), pairs * block, spread, others,
+                 disagreement)
 
 
 def measure_ratio(model, baseline, stat: str = "p50", *, halfwidth: float = 0.02, block: int = 10,

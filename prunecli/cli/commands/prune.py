@@ -210,10 +210,11 @@ def prune(
                             if fallback else "rerun on a quieter machine or lower the target\n"))
         raise typer.Exit(1)
     if missed and missed["met"] and missed.get("noisy"):
-        sys.stderr.write(f"warning: --latency {latency}: the ratio moved by {missed['spread']:.1%} across its final "
-                         f"measurement, more than the {missed['window']:.0%} window: this machine is too noisy for the "
-                         f"verdict to hold elsewhere; measure on a quieter machine, or expect a gate to need a margin "
-                         f"of {missed['spread']:.0%}\n")
+        sys.stderr.write(f"warning: --latency {latency}: the final check measured with {missed['noise']:.1%} noise "
+                         f"(the ratio moved {missed['spread']:.1%} across it; p50 and block-min ratios disagree by "
+                         f"{missed['disagreement']:.1%}), more than the {missed['window']:.0%} window: another process "
+                         f"is using the cores, and the verdict may not hold on a quiet machine; prune alone, or expect "
+                         f"a gate to need a margin of {missed['noise']:.0%}\n")
     if report.get("int8") and report["int8"]["kept"] == "fp32":
         guard = report["int8"]["guard"]
         sys.stderr.write(f"warning: INT8 lost {guard['drop_points']:.2f} top-1 points on {guard['split']} (more than "

@@ -11,6 +11,11 @@ Raw runs go to benchmarks/results/latency_budget_runs.jsonl (resumable: finished
 benchmarks/results/latency_budget.md. Latency benchmarks must run alone on the machine.
 
     python benchmarks/latency_budget.py [--models resnet18,mobilenet_v2] [--targets 0.75,0.5,0.3] [--batches 1,8]
+
+Issue 32's protocol (rows with ``method: issue32``): the prunes first, their bundles kept under benchmarks/.work;
+then ``--rounds`` re-measurements of every cell, each a fresh `prunecli bench` process, ``--every`` seconds apart
+(at least 30 minutes from the first to the last by default), with the dense model against itself in the same
+rounds as the noise floor. Each command holds /tmp/prunecli-bench.lock, so other latency benchmarks wait.
 """
 
 from __future__ import annotations
@@ -140,30 +145,168 @@ def _table(rows: list[dict], how: str) -> str:
     return "\n".join(lines) + "\n"
 
 
+WORK = Path(__file__).parent / ".work" / "latency_budget"
+LOCK = "/tmp/prunecli-bench.lock"  # benchmarks/latency_stat.py's: one latency measurement at a time on the machine
+
+
+def _locked(args: list[str]):
+    import fcntl
+
+    with open(LOCK, "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return run(args)
+
+
+def _cpu() -> str:
+    from prunecli.runtime.timing import cpu_model
+
+    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
+    flags = [f for f in ("avx2", "avx512f", "avx512_vnni", "amx_tile") if f" {f}" in text]
+    return f"{cpu_model()} ({' '.join(flags) or 'no AVX2'})"
+
+
+def decided_cell(model: str, target: float, batch: int, stat: str) -> dict:
+    """`prune --latency` for one cell, its bundle kept under benchmarks/.work for the re-measurements."""
+    spec = f"torchvision:{model}"
+    WORK.mkdir(parents=True, exist_ok=True)
+    dense = WORK / f"{model}-dense.onnx"
+    if not dense.exists():
+        code, _, _, err = run(["export", spec, "--out", str(dense)])
+        if code:
+            raise RuntimeError(f"export failed: {err}")
+    out = WORK / f"{model}-{target}-{batch}-{stat}"
+    code, report, wall, err = _locked(["prune", spec, "--latency", str(target), "--latency-batch", str(batch),
+                                       "--latency-stat", stat, "--threads", "2", "--out", str(out), "--force", "--json"])
+    row = {"kind": "prune", "model": model, "target": target, "batch": batch, "stat": stat, "exit": code,
+           "prune_wall_s": wall, "cpu": _cpu(), "threads": 2, "method": "issue32", "started": time.time()}
+    if report is None:
+        row["error"] = err
+        return row
+    lat = report["budget"]["latency"]
+    row.update({"in_process": lat["measured"], "ci95": lat["ci95"], "predicted": lat["predicted"],
+                "noise": lat.get("noise"), "p50": lat["reported"]["p50"]["ratio"], "probes": len(lat["fit_probes"]),
+                "flops_ratio": report["achieved"]["flops_ratio"], "params_ratio": report["achieved"]["params_ratio"],
+                "timings": report["timings"]})
+    return row
+
+
+def remeasure(cells: list[dict], round_: int, runs: int) -> list[dict]:
+    """One fresh `prunecli bench` process per cell (and the dense model against itself per model and batch: the
+    machine's noise floor at that time), each giving the p50 and block-min ratios and the noise."""
+    rows = []
+    floors = {(c["model"], c["batch"]) for c in cells}
+    jobs = [(c["model"], c["target"], c["batch"], c["stat"], WORK / f"{c['model']}-{c['target']}-{c['batch']}-{c['stat']}")
+            for c in cells] + [(m, None, b, "p50", WORK / f"{m}-dense.onnx") for m, b in sorted(floors)]
+    for model, target, batch, stat, path in jobs:
+        code, doc, wall, err = _locked(["bench", str(path), "--baseline", str(WORK / f"{model}-dense.onnx"), "--batch",
+                                        str(batch), "--threads", "2", "--runs", str(runs), "--stat", stat, "--json"])
+        row = {"kind": "remeasure", "round": round_, "model": model, "target": target, "batch": batch, "stat": stat,
+               "cpu": _cpu(), "method": "issue32", "started": time.time(), "exit": code}
+        if doc is not None:
+            row.update({"decision": doc["ratio"][stat], "p50": doc["ratio"]["p50"], "block_min": doc["ratio"]["block-min"],
+                        "noise": doc.get("ratio_decision", {}).get("noise")})
+        else:
+            row["error"] = err
+        rows.append(row)
+        print(json.dumps(row), flush=True)
+    return rows
+
+
+def grid_table(rows: list[dict]) -> str:
+    import statistics as st
+
+    cpu = _cpu()
+    mine = [r for r in rows if r.get("method") == "issue32" and r.get("cpu") == cpu]
+    prunes = [r for r in mine if r["kind"] == "prune"]
+    fresh = [r for r in mine if r["kind"] == "remeasure" and "decision" in r]
+    rounds = sorted({r["round"] for r in fresh})
+    span = (max(r["started"] for r in fresh) - min(r["started"] for r in fresh)) / 60 if fresh else 0
+    lines = ["# Latency budget: `prune --latency T`, re-measured in fresh processes", "",
+             f"Machine: {cpu}, 2 cores; onnxruntime CPU, 2 intra-op threads. Written by `python benchmarks/"
+             "latency_budget.py` (resumable; raw rows in latency_budget_runs.jsonl). Each cell: `prunecli prune "
+             "torchvision:MODEL --latency T --latency-batch B --latency-stat S --threads 2` (random init, 224x224), "
+             f"then re-measured by `prunecli bench OUT --baseline dense.onnx --runs 200 --stat S` in a fresh process "
+             f"per round: {len(rounds)} rounds over {span:.0f} minutes. Pass = median of the fresh ratios (on S) at or "
+             "below T and within 5% below it, and no fresh ratio more than 2% above T. Noise floor = the dense model "
+             "against itself in the same rounds (its p50 ratio's range).", "",
+             "| model | batch | T | stat | exit | prune s | FLOPs kept | in-process | fresh (S) per round | median | "
+             "fresh p50 median | max noise | pass |",
+             "|---|---:|---:|---|---:|---:|---:|---:|---|---:|---:|---:|---|"]
+    for p in prunes:
+        key = (p["model"], p["target"], p["batch"], p["stat"])
+        mine_fresh = [r for r in fresh if (r["model"], r["target"], r["batch"], r["stat"]) == key]
+        if p["exit"] != 0 or not mine_fresh:
+            lines.append(f"| {p['model']} | {p['batch']} | {p['target']} | {p['stat']} | {p['exit']} | "
+                         f"{p['prune_wall_s']:.0f} | | | {p.get('error', '')[:120]} | | | | {'n/a' if p['exit'] == 2 else '-'} |")
+            continue
+        values = [r["decision"] for r in mine_fresh]
+        med = st.median(values)
+        ok = p["target"] * 0.95 <= med <= p["target"] and max(values) <= p["target"] * 1.02
+        noise = max((r["noise"] or 0) for r in mine_fresh)
+        lines.append(f"| {p['model']} | {p['batch']} | {p['target']} | {p['stat']} | 0 | {p['prune_wall_s']:.0f} | "
+                     f"{p['flops_ratio']:.3f} | {p['in_process']:.3f} | {', '.join(f'{v:.3f}' for v in values)} | "
+                     f"{med:.3f} | {st.median(r['p50'] for r in mine_fresh):.3f} | {noise:.1%} | "
+                     f"{'yes' if ok else 'NO'} |")
+    floors = [r for r in fresh if r["target"] is None]
+    if floors:
+        lines += ["", "Noise floor (dense against itself, p50 ratio per round):", ""]
+        for model, batch in sorted({(r["model"], r["batch"]) for r in floors}):
+            v = [r["p50"] for r in floors if (r["model"], r["batch"]) == (model, batch)]
+            lines.append(f"- {model} batch {batch}: {', '.join(f'{x:.3f}' for x in v)} "
+                         f"(range {max(v) - min(v):.1%})")
+    return "\n".join(lines) + "\n"
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--models", default="resnet18,resnet50,mobilenet_v2,efficientnet_b0,vgg16_bn")
     parser.add_argument("--targets", default="0.75,0.5,0.3")
     parser.add_argument("--batches", default="1,8")
+    parser.add_argument("--stat", default="p50", help="--latency-stat for every cell")
     parser.add_argument("--runs", type=int, default=200)
-    parser.add_argument("--no-compare", action="store_true", help="skip the FLOPs-budget bisection at equal latency")
+    parser.add_argument("--rounds", type=int, default=3, help="fresh re-measurements of every cell")
+    parser.add_argument("--every", type=float, default=900, help="seconds between the starts of two rounds")
+    parser.add_argument("--table", action="store_true", help="only write the table")
     args = parser.parse_args()
     RESULTS.mkdir(exist_ok=True)
     done = [json.loads(line) for line in RUNS.read_text().splitlines()] if RUNS.exists() else []
-    seen = {(r["model"], r["target"], r["batch"]) for r in done if r.get("method") == METHOD}
-    with tempfile.TemporaryDirectory(prefix="latency-budget-") as tmp:
-        for batch in [int(b) for b in args.batches.split(",")]:
-            for model in args.models.split(","):
-                for target in [float(t) for t in args.targets.split(",")]:
-                    if (model, target, batch) in seen:
-                        continue
-                    row = cell(model, target, batch, Path(tmp), args.runs, compare=not args.no_compare)
-                    with RUNS.open("a") as f:
-                        f.write(json.dumps(row) + "\n")
-                    done.append(row)
-                    TABLE.write_text(table(done))
-                    print(json.dumps(row), flush=True)
-    TABLE.write_text(table(done))
+    cpu = _cpu()
+
+    def write():
+        TABLE.write_text(grid_table(done) + "\n" + table([r for r in done if r.get("method") != "issue32"]))
+
+    if args.table:
+        write()
+        return
+    seen = {(r["model"], r["target"], r["batch"], r["stat"]) for r in done
+            if r.get("method") == "issue32" and r["kind"] == "prune" and r.get("cpu") == cpu}
+    for batch in [int(b) for b in args.batches.split(",")]:
+        for model in args.models.split(","):
+            for target in [float(t) for t in args.targets.split(",")]:
+                if (model, target, batch, args.stat) in seen:
+                    continue
+                row = decided_cell(model, target, batch, args.stat)
+                with RUNS.open("a") as f:
+                    f.write(json.dumps(row) + "\n")
+                done.append(row)
+                write()
+                print(json.dumps({k: v for k, v in row.items() if k != "timings"}), flush=True)
+    cells = [r for r in done if r.get("method") == "issue32" and r["kind"] == "prune" and r["exit"] == 0
+             and r.get("cpu") == cpu and r["stat"] == args.stat and str(r["batch"]) in args.batches.split(",")
+             and r["model"] in args.models.split(",")]
+    for round_ in range(args.rounds):
+        if any(r.get("kind") == "remeasure" and r.get("round") == round_ and r.get("cpu") == cpu
+               and r.get("stat") == args.stat for r in done):
+            continue
+        started = time.time()
+        rows = remeasure(cells, round_, args.runs)
+        with RUNS.open("a") as f:
+            f.writelines(json.dumps(r) + "\n" for r in rows)
+        done.extend(rows)
+        write()
+        if round_ + 1 < args.rounds:
+            time.sleep(max(0.0, args.every - (time.time() - started)))
+    write()
 
 
 if __name__ == "__main__":

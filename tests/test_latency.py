@@ -203,13 +203,18 @@ def test_unreachable_latency_exits_2_before_any_work(cli, shared_cache, tmp_path
 
 @pytest.mark.slow
 def test_bench_gate_agrees_right_after_prune(cli, shared_cache, tmp_path):
-    r, report = _prune(cli, tmp_path / "pruned", "--latency", "0.6")
-    assert r.code == 0, r
+    """10 of 10 consecutive tries: `prune --latency 0.6`, then the CI gate at the same target passes."""
     r = cli("export", VGG, "--input-shape", SHAPE, "--out", tmp_path / "dense.onnx")
     assert r.code == 0, r
-    r = cli("bench", tmp_path / "pruned", "--baseline", tmp_path / "dense.onnx", "--threads", "2",
-            "--max-latency-ratio", "0.6", "--runs", "200")
-    assert r.code == 0, r
+    verdicts = []
+    for attempt in range(10):
+        r, report = _prune(cli, tmp_path / f"pruned{attempt}", "--latency", "0.6")
+        assert r.code == 0, r
+        gate = cli("bench", tmp_path / f"pruned{attempt}", "--baseline", tmp_path / "dense.onnx", "--threads", "2",
+                   "--max-latency-ratio", "0.6", "--runs", "200", "--json")
+        verdicts.append((report["budget"]["latency"]["measured"], gate.code,
+                         json.loads(gate.stdout)["ratio"]["p50"] if gate.stdout.strip() else None))
+    assert all(code == 0 for _, code, _ in verdicts), verdicts
 
 
 def test_latency_allocation_serves_a_flops_budget(cli, shared_cache, tmp_path, layer_timing):

@@ -150,3 +150,24 @@ def test_every_budget_statistic_is_measured_on_the_runtime(cli, tmp_path):
             assert ratio.stat == stat and 0.2 < ratio.ratio < 5 and set(ratio.others) == {"p50", "p90"}
     finally:
         measuring.drop(a, b)
+
+
+class _Fake:
+    """A model the measuring loop can run: each run takes ``ms`` plus a little deterministic jitter."""
+
+    def __init__(self, ms: float, seed: int) -> None:
+        self.samples_ms, self.ms, self.rng = [], ms, np.random.default_rng(seed)
+
+    def run_once(self) -> None:
+        self.samples_ms.append(self.ms * (1 + self.rng.exponential(0.05)))
+
+
+def test_a_candidate_clearly_outside_the_window_is_judged_without_a_narrow_interval():
+    from prunecli.runtime.timing import measure_ratio
+
+    narrow = measure_ratio(_Fake(7.0, 1), _Fake(10.0, 2), "p50", halfwidth=0.002, max_runs=2000)
+    early = measure_ratio(_Fake(7.0, 1), _Fake(10.0, 2), "p50", halfwidth=0.002, max_runs=2000, outside=[0.475, 0.49])
+    assert early.ratio == pytest.approx(0.7, rel=0.03) and early.low > 0.49  # clearly too slow for a 0.5 target
+    assert early.runs == 60 < narrow.runs  # stopped at the first check
+    near = measure_ratio(_Fake(4.85, 1), _Fake(10.0, 2), "p50", halfwidth=0.01, max_runs=2000, outside=[0.475, 0.49])
+    assert near.runs > 60 and near.halfwidth <= 0.01  # a candidate in the window is measured to the full interval

@@ -384,10 +384,13 @@ def ratio_of(model: Timed, baseline: Timed, stat: str, block: int, seed: int = 0
 
 
 def measure_ratio(model, baseline, stat: str = "p50", *, halfwidth: float = 0.02, block: int = 10,
-                  min_runs: int = 60, max_runs: int = 4000, max_seconds: float = 60.0) -> Ratio:
+                  min_runs: int = 60, max_runs: int = 4000, max_seconds: float = 60.0,
+                  outside: list | None = None) -> Ratio:
     """Time ``model`` and ``baseline`` interleaved until the ratio's 95% interval is within +-``halfwidth`` of it
-    (or ``max_runs`` / ``max_seconds`` runs out; the interval then says how sure it is). Runs where the models
-    live (in the measuring process: see :class:`Runtime.ratio`); the interval is checked every few blocks."""
+    (or ``max_runs`` / ``max_seconds`` runs out; the interval then says how sure it is), or, with ``outside``
+    ``[low, high]``, as soon as the interval lies wholly outside that range (a candidate clearly too slow or too
+    fast needs no narrow interval to be judged). Runs where the models live (in the measuring process: see
+    :class:`Runtime.ratio`); the interval is checked every few blocks."""
     deadline = time.perf_counter() + max_seconds
     step = block
     while True:
@@ -396,7 +399,8 @@ def measure_ratio(model, baseline, stat: str = "p50", *, halfwidth: float = 0.02
         runs = min(len(model.samples_ms), len(baseline.samples_ms))
         if runs >= min_runs:
             estimate = ratio_of(model, baseline, stat, block, reported=False)
-            if estimate.halfwidth <= halfwidth or runs >= max_runs or time.perf_counter() > deadline:
+            judged = outside is not None and (estimate.low > outside[1] or estimate.high < outside[0])
+            if judged or estimate.halfwidth <= halfwidth or runs >= max_runs or time.perf_counter() > deadline:
                 return ratio_of(model, baseline, stat, block)
             step = min(max(block, runs // 4 // block * block), max_runs - runs)
 

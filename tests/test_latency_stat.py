@@ -100,6 +100,7 @@ def test_prune_warns_when_the_final_ratio_moved_more_than_the_window(cli, tmp_pa
     lat = json.loads(r.stdout)["budget"]["latency"]
     assert lat["stat"] == "block-min" and lat["spread"] == pytest.approx(spread) and lat["noisy"] is warned
     assert lat["reported"]["p50"]["ci95"] == [0.49, 0.51] and "p90" in lat["reported"]
+    assert lat["processes"] == [0.5, 0.5, 0.5]  # the final check: this and two fresh measuring processes
     lines = [line for line in r.stderr.splitlines() if line.startswith("warning:")]
     if warned:
         assert len(lines) == 1 and "measured with 8.0% noise" in lines[0] and "margin of 8%" in lines[0]
@@ -171,3 +172,29 @@ def test_a_candidate_clearly_outside_the_window_is_judged_without_a_narrow_inter
     assert early.runs == 60 < narrow.runs  # stopped at the first check
     near = measure_ratio(_Fake(4.85, 1), _Fake(10.0, 2), "p50", halfwidth=0.01, max_runs=2000, outside=[0.475, 0.49])
     assert near.runs > 60 and near.halfwidth <= 0.01  # a candidate in the window is measured to the full interval
+
+
+def test_the_verdict_is_the_median_of_three_measuring_processes(cli, tmp_path, monkeypatch):
+    """Which process a pair is timed in moves its ratio: the first measurement and two in fresh processes, the
+    median decides, and their range is part of the noise."""
+    from prunecli.runtime.timing import RuntimeConfig, median_of_processes
+
+    r = cli("export", "tinynets:tiny_plain", "--input-shape", "1,3,16,16", "--out", tmp_path / "m.onnx")
+    assert r.code == 0, r
+    fresh = iter([0.46, 0.49])
+    started = []
+
+    def ratio(self, model, baseline, stat="p50", **_):
+        started.append(self.proc.pid)
+        v = next(fresh)
+        return Ratio(stat, v, v * 0.99, v * 1.01, v, 1.0, 40, 0.01, {"p50": {"ratio": v, "ci95": [v, v]}})
+
+    monkeypatch.setattr(timing.Runtime, "ratio", ratio)
+    first = Ratio("p50", 0.50, 0.495, 0.505, 0.5, 1.0, 40, 0.01, {"p50": {"ratio": 0.5, "ci95": [0.5, 0.5]}})
+    m = tmp_path / "m.onnx"
+    combined = median_of_processes(first, m, m, RuntimeConfig("cpu", 1, None, warmup=1), (1, 3, 16, 16), "p50", 0.02)
+    assert len(set(started)) == 2  # two more processes, each its own
+    assert combined.ratio == pytest.approx(0.49) and combined.others["processes"] == [0.50, 0.46, 0.49]
+    assert combined.low == pytest.approx(0.49 * 0.99) and combined.high == pytest.approx(0.49 * 1.01)
+    assert combined.spread == pytest.approx(0.04 / 0.49) and combined.noise == pytest.approx(0.04 / 0.49)
+    assert combined.runs == 120

@@ -71,6 +71,7 @@ def latency_budget_report(config: PruneConfig, measured: dict, evidence: dict) -
         # while it measured (prunecli.runtime.timing.Ratio: spread, disagreement, noise)
         "reported": measured.get("reported", {}), "spread": measured.get("spread"),
         "disagreement": measured.get("disagreement"), "noise": measured.get("noise"),
+        "processes": measured.get("processes"),  # the final check's ratio in each measuring process (median taken)
         "noisy": (measured.get("noise") or 0.0) > settings.window,
         "runs": measured["runs"], "batch": measured["batch"],
         "threads": measured["threads"], "provider": measured["provider"], "cpu": measured["cpu"],

@@ -211,7 +211,7 @@ def prune(
         raise typer.Exit(1)
     if missed and missed["met"] and missed.get("noisy"):
         sys.stderr.write(f"warning: --latency {latency}: the final check measured with {missed['noise']:.1%} noise "
-                         f"(the ratio moved {missed['spread']:.1%} across it; p50 and block-min ratios disagree by "
+                         f"(the ratio moved {missed['spread']:.1%} across its runs and processes; p50 and block-min ratios disagree by "
                          f"{missed['disagreement']:.1%}), more than the {missed['window']:.0%} window: another process "
                          f"is using the cores, and the verdict may not hold on a quiet machine; prune alone, or expect "
                          f"a gate to need a margin of {missed['noise']:.0%}\n")

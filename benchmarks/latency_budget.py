@@ -146,6 +146,9 @@ def _table(rows: list[dict], how: str) -> str:
 
 
 WORK = Path(__file__).parent / ".work" / "latency_budget"
+TAG = "issue32-median3"  # set by --method; rows carry it
+TAGS = {"issue32": "verdicts from one measuring process, commits up to cd9aa2f",
+        "issue32-median3": "verdicts on the median of three measuring processes"}
 LOCK = "/tmp/prunecli-bench.lock"  # benchmarks/latency_stat.py's: one latency measurement at a time on the machine
 
 
@@ -178,7 +181,7 @@ def decided_cell(model: str, target: float, batch: int, stat: str) -> dict:
     code, report, wall, err = _locked(["prune", spec, "--latency", str(target), "--latency-batch", str(batch),
                                        "--latency-stat", stat, "--threads", "2", "--out", str(out), "--force", "--json"])
     row = {"kind": "prune", "model": model, "target": target, "batch": batch, "stat": stat, "exit": code,
-           "prune_wall_s": wall, "cpu": _cpu(), "threads": 2, "method": "issue32", "started": time.time()}
+           "prune_wall_s": wall, "cpu": _cpu(), "threads": 2, "method": TAG, "started": time.time()}
     if report is None:
         row["error"] = err
         return row
@@ -201,7 +204,7 @@ def remeasure(cells: list[dict], round_: int, runs: int) -> list[dict]:
         code, doc, wall, err = _locked(["bench", str(path), "--baseline", str(WORK / f"{model}-dense.onnx"), "--batch",
                                         str(batch), "--threads", "2", "--runs", str(runs), "--stat", stat, "--json"])
         row = {"kind": "remeasure", "round": round_, "model": model, "target": target, "batch": batch, "stat": stat,
-               "cpu": _cpu(), "method": "issue32", "started": time.time(), "exit": code}
+               "cpu": _cpu(), "method": TAG, "started": time.time(), "exit": code}
         if doc is not None:
             row.update({"decision": doc["ratio"][stat], "p50": doc["ratio"]["p50"], "block_min": doc["ratio"]["block-min"],
                         "noise": doc.get("ratio_decision", {}).get("noise")})
@@ -212,16 +215,16 @@ def remeasure(cells: list[dict], round_: int, runs: int) -> list[dict]:
     return rows
 
 
-def grid_table(rows: list[dict]) -> str:
+def grid_table(rows: list[dict], tag: str) -> str:
     import statistics as st
 
     cpu = _cpu()
-    mine = [r for r in rows if r.get("method") == "issue32" and r.get("cpu") == cpu]
+    mine = [r for r in rows if r.get("method") == tag and r.get("cpu") == cpu]
     prunes = [r for r in mine if r["kind"] == "prune"]
     fresh = [r for r in mine if r["kind"] == "remeasure" and "decision" in r]
     rounds = sorted({r["round"] for r in fresh})
     span = (max(r["started"] for r in fresh) - min(r["started"] for r in fresh)) / 60 if fresh else 0
-    lines = ["# Latency budget: `prune --latency T`, re-measured in fresh processes", "",
+    lines = [f"# Latency budget: `prune --latency T`, re-measured in fresh processes ({TAGS.get(tag, tag)})", "",
              f"Machine: {cpu}, 2 cores; onnxruntime CPU, 2 intra-op threads. Written by `python benchmarks/"
              "latency_budget.py` (resumable; raw rows in latency_budget_runs.jsonl). Each cell: `prunecli prune "
              "torchvision:MODEL --latency T --latency-batch B --latency-stat S --threads 2` (random init, 224x224), "
@@ -267,19 +270,24 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=3, help="fresh re-measurements of every cell")
     parser.add_argument("--every", type=float, default=900, help="seconds between the starts of two rounds")
     parser.add_argument("--table", action="store_true", help="only write the table")
+    parser.add_argument("--method", default=TAG, help="the tag of this protocol's rows (a new one re-runs every cell)")
     args = parser.parse_args()
+    globals()["TAG"] = args.method
     RESULTS.mkdir(exist_ok=True)
     done = [json.loads(line) for line in RUNS.read_text().splitlines()] if RUNS.exists() else []
     cpu = _cpu()
 
     def write():
-        TABLE.write_text(grid_table(done) + "\n" + table([r for r in done if r.get("method") != "issue32"]))
+        done = [json.loads(line) for line in RUNS.read_text().splitlines()]  # rows other runs appended too
+        tags = [t for t in (TAG, *TAGS) if any(r.get("method") == t for r in done)]
+        TABLE.write_text("\n".join(grid_table(done, t) for t in dict.fromkeys(tags)) + "\n"
+                         + table([r for r in done if not str(r.get("method", "")).startswith("issue32")]))
 
     if args.table:
         write()
         return
     seen = {(r["model"], r["target"], r["batch"], r["stat"]) for r in done
-            if r.get("method") == "issue32" and r["kind"] == "prune" and r.get("cpu") == cpu}
+            if r.get("method") == TAG and r["kind"] == "prune" and r.get("cpu") == cpu}
     for batch in [int(b) for b in args.batches.split(",")]:
         for model in args.models.split(","):
             for target in [float(t) for t in args.targets.split(",")]:
@@ -291,12 +299,12 @@ def main() -> None:
                 done.append(row)
                 write()
                 print(json.dumps({k: v for k, v in row.items() if k != "timings"}), flush=True)
-    cells = [r for r in done if r.get("method") == "issue32" and r["kind"] == "prune" and r["exit"] == 0
+    cells = [r for r in done if r.get("method") == TAG and r["kind"] == "prune" and r["exit"] == 0
              and r.get("cpu") == cpu and r["stat"] == args.stat and str(r["batch"]) in args.batches.split(",")
              and r["model"] in args.models.split(",")]
     for round_ in range(args.rounds):
         if any(r.get("kind") == "remeasure" and r.get("round") == round_ and r.get("cpu") == cpu
-               and r.get("stat") == args.stat for r in done):
+               and r.get("stat") == args.stat and r.get("method") == TAG for r in done):
             continue
         started = time.time()
         rows = remeasure(cells, round_, args.runs)

@@ -28,6 +28,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _machine import cpu_description
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = ROOT / "benchmarks" / "results"
 MODELS = ("resnet18", "resnet50", "mobilenet_v2")
@@ -46,14 +48,6 @@ torch.onnx.export(model, (x,), out, dynamo=False, input_names=["input"], output_
                   dynamic_axes={"input": {0: "batch"}, "output": {0: "batch"}})
 print(macs)
 """
-
-
-def _cpu() -> str:
-    from prunecli.runtime.timing import cpu_model
-
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    flags = [f for f in ("avx2", "avx512f", "avx512_vnni", "amx_tile") if f" {f}" in text]
-    return f"{cpu_model()} ({' '.join(flags) or 'no AVX2'})"
 
 
 def run(cmd: list[str], cwd: str) -> tuple[float, str]:
@@ -85,7 +79,7 @@ def main() -> None:
                                      f"{tmp}/q", "--json"], tmp)
             row = {"model": name, "repeat": repeat, "raw_s": raw_s, "prunecli_s": ours_s, "prunecli_no_latency_s": quiet_s,
                    "timings": report["timings"], "exporter": report["onnx"]["exporter"],
-                   "flops_ratio": report["achieved"]["flops_ratio"], "cpu": _cpu(),
+                   "flops_ratio": report["achieved"]["flops_ratio"], "cpu": cpu_description(),
                    "candidate_costs": report.get("budget_fit", {}).get("candidate_costs")}
             rows.append(row)
             with runs_file.open("a") as fh:
@@ -100,7 +94,7 @@ def write_table(rows: list[dict], repeats: int) -> None:
     lines = [
         "# Data-free prune: prunecli against raw Torch-Pruning + export",
         "",
-        f"Machine: {_cpu()}, {platform.machine()}, {os.cpu_count()} cores, nothing else running; median of {repeats} runs, "
+        f"Machine: {cpu_description()}, {platform.machine()}, {os.cpu_count()} cores, nothing else running; median of {repeats} runs, "
         "each a fresh process (imports included), the three commands alternating. Command: "
         "`python benchmarks/export_time.py`.",
         "",

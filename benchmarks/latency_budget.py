@@ -30,6 +30,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from _machine import cpu_description
+
 RESULTS = Path(__file__).parent / "results"
 RUNS = RESULTS / "latency_budget_runs.jsonl"
 TABLE = RESULTS / "latency_budget.md"
@@ -50,64 +52,6 @@ def run(args: list[str]) -> tuple[int, dict | None, float, str]:
         except ValueError:
             doc = None
     return p.returncode, doc, wall, p.stderr.strip().splitlines()[-1] if p.stderr.strip() else ""
-
-
-def bench_ratio(out: Path, dense: Path, batch: int, runs: int) -> float:
-    code, doc, _, err = run(["bench", str(out), "--baseline", str(dense), "--batch", str(batch), "--threads", "2",
-                             "--runs", str(runs), "--json"])
-    if doc is None:
-        raise RuntimeError(f"bench failed ({code}): {err}")
-    return doc["ratio"]["p50"]
-
-
-def cell(model: str, target: float, batch: int, work: Path, runs: int, compare: bool = True) -> dict:
-    spec = f"torchvision:{model}"
-    dense = work / f"{model}-dense.onnx"
-    if not dense.exists():
-        code, _, _, err = run(["export", spec, "--out", str(dense)])
-        if code:
-            raise RuntimeError(f"export failed: {err}")
-    out = work / f"{model}-{target}-{batch}"
-    code, report, wall, err = run(["prune", spec, "--latency", str(target), "--latency-batch", str(batch),
-                                   "--threads", "2", "--out", str(out), "--force", "--json"])
-    row = {"model": model, "target": target, "batch": batch, "exit": code, "prune_wall_s": wall,
-           "machine": f"{platform.machine()} {os.cpu_count()} CPUs", "threads": 2, "method": METHOD}
-    if report is None:
-        row["error"] = err
-        return row
-    lat = report["budget"]["latency"]
-    row.update({"in_process": lat["measured"], "ci95": lat["ci95"], "predicted": lat["predicted"],
-                "flops_ratio": report["achieved"]["flops_ratio"], "params_ratio": report["achieved"]["params_ratio"],
-                "probes": len(lat["fit_probes"]), "cpu": lat["cpu"]})
-    row["fresh"] = bench_ratio(out, dense, batch, runs)
-    row["within_5pct_below"] = target * 0.95 <= row["fresh"] <= target
-    if not compare:
-        return row
-    # the comparison: a FLOPs budget (uniform l1) bisected to the same measured latency
-    lo, hi, best = 0.05, 0.999, None
-    for _ in range(7):
-        f = (lo + hi) / 2
-        fo = work / f"{model}-{target}-{batch}-flops"
-        code, rep, _, err = run(["prune", spec, "--flops", f"{f:.4f}", "--allocation", "uniform", "--criterion", "l1",
-                                 "--no-latency", "--out", str(fo), "--force", "--json"])
-        if rep is None:
-            lo = f
-            continue
-        measured = bench_ratio(fo, dense, batch, runs)
-        if best is None or abs(measured - row["fresh"]) < abs(best["measured"] - row["fresh"]):
-            best = {"flops_budget": f, "measured": measured, "flops_ratio": rep["achieved"]["flops_ratio"],
-                    "params_ratio": rep["achieved"]["params_ratio"]}
-        if abs(measured / row["fresh"] - 1) <= 0.015:
-            break
-        if measured > row["fresh"]:
-            hi = f
-        else:
-            lo = f
-    row["flops_pruning"] = best
-    if best:
-        row["more_flops_kept"] = row["flops_ratio"] / best["flops_ratio"] - 1
-        row["more_params_kept"] = row["params_ratio"] / best["params_ratio"] - 1
-    return row
 
 
 def table(rows: list[dict]) -> str:
@@ -160,14 +104,6 @@ def _locked(args: list[str]):
         return run(args)
 
 
-def _cpu() -> str:
-    from prunecli.runtime.timing import cpu_model
-
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    flags = [f for f in ("avx2", "avx512f", "avx512_vnni", "amx_tile") if f" {f}" in text]
-    return f"{cpu_model()} ({' '.join(flags) or 'no AVX2'})"
-
-
 def decided_cell(model: str, target: float, batch: int, stat: str) -> dict:
     """`prune --latency` for one cell, its bundle kept under benchmarks/.work for the re-measurements."""
     spec = f"torchvision:{model}"
@@ -181,7 +117,7 @@ def decided_cell(model: str, target: float, batch: int, stat: str) -> dict:
     code, report, wall, err = _locked(["prune", spec, "--latency", str(target), "--latency-batch", str(batch),
                                        "--latency-stat", stat, "--threads", "2", "--out", str(out), "--force", "--json"])
     row = {"kind": "prune", "model": model, "target": target, "batch": batch, "stat": stat, "exit": code,
-           "prune_wall_s": wall, "cpu": _cpu(), "threads": 2, "method": TAG, "started": time.time()}
+           "prune_wall_s": wall, "cpu": cpu_description(), "threads": 2, "method": TAG, "started": time.time()}
     if report is None:
         row["error"] = err
         return row
@@ -204,7 +140,7 @@ def remeasure(cells: list[dict], round_: int, runs: int) -> list[dict]:
         code, doc, wall, err = _locked(["bench", str(path), "--baseline", str(WORK / f"{model}-dense.onnx"), "--batch",
                                         str(batch), "--threads", "2", "--runs", str(runs), "--stat", stat, "--json"])
         row = {"kind": "remeasure", "round": round_, "model": model, "target": target, "batch": batch, "stat": stat,
-               "cpu": _cpu(), "method": TAG, "started": time.time(), "exit": code}
+               "cpu": cpu_description(), "method": TAG, "started": time.time(), "exit": code}
         if doc is not None:
             row.update({"decision": doc["ratio"][stat], "p50": doc["ratio"]["p50"], "block_min": doc["ratio"]["block-min"],
                         "noise": doc.get("ratio_decision", {}).get("noise")})
@@ -218,7 +154,7 @@ def remeasure(cells: list[dict], round_: int, runs: int) -> list[dict]:
 def grid_table(rows: list[dict], tag: str) -> str:
     import statistics as st
 
-    cpu = _cpu()
+    cpu = cpu_description()
     mine = [r for r in rows if r.get("method") == tag and r.get("cpu") == cpu]
     prunes = [r for r in mine if r["kind"] == "prune"]
     fresh = [r for r in mine if r["kind"] == "remeasure" and "decision" in r]
@@ -275,7 +211,7 @@ def main() -> None:
     globals()["TAG"] = args.method
     RESULTS.mkdir(exist_ok=True)
     done = [json.loads(line) for line in RUNS.read_text().splitlines()] if RUNS.exists() else []
-    cpu = _cpu()
+    cpu = cpu_description()
 
     def write():
         done = [json.loads(line) for line in RUNS.read_text().splitlines()]  # rows other runs appended too

@@ -21,17 +21,11 @@ import tempfile
 import time
 from pathlib import Path
 
+from _machine import cpu_description
+
 RESULTS = Path(__file__).parent / "results"
 RUNS = RESULTS / "latency_speed_runs.jsonl"
 LOCK = "/tmp/prunecli-bench.lock"
-
-
-def _cpu() -> str:
-    from prunecli.runtime.timing import cpu_model
-
-    text = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    flags = [f for f in ("avx2", "avx512f", "avx512_vnni", "amx_tile") if f" {f}" in text]
-    return f"{cpu_model()} ({' '.join(flags) or 'no AVX2'})"
 
 
 def timed(args: list[str], cache: Path) -> tuple[float, dict]:
@@ -67,7 +61,7 @@ def main() -> None:
             ):
                 wall, report = timed(["prune", spec, *flags, "--out", f"{tmp}/{kind}{repeat}", "--json"], cache)
                 lat = report["budget"].get("latency", {})
-                row = {"model": args.model, "kind": kind, "repeat": repeat, "wall_s": wall, "cpu": _cpu(),
+                row = {"model": args.model, "kind": kind, "repeat": repeat, "wall_s": wall, "cpu": cpu_description(),
                        "timings": report["timings"], "measured": lat.get("measured"),
                        "probes": len(lat.get("fit_probes", []))}
                 rows.append(row)
@@ -77,7 +71,7 @@ def main() -> None:
     med = {k: statistics.median(r["wall_s"] for r in rows if r["kind"] == k) for k in ("flops", "latency-warm",
                                                                                          "latency-cold")}
     lines = ["# `prune --latency 0.5` against `prune --flops 0.5`: wall time", "",
-             f"Machine: {_cpu()}, 2 cores. torchvision:{args.model} (random init, 224x224), batch 1, onnxruntime CPU "
+             f"Machine: {cpu_description()}, 2 cores. torchvision:{args.model} (random init, 224x224), batch 1, onnxruntime CPU "
              f"with 2 threads; fresh processes, the three commands alternating, median of {args.repeats}. "
              "Command: `python benchmarks/latency_speed.py`.", "",
              "| command | median wall s | ratio to --flops | runs (s) |", "|---|---:|---:|---|"]

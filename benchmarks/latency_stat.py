@@ -35,6 +35,7 @@ import time
 from pathlib import Path
 
 import numpy as np
+from _machine import cpu_flags
 
 HERE = Path(__file__).parent
 RESULTS = HERE / "results"
@@ -104,7 +105,8 @@ def session(pair, condition: str, index: int) -> dict:
             neighbour.kill()
             neighbour.wait()
     return {"pair": name, "condition": condition, "session": index, "started": t0, "wall_s": wall,
-            "cpu": cpu_model(), "flags": _cpu_flags(), "cores": physical_cores(), "threads": 2, "batch": batch, "block": BLOCK,
+            "cpu": cpu_model(), "flags": "".join(", " + f for f in cpu_flags()), "cores": physical_cores(),
+            "threads": 2, "batch": batch, "block": BLOCK,
             "model_ms": pruned.samples_ms, "baseline_ms": dense.samples_ms}
 
 
@@ -201,15 +203,6 @@ def table() -> None:
         out.append("")
     TABLE.write_text("\n".join(out) + "\n")
     print("\n".join(out))
-
-
-def _cpu_flags() -> str:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return ""
-    have = [f for f in ("avx2", "avx512f", "avx512_vnni", "amx_tile") if f" {f}" in text]
-    return (", " + " ".join(have)) if have else ""
 
 
 def main() -> None:

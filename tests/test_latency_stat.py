@@ -9,7 +9,9 @@ import numpy as np
 import pytest
 
 from prunecli.runtime import timing
-from prunecli.runtime.timing import Ratio, Timed, ratio_of
+from prunecli.runtime import ratio as ratios
+from prunecli.runtime.ratio import Ratio, ratio_of
+from prunecli.runtime.timing import Timed
 
 TRUE = 0.5  # the pruned model costs half the dense one when nothing else runs
 
@@ -43,7 +45,7 @@ def test_block_minima_see_through_slow_spells_that_move_the_median():
     assert low <= p50.ratio <= high
 
 
-@pytest.mark.parametrize("stat", timing.RATIO_STATS)
+@pytest.mark.parametrize("stat", ratios.RATIO_STATS)
 def test_every_statistic_is_the_ratio_on_a_quiet_machine(stat):
     model, baseline = _pair()
     r = ratio_of(model, baseline, stat, 10)
@@ -164,7 +166,7 @@ class _Fake:
 
 
 def test_a_candidate_clearly_outside_the_window_is_judged_without_a_narrow_interval():
-    from prunecli.runtime.timing import measure_ratio
+    from prunecli.runtime.ratio import measure_ratio
 
     narrow = measure_ratio(_Fake(7.0, 1), _Fake(10.0, 2), "p50", halfwidth=0.002, max_runs=2000)
     early = measure_ratio(_Fake(7.0, 1), _Fake(10.0, 2), "p50", halfwidth=0.002, max_runs=2000, outside=[0.475, 0.49])

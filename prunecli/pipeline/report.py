@@ -68,7 +68,7 @@ def latency_budget_report(config: PruneConfig, measured: dict, evidence: dict) -
         "within_window": budget.value * (1 - settings.window) <= value <= budget.value,
         "binding": fit["binding"], "stat": settings.stat,
         # the deployment statistics from the same runs (the verdict is on ``stat``), and how noisy the machine was
-        # while it measured (prunecli.runtime.timing.Ratio: spread, disagreement, noise)
+        # while it measured (prunecli.runtime.ratio.Ratio: spread, disagreement, noise)
         "reported": measured.get("reported", {}), "spread": measured.get("spread"),
         "disagreement": measured.get("disagreement"), "noise": measured.get("noise"),
         "processes": measured.get("processes"),  # the final check's ratio in each measuring process (median taken)

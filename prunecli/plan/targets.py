@@ -60,7 +60,7 @@ class BudgetTarget:
 
 
 TIME_UNITS = {"us": 1e-3, "ms": 1.0, "s": 1e3}
-LATENCY_STATS = ("block-min", "min", "p10", "p50", "p90")  # a subset of prunecli.runtime.timing.RATIO_STATS
+LATENCY_STATS = ("block-min", "min", "p10", "p50", "p90")  # a subset of prunecli.runtime.ratio.RATIO_STATS
 
 
 @dataclass(frozen=True)

@@ -22,7 +22,8 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from prunecli.runtime.timing import PROVIDERS, measure, measure_ratio
+from prunecli.runtime.ratio import measure, measure_ratio
+from prunecli.runtime.timing import PROVIDERS
 
 
 class Refused(Exception):

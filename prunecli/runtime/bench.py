@@ -13,21 +13,18 @@ from pathlib import Path
 
 from prunecli.core.checks import require_finite
 from prunecli.core.errors import UsageError
+from prunecli.runtime.ratio import RATIO_STATS, as_blocks, ratio_of, stat_ms
 from prunecli.runtime.timing import (
-    RATIO_STATS,
     STATS,
     RuntimeConfig,
     cpu_model,
     physical_cores,
-    as_blocks,
-    ratio_of,
     runtime_for,
-    stat_ms,
     statistics,
 )
 
 GATE_STATS = RATIO_STATS
-# a ratio measured with more noise than this (prunecli.runtime.timing.Ratio.noise) is reported as measured on a
+# a ratio measured with more noise than this (prunecli.runtime.ratio.Ratio.noise) is reported as measured on a
 # noisy machine (the window `prune --latency` lands in, below its target)
 NOISE_WINDOW = 0.05
 SCHEMA_VERSION = 1

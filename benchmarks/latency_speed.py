@@ -37,9 +37,11 @@ def timed(args: list[str], cache: Path) -> tuple[float, dict]:
         started = time.perf_counter()
         p = subprocess.run([sys.executable, "-m", "prunecli", *args], capture_output=True, text=True, env=env)
         wall = time.perf_counter() - started
-    if p.returncode != 0:
+    if p.returncode not in (0, 1):
         raise RuntimeError(f"{args} exit {p.returncode}: {p.stderr.strip().splitlines()[-1:]}")
-    return wall, json.loads(p.stdout)
+    # exit 1 (a budget missed, or no plan landed in the window) is a result: recorded
+    report = json.loads(p.stdout) if p.stdout.strip() else {"timings": {}, "budget": {}}
+    return wall, {**report, "exit": p.returncode, "error": p.stderr.strip().splitlines()[-1] if p.returncode else None}
 
 
 def main() -> None:
@@ -62,7 +64,8 @@ def main() -> None:
                 wall, report = timed(["prune", spec, *flags, "--out", f"{tmp}/{kind}{repeat}", "--json"], cache)
                 lat = report["budget"].get("latency", {})
                 row = {"model": args.model, "kind": kind, "repeat": repeat, "wall_s": wall, "cpu": cpu_description(),
-                       "timings": report["timings"], "measured": lat.get("measured"),
+                       "timings": report["timings"], "measured": lat.get("measured"), "exit": report["exit"],
+                       "error": report["error"],
                        "probes": len(lat.get("fit_probes", []))}
                 rows.append(row)
                 with RUNS.open("a") as f:
@@ -74,10 +77,11 @@ def main() -> None:
              f"Machine: {cpu_description()}, 2 cores. torchvision:{args.model} (random init, 224x224), batch 1, onnxruntime CPU "
              f"with 2 threads; fresh processes, the three commands alternating, median of {args.repeats}. "
              "Command: `python benchmarks/latency_speed.py`.", "",
-             "| command | median wall s | ratio to --flops | runs (s) |", "|---|---:|---:|---|"]
+             "| command | median wall s | ratio to --flops | runs (s) | exits |", "|---|---:|---:|---|---|"]
     for k, v in med.items():
         runs = ", ".join(f"{r['wall_s']:.1f}" for r in rows if r["kind"] == k)
-        lines.append(f"| {k} | {v:.1f} | {v / med['flops']:.2f} | {runs} |")
+        exits = ", ".join(str(r["exit"]) for r in rows if r["kind"] == k)
+        lines.append(f"| {k} | {v:.1f} | {v / med['flops']:.2f} | {runs} | {exits} |")
     stages = ("latency_dense_s", "latency_table_s", "search_s", "latency_s", "total_s")
     lines += ["", "Where `--latency` spends it (report.json timings, median s):", "",
               "| command | " + " | ".join(stages) + " |", "|---|" + "---:|" * len(stages)]

@@ -200,3 +200,15 @@ def test_the_verdict_is_the_median_of_three_measuring_processes(cli, tmp_path, m
     assert combined.low == pytest.approx(0.49 * 0.99) and combined.high == pytest.approx(0.49 * 1.01)
     assert combined.spread == pytest.approx(0.04 / 0.49) and combined.noise == pytest.approx(0.04 / 0.49)
     assert combined.runs == 120
+
+
+def test_candidates_are_timed_in_a_fresh_process_after_the_layer_tables():
+    """A measuring process that timed the layer tables is replaced before candidates are timed in it."""
+    from prunecli.runtime.timing import RuntimeConfig, fresh_runtime_for, runtime_for
+
+    config = RuntimeConfig("cpu", 1, None)
+    first = runtime_for(config)
+    assert runtime_for(config) is first
+    second = fresh_runtime_for(config)
+    assert second is not first and second.alive() and not first.alive()
+    assert runtime_for(config) is second

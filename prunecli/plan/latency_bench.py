@@ -31,7 +31,7 @@ class LatencyBench:
 
         from prunecli.runtime.export import export_onnx
         from prunecli.runtime.latency_model import build_latency_model
-        from prunecli.runtime.timing import runtime_for, settled_ms
+        from prunecli.runtime.timing import fresh_runtime_for, runtime_for, settled_ms
 
         self.loaded, self.config, self.settings = loaded, config, config.latency_settings
         # checked before any export or measurement: the INT8 candidates need data to calibrate on
@@ -51,6 +51,10 @@ class LatencyBench:
                                          self.dense_ms, self.batch)
         self.groups = analysis.groups
         self.measured = 0
+        if self.model.table.measured:  # layer models were timed in this process: the candidates get a fresh one
+            self.measuring.drop(self.dense)
+            self.measuring = fresh_runtime_for(self.runtime)
+            self.dense = self.measuring.open("dense", self.dir / "dense.onnx", self.runtime, tuple(loaded.input_shape))
         timings["latency_table_s"] = time.perf_counter() - t0
         self.int8_factor = 1.0
         if self.int8 is not None:

@@ -203,13 +203,17 @@ def test_unreachable_latency_exits_2_before_any_work(cli, shared_cache, tmp_path
 
 @pytest.mark.slow
 def test_bench_gate_agrees_right_after_prune(cli, shared_cache, tmp_path):
-    """10 of 10 consecutive tries: `prune --latency 0.6`, then the CI gate at the same target passes."""
-    r = cli("export", VGG, "--input-shape", SHAPE, "--out", tmp_path / "dense.onnx")
+    """10 of 10 consecutive tries: `prune --latency 0.6`, then the CI gate at the same target passes (the VGG at
+    width 64: 6 ms a run here; at width 32, 1.8 ms runs time with 5% noise, as wide as the window)."""
+    vgg = "tinynets:tiny_vgg:width=64"
+    r = cli("export", vgg, "--input-shape", SHAPE, "--out", tmp_path / "dense.onnx")
     assert r.code == 0, r
     verdicts = []
     for attempt in range(10):
-        r, report = _prune(cli, tmp_path / f"pruned{attempt}", "--latency", "0.6")
+        r = cli("prune", vgg, "--input-shape", SHAPE, "--threads", "2", "--out", tmp_path / f"pruned{attempt}",
+                "--json", "--latency", "0.6")
         assert r.code == 0, r
+        report = json.loads(r.stdout)
         gate = cli("bench", tmp_path / f"pruned{attempt}", "--baseline", tmp_path / "dense.onnx", "--threads", "2",
                    "--max-latency-ratio", "0.6", "--runs", "200", "--json")
         verdicts.append((report["budget"]["latency"]["measured"], gate.code,

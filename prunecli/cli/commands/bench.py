@@ -93,8 +93,9 @@ def bench(
         if c.get("noisy"):
             sys.stderr.write(f"warning: {c['name']}: measured with {c['noise']:.1%} noise (the ratio moved "
                              f"{c['spread']:.1%} across the run; p50 and block-min ratios disagree by "
-                             f"{c['disagreement']:.1%}), more than {NOISE_WINDOW:.0%}: another process is using the "
-                             f"cores; measure alone, or gate with a margin of at least {c['noise']:.0%}\n")
+                             f"{c['disagreement']:.1%}), more than {NOISE_WINDOW:.0%}: a busy machine, or runs too "
+                             f"short to time steadily; measure alone, or gate with a margin of at least "
+                             f"{c['noise']:.0%}\n")
     missed = [c for c in doc["constraints"] if not c["passed"]]
     if missed:
         for c in missed:

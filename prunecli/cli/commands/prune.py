@@ -212,9 +212,10 @@ def prune(
     if missed and missed["met"] and missed.get("noisy"):
         sys.stderr.write(f"warning: --latency {latency}: the final check measured with {missed['noise']:.1%} noise "
                          f"(the ratio moved {missed['spread']:.1%} across its runs and processes; p50 and block-min ratios disagree by "
-                         f"{missed['disagreement']:.1%}), more than the {missed['window']:.0%} window: another process "
-                         f"is using the cores, and the verdict may not hold on a quiet machine; prune alone, or expect "
-                         f"a gate to need a margin of {missed['noise']:.0%}\n")
+                         f"{missed['disagreement']:.1%}), more than the {missed['window']:.0%} window: the verdict may not "
+                         f"hold in another process (a busy machine, or runs too short to time steadily: dense "
+                         f"{missed['dense_ms']:.3g} ms); prune alone, or expect a gate to need a margin of "
+                         f"{missed['noise']:.0%}\n")
     if report.get("int8") and report["int8"]["kept"] == "fp32":
         guard = report["int8"]["guard"]
         sys.stderr.write(f"warning: INT8 lost {guard['drop_points']:.2f} top-1 points on {guard['split']} (more than "

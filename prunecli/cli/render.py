@@ -199,3 +199,11 @@ def render_latency(console: Console, doc: dict, limit: int = 25) -> None:
                   f"cost {', '.join(f'{k} {v:.0%}' for k, v in s['penalties'].items())}). {t['provider']}, "
                   f"{t['threads']} threads, {t['cpu']}; table {t['file']} ({t['measured']} measured, {t['reused']} "
                   "cached).[/dim]")
+
+
+def noise_warning(subject: str, measured: dict, window: float, cause: str, advice: str) -> str:
+    """One warning line for a latency verdict measured with more noise than ``window`` (``measured``: a dict with
+    ``noise``, ``spread`` and ``disagreement``, as report.json's ``budget.latency`` and bench's constraints have)."""
+    return (f"warning: {subject}: measured with {measured['noise']:.1%} noise (the ratio moved {measured['spread']:.1%} "
+            f"while measured; p50 and block-min ratios disagree by {measured['disagreement']:.1%}), more "
+            f"than the {window:.0%} window: {cause}; {advice}\n")

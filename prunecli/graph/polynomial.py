@@ -58,21 +58,15 @@ class ExpectedCost:
         concatenation is the share-weighted sum of its groups' ratios (fixed channels count 1)."""
         import torch
 
-        total = torch.zeros((), dtype=alpha.dtype) + self.constant
-        for value, out_g, in_g in self.terms:
-            out_factor = alpha[out_g] if out_g is not None else 1.0
-            in_factor = (1.0 - sum(in_g.values())) + sum(share * alpha[g] for g, share in in_g.items()) if in_g else 1.0
-            total = total + value * out_factor * in_factor
-        return total
+        return torch.zeros((), dtype=alpha.dtype) + self.at(alpha)
 
-
-    def at(self, ratios: list[float]) -> float:
-        """The polynomial at keep ratios ``ratios`` (floats, in ``roots`` order), without autograd."""
+    def at(self, ratios) -> float:
+        """The polynomial at keep ratios ``ratios`` (in ``roots`` order): floats, or a tensor (then differentiable)."""
         total = self.constant
         for value, out_g, in_g in self.terms:
             out_factor = ratios[out_g] if out_g is not None else 1.0
             in_factor = (1.0 - sum(in_g.values())) + sum(share * ratios[g] for g, share in in_g.items()) if in_g else 1.0
-            total += value * out_factor * in_factor
+            total = total + value * out_factor * in_factor
         return total
 
 

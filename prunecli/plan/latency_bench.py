@@ -83,6 +83,12 @@ class LatencyBench:
         budget = self.config.latency
         return (budget.value, "ms") if budget.absolute else (budget.value, "of dense")
 
+    def window(self) -> tuple[float, float]:
+        """Where the fit accepts a plan, in the target's unit: at least ``1 - window`` and at most ``1 - margin`` of
+        the target (as :func:`prunecli.plan.latency_fit.fit_latency` judges it)."""
+        target, settings = self.config.latency.value, self.settings
+        return target * (1 - settings.window), target * (1 - settings.margin)
+
     def _ratio(self, fp32: Path, confirm=None):
         """The Ratio of the artifact made from ``fp32`` (itself, or its INT8 model) to the dense fp32 model. When
         ``confirm(ratio)`` says the measurement would be accepted, it is confirmed in two fresh measuring processes
@@ -98,7 +104,7 @@ class LatencyBench:
         # a fraction target: a candidate whose interval is wholly outside the acceptance window is judged early
         outside = None
         if budget is not None and not budget.absolute and fp32 != self.dir / "dense.onnx":
-            outside = [budget.value * (1 - settings.window), budget.value * (1 - settings.margin)]
+            outside = list(self.window())
         try:
             ratio = self.measuring.ratio(candidate, self.dense, settings.stat, halfwidth=settings.halfwidth,
                                          outside=outside)
@@ -131,7 +137,7 @@ class LatencyBench:
         export_onnx(shrink_copy(self.loaded, plan), self.loaded.example_input, path, self.config.opset,
                     exporter=self.exporter)
         self.measured += 1
-        budget, settings = self.config.latency, self.settings
+        budget = self.config.latency
 
         def in_units(ratio):  # (value, 95% high) in the target's unit
             if budget is not None and budget.absolute:
@@ -139,9 +145,8 @@ class LatencyBench:
             return ratio.ratio, ratio.high
 
         def acceptable(ratio) -> bool:
-            value, high = in_units(ratio)
-            return budget.value * (1 - settings.window) <= value <= budget.value * (1 - settings.margin) \
-                and high <= budget.value
+            (value, high), (lower, upper) = in_units(ratio), self.window()
+            return lower <= value <= upper and high <= budget.value
 
         try:
             ratio = self._ratio(path, confirm=acceptable if budget is not None else None)

@@ -204,12 +204,16 @@ class Runtime:
 _RUNTIMES: dict = {}
 
 
+def _key(config: RuntimeConfig) -> tuple:
+    return config.provider, config.threads or physical_cores()
+
+
 def runtime_for(config: RuntimeConfig) -> Runtime:
     """The measuring process for ``config``'s provider and threads: started on first use, reused after (one per
     provider and thread count), closed when this process exits."""
     import atexit
 
-    key = (config.provider, config.threads or physical_cores())
+    key = _key(config)
     runtime = _RUNTIMES.get(key)
     if runtime is None or not runtime.alive():
         if runtime is not None:
@@ -224,8 +228,7 @@ def fresh_runtime_for(config: RuntimeConfig) -> Runtime:
     """:func:`runtime_for`, but a new measuring process in place of the one that has run so far (a process that has
     timed hundreds of layer models measured candidates 1-3% slower than fresh processes did, which is where a later
     `prunecli bench` runs)."""
-    key = (config.provider, config.threads or physical_cores())
-    old = _RUNTIMES.pop(key, None)
+    old = _RUNTIMES.pop(_key(config), None)
     if old is not None:
         old.close()
     return runtime_for(config)
@@ -264,8 +267,8 @@ def median_of_processes(first: Ratio, model_path: Path, baseline_path: Path, con
                         input_shape: tuple | None, stat: str, halfwidth: float, processes: int = 3) -> Ratio:
     """``first`` (measured in the shared measuring process) and ``processes - 1`` more measurements of the same
     pair, each in a fresh measuring process, combined: the median ratio, the median interval ends, and the range
-    of the per-process ratios as ``spread`` when it exceeds the quarters' (``others``: the run ``first`` came from,
-    plus ``processes``: every process's ratio).
+    of the per-process ratios as ``spread`` when it exceeds the quarters' (``others``: the median run's reported
+    statistics, plus ``processes``: every process's ratio).
 
     Which process a pair is timed in moves its ratio (on the 2-core test machines by 2-4% between fresh processes,
     benchmarks/results/latency_budget.md), as much as the window a budget lands in; a later `prunecli bench` is

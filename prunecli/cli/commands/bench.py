@@ -91,11 +91,11 @@ def bench(
         render_bench(console(), doc)
     for c in doc["constraints"]:
         if c.get("noisy"):
-            sys.stderr.write(f"warning: {c['name']}: measured with {c['noise']:.1%} noise (the ratio moved "
-                             f"{c['spread']:.1%} across the run; p50 and block-min ratios disagree by "
-                             f"{c['disagreement']:.1%}), more than {NOISE_WINDOW:.0%}: a busy machine, or runs too "
-                             f"short to time steadily; measure alone, or gate with a margin of at least "
-                             f"{c['noise']:.0%}\n")
+            from prunecli.cli.render import noise_warning
+
+            sys.stderr.write(noise_warning(c["name"], c, NOISE_WINDOW, "a busy machine, or runs too short to time "
+                                           "steadily", f"measure alone, or gate with a margin of at least "
+                                           f"{c['noise']:.0%}"))
     missed = [c for c in doc["constraints"] if not c["passed"]]
     if missed:
         for c in missed:

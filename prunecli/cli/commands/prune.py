@@ -210,12 +210,12 @@ def prune(
                             if fallback else "rerun on a quieter machine or lower the target\n"))
         raise typer.Exit(1)
     if missed and missed["met"] and missed.get("noisy"):
-        sys.stderr.write(f"warning: --latency {latency}: the final check measured with {missed['noise']:.1%} noise "
-                         f"(the ratio moved {missed['spread']:.1%} across its runs and processes; p50 and block-min ratios disagree by "
-                         f"{missed['disagreement']:.1%}), more than the {missed['window']:.0%} window: the verdict may not "
-                         f"hold in another process (a busy machine, or runs too short to time steadily: dense "
-                         f"{missed['dense_ms']:.3g} ms); prune alone, or expect a gate to need a margin of "
-                         f"{missed['noise']:.0%}\n")
+        from prunecli.cli.render import noise_warning
+
+        sys.stderr.write(noise_warning(f"--latency {latency}: the final check", missed, missed["window"],
+                                       "the verdict may not hold in another process (a busy machine, or runs too "
+                                       f"short to time steadily: dense {missed['dense_ms']:.3g} ms)",
+                                       f"prune alone, or expect a gate to need a margin of {missed['noise']:.0%}"))
     if report.get("int8") and report["int8"]["kept"] == "fp32":
         guard = report["int8"]["guard"]
         sys.stderr.write(f"warning: INT8 lost {guard['drop_points']:.2f} top-1 points on {guard['split']} (more than "

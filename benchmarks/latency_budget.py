@@ -129,11 +129,11 @@ def decided_cell(model: str, target: float, batch: int, stat: str) -> dict:
     return row
 
 
-def remeasure(cells: list[dict], round_: int, runs: int) -> list[dict]:
+def remeasure(cells: list[dict], round_: int, runs: int, floor_cells: list[dict]) -> list[dict]:
     """One fresh `prunecli bench` process per cell (and the dense model against itself per model and batch: the
     machine's noise floor at that time), each giving the p50 and block-min ratios and the noise."""
     rows = []
-    floors = {(c["model"], c["batch"]) for c in cells}
+    floors = {(c["model"], c["batch"]) for c in floor_cells}
     jobs = [(c["model"], c["target"], c["batch"], c["stat"], WORK / f"{c['model']}-{c['target']}-{c['batch']}-{c['stat']}")
             for c in cells] + [(m, None, b, "p50", WORK / f"{m}-dense.onnx") for m, b in sorted(floors)]
     for model, target, batch, stat, path in jobs:
@@ -151,10 +151,9 @@ def remeasure(cells: list[dict], round_: int, runs: int) -> list[dict]:
     return rows
 
 
-def grid_table(rows: list[dict], tag: str) -> str:
+def grid_table(rows: list[dict], tag: str, cpu: str) -> str:
     import statistics as st
 
-    cpu = cpu_description()
     mine = [r for r in rows if r.get("method") == tag and r.get("cpu") == cpu]
     prunes = [r for r in mine if r["kind"] == "prune"]
     fresh = [r for r in mine if r["kind"] == "remeasure" and "decision" in r]
@@ -202,6 +201,7 @@ def main() -> None:
     parser.add_argument("--targets", default="0.75,0.5,0.3")
     parser.add_argument("--batches", default="1,8")
     parser.add_argument("--stat", default="p50", help="--latency-stat for every cell")
+    parser.add_argument("--skip", default="", help="cells left out, as MODEL@BATCH,... (e.g. vgg16_bn@8)")
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--rounds", type=int, default=3, help="fresh re-measurements of every cell")
     parser.add_argument("--every", type=float, default=900, help="seconds between the starts of two rounds")
@@ -216,18 +216,21 @@ def main() -> None:
     def write():
         done = [json.loads(line) for line in RUNS.read_text().splitlines()]  # rows other runs appended too
         tags = [t for t in (TAG, *TAGS) if any(r.get("method") == t for r in done)]
-        TABLE.write_text("\n".join(grid_table(done, t) for t in dict.fromkeys(tags)) + "\n"
+        cpus = list(dict.fromkeys([cpu] + [r["cpu"] for r in done if r.get("cpu")]))  # this machine's first
+        TABLE.write_text("\n".join(grid_table(done, t, c) for c in cpus for t in dict.fromkeys(tags)
+                                   if any(r.get("method") == t and r.get("cpu") == c for r in done)) + "\n"
                          + table([r for r in done if not str(r.get("method", "")).startswith("issue32")]))
 
     if args.table:
         write()
         return
+    skip = set(filter(None, args.skip.split(",")))
     seen = {(r["model"], r["target"], r["batch"], r["stat"]) for r in done
             if r.get("method") == TAG and r["kind"] == "prune" and r.get("cpu") == cpu}
     for batch in [int(b) for b in args.batches.split(",")]:
         for model in args.models.split(","):
             for target in [float(t) for t in args.targets.split(",")]:
-                if (model, target, batch, args.stat) in seen:
+                if (model, target, batch, args.stat) in seen or f"{model}@{batch}" in skip:
                     continue
                 row = decided_cell(model, target, batch, args.stat)
                 with RUNS.open("a") as f:
@@ -238,12 +241,18 @@ def main() -> None:
     cells = [r for r in done if r.get("method") == TAG and r["kind"] == "prune" and r["exit"] == 0
              and r.get("cpu") == cpu and r["stat"] == args.stat and str(r["batch"]) in args.batches.split(",")
              and r["model"] in args.models.split(",")]
+    cells = [c for c in cells if f"{c['model']}@{c['batch']}" not in skip]
     for round_ in range(args.rounds):
-        if any(r.get("kind") == "remeasure" and r.get("round") == round_ and r.get("cpu") == cpu
-               and r.get("stat") == args.stat and r.get("method") == TAG for r in done):
+        # per cell: a cell (or noise floor) already re-measured in this round is not measured again
+        measured = {(r["model"], r["target"], r["batch"]) for r in done if r.get("kind") == "remeasure"
+                    and r.get("round") == round_ and r.get("cpu") == cpu and r.get("stat") == args.stat
+                    and r.get("method") == TAG}
+        todo = [c for c in cells if (c["model"], c["target"], c["batch"]) not in measured]
+        floors = [c for c in cells if (c["model"], None, c["batch"]) not in measured]
+        if not todo and not floors:
             continue
         started = time.time()
-        rows = remeasure(cells, round_, args.runs)
+        rows = remeasure(todo, round_, args.runs, floors)
         with RUNS.open("a") as f:
             f.writelines(json.dumps(r) + "\n" for r in rows)
         done.extend(rows)

@@ -173,6 +173,11 @@ def grid_table(rows: list[dict], tag: str, cpu: str) -> str:
     for p in prunes:
         key = (p["model"], p["target"], p["batch"], p["stat"])
         mine_fresh = [r for r in fresh if (r["model"], r["target"], r["batch"], r["stat"]) == key]
+        if p["exit"] == 0 and not mine_fresh:
+            lines.append(f"| {p['model']} | {p['batch']} | {p['target']} | {p['stat']} | 0 | {p['prune_wall_s']:.0f} | "
+                         f"{p['flops_ratio']:.3f} | {p['in_process']:.3f} | not re-measured yet | | | "
+                         f"{(p.get('noise') or 0):.1%} (in prune) | - |")
+            continue
         if p["exit"] != 0 or not mine_fresh:
             lines.append(f"| {p['model']} | {p['batch']} | {p['target']} | {p['stat']} | {p['exit']} | "
                          f"{p['prune_wall_s']:.0f} | | | {p.get('error', '')[:120]} | | | | {'n/a' if p['exit'] == 2 else '-'} |")

@@ -73,7 +73,8 @@ def main() -> None:
                 print(json.dumps({k: v for k, v in row.items() if k != "timings"}), flush=True)
     med = {k: statistics.median(r["wall_s"] for r in rows if r["kind"] == k) for k in ("flops", "latency-warm",
                                                                                          "latency-cold")}
-    lines = ["# `prune --latency 0.5` against `prune --flops 0.5`: wall time", "",
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    lines = [f"# `prune --latency 0.5` against `prune --flops 0.5`: wall time (at {commit})", "",
              f"Machine: {cpu_description()}, 2 cores. torchvision:{args.model} (random init, 224x224), batch 1, onnxruntime CPU "
              f"with 2 threads; fresh processes, the three commands alternating, median of {args.repeats}. "
              "Command: `python benchmarks/latency_speed.py`.", "",
@@ -89,7 +90,9 @@ def main() -> None:
         mine = [r for r in rows if r["kind"] == k]
         lines.append(f"| {k} | " + " | ".join(f"{statistics.median(r['timings'].get(s, 0.0) for r in mine):.1f}"
                                               for s in stages) + " |")
-    (RESULTS / "latency_speed.md").write_text("\n".join(lines) + "\n")
+    table = RESULTS / "latency_speed.md"
+    earlier = table.read_text() if table.exists() else ""  # earlier sections (other CPUs, other commits) kept below
+    (RESULTS / "latency_speed.md").write_text("\n".join(lines) + "\n" + (f"\n## Earlier\n\n{earlier}" if earlier else ""))
     print("\n".join(lines))
 
 

@@ -4,6 +4,7 @@ window while it was measured."""
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -83,7 +84,7 @@ def test_the_latency_stat_flag_names_the_choices(cli, tmp_path):
 def _noisy_ratio(spread):
     def ratio(self, model, baseline, stat="p50", **_):
         model.samples_ms[:], baseline.samples_ms[:] = [1.0] * 40, [2.0] * 40
-        others = {s: {"ratio": 0.5, "ci95": [0.49, 0.51]} for s in ("p50", "p90")}
+        others = {s: {"ratio": 0.5, "ci95": [0.49, 0.51], "model_ms": 1.0, "baseline_ms": 2.0} for s in ("p50", "p90")}
         return Ratio(stat, 0.5, 0.495, 0.505, 1.0, 2.0, 40, spread, others)
 
     return ratio
@@ -102,7 +103,10 @@ def test_prune_warns_when_the_final_ratio_moved_more_than_the_window(cli, tmp_pa
     lat = json.loads(r.stdout)["budget"]["latency"]
     assert lat["stat"] == "block-min" and lat["spread"] == pytest.approx(spread) and lat["noisy"] is warned
     assert lat["reported"]["p50"]["ci95"] == [0.49, 0.51] and "p90" in lat["reported"]
-    assert lat["processes"] == [0.5, 0.5, 0.5]  # the final check: this and two fresh measuring processes
+    # decided by the fit on the accepted plan: its process and one fresh one agree, so the median of three cannot
+    # differ and the third is not measured; the bundle's model has the plan's graph, so it is not measured again
+    assert lat["processes"] == [0.5, 0.5]
+    assert json.loads(r.stdout)["latency"]["measured_on"] == "the fit's accepted plan (same graph)"
     lines = [line for line in r.stderr.splitlines() if line.startswith("warning:")]
     if warned:
         assert len(lines) == 1 and "measured with 8.0% noise" in lines[0] and "margin of 8%" in lines[0]
@@ -176,6 +180,59 @@ def test_a_candidate_clearly_outside_the_window_is_judged_without_a_narrow_inter
     assert near.runs > 60 and near.halfwidth <= 0.01  # a candidate in the window is measured to the full interval
 
 
+def test_a_candidate_clearly_inside_the_window_or_off_it_needs_no_narrow_interval():
+    """Early judging the other way: an interval wholly inside the acceptance range stops at ``min_inside`` runs; a
+    value outside the window needs an interval of +-``coarse`` only; a value inside the window with an interval
+    across its edge is measured on."""
+    from prunecli.runtime.ratio import measure_ratio
+
+    inside = measure_ratio(_Fake(4.85, 1), _Fake(10.0, 2), "p50", halfwidth=0.001, max_runs=2000,
+                           outside=[0.475, 0.4925], inside=[0.47, 0.5])
+    assert inside.runs == 100 and 0.47 <= inside.low and inside.high <= 0.5 and inside.halfwidth > 0.001
+    narrow = measure_ratio(_Fake(4.97, 1), _Fake(10.0, 2), "p50", halfwidth=0.001, max_runs=2000,
+                           outside=[0.475, 0.4925])
+    coarse = measure_ratio(_Fake(4.97, 1), _Fake(10.0, 2), "p50", halfwidth=0.001, max_runs=2000,
+                           outside=[0.475, 0.4925], coarse=0.03)
+    assert coarse.ratio > 0.4925 and coarse.halfwidth <= 0.03 and coarse.runs < narrow.runs
+    edge = measure_ratio(_Fake(4.77, 1), _Fake(10.0, 2), "p50", halfwidth=0.004, max_runs=2000,
+                         outside=[0.475, 0.4925], inside=[0.475, 0.5], coarse=0.03)
+    assert edge.runs > 100 and (edge.halfwidth <= 0.004 or edge.low >= 0.475)
+
+
+def test_two_processes_that_agree_decide_the_median_of_three(cli, tmp_path, monkeypatch):
+    """The median of three is on the same side of every threshold as two processes that agree on it: the third is
+    measured only when the first two disagree."""
+    from prunecli.runtime.timing import RuntimeConfig, median_of_processes
+
+    r = cli("export", "tinynets:tiny_plain", "--input-shape", "1,3,16,16", "--out", tmp_path / "m.onnx")
+    assert r.code == 0, r
+    m, config = tmp_path / "m.onnx", RuntimeConfig("cpu", 1, None, warmup=1)
+
+    def fresh_ratios(values, started):
+        it = iter(values)
+
+        def ratio(self, model, baseline, stat="p50", **_):
+            started.append(self.proc.pid)
+            v = next(it)
+            return Ratio(stat, v, v * 0.99, v * 1.01, v, 1.0, 40, 0.01, {"p50": {"ratio": v, "ci95": [v, v]}})
+        return ratio
+
+    def verdict(r):  # the fit's acceptance for a 0.5 target: window [0.475, 0.4925], high <= 0.5
+        return r.ratio < 0.475, r.ratio > 0.4925, r.high > 0.5
+
+    first = Ratio("p50", 0.48, 0.475, 0.485, 0.48, 1.0, 40, 0.01, {"p50": {"ratio": 0.48, "ci95": [0.48, 0.48]}})
+    started = []
+    monkeypatch.setattr(timing.Runtime, "ratio", fresh_ratios([0.485, 0.40], started))
+    agreed = median_of_processes(first, m, m, config, (1, 3, 16, 16), "p50", 0.02, verdict=verdict)
+    assert len(started) == 1 and agreed.others["processes"] == [0.48, 0.485]
+    assert agreed.ratio == pytest.approx(0.4825) and not any(verdict(agreed))
+    started = []
+    monkeypatch.setattr(timing.Runtime, "ratio", fresh_ratios([0.496, 0.47], started))
+    split = median_of_processes(first, m, m, config, (1, 3, 16, 16), "p50", 0.02, verdict=verdict)
+    assert len(set(started)) == 2 and split.others["processes"] == [0.48, 0.496, 0.47]
+    assert split.ratio == pytest.approx(0.48)  # the third decided
+
+
 def test_the_verdict_is_the_median_of_three_measuring_processes(cli, tmp_path, monkeypatch):
     """Which process a pair is timed in moves its ratio: the first measurement and two in fresh processes, the
     median decides, and their range is part of the noise."""
@@ -212,3 +269,46 @@ def test_candidates_are_timed_in_a_fresh_process_after_the_layer_tables():
     second = fresh_runtime_for(config)
     assert second is not first and second.alive() and not first.alive()
     assert runtime_for(config) is second
+
+
+def test_the_graph_signature_sees_shapes_and_operators_not_weights(tmp_path):
+    """The final check reuses the fit's measurement only for a model with the accepted plan's graph: the same
+    shapes with other weights (other kept channels, fine-tuning) share a signature; other widths do not."""
+    import torch
+
+    from prunecli.runtime.export import export_onnx, graph_signature
+    from tinynets import TinyPlain
+
+    x = torch.randn(1, 3, 16, 16)
+    paths = {}
+    for name, width, seed in (("a", 16, 0), ("b", 16, 1), ("c", 12, 0)):
+        torch.manual_seed(seed)
+        paths[name] = tmp_path / f"{name}.onnx"
+        export_onnx(TinyPlain(width=width).eval(), x, paths[name], 18)
+    assert paths["a"].read_bytes() != paths["b"].read_bytes()
+    assert graph_signature(paths["a"]) == graph_signature(paths["b"])
+    assert graph_signature(paths["a"]) != graph_signature(paths["c"])
+
+
+def test_the_final_check_measures_again_when_the_bundle_graph_differs(cli, tmp_path, monkeypatch, layer_timing):
+    """A bundle whose graph is not the accepted plan's (here: a signature that cannot match) is measured again in
+    the final check, on the median of processes, not taken from the fit."""
+    from prunecli.runtime import export
+
+    monkeypatch.setattr(timing.Runtime, "ratio", _noisy_ratio(0.01))
+    monkeypatch.setattr(timing, "settled_ms", lambda *a, **k: 2.0)
+    real = export.graph_signature
+    calls = []
+
+    def other(path):
+        calls.append(Path(path).name)
+        return real(path) + ("-bundle" if Path(path).name == "model.onnx" else "")
+
+    monkeypatch.setattr(export, "graph_signature", other)
+    r = cli("prune", "tinynets:tiny_plain", "--input-shape", "1,3,16,16", "--latency", "0.52", "--round-to", "1",
+            "--json", "--out", tmp_path / "o")
+    assert r.code == 0, r
+    doc = json.loads(r.stdout)
+    assert "model.onnx" in calls and "measured_on" not in doc["latency"]
+    assert doc["latency"]["note"] == "the latency budget's final measurement"
+    assert doc["budget"]["latency"]["processes"] == [0.5, 0.5] and doc["budget"]["latency"]["met"] is True

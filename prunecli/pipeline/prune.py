@@ -177,13 +177,20 @@ def _latency(loaded: LoadedModel, config: PruneConfig, tmp: Path, exporter: str,
     t0 = time.perf_counter()
 
     def against_dense(name: str, halfwidth=None) -> dict:
+        budget, verdict = config.latency, None
+        if budget is not None and not budget.absolute:  # met, and within the window below the target
+            lower = budget.value * (1 - config.latency_settings.window)
+            verdict = lambda r: (r.ratio > budget.value, r.ratio < lower)  # noqa: E731
         measured = latency_ratio(loaded.model, tmp / name, loaded.example_input, loaded.input_shape, config.opset,
-                                 exporter, config.latency_settings, halfwidth=halfwidth)
+                                 exporter, config.latency_settings, halfwidth=halfwidth, verdict=verdict)
         measured["model"] = name
         return measured
 
     if config.latency is not None:
-        report["latency"] = against_dense(INT8_ONNX if int8_kept else ONNX, config.latency_settings.halfwidth)
+        name = INT8_ONNX if int8_kept else ONNX
+        report["latency"] = (_fit_measured(config, evidence, tmp / name)
+                             or against_dense(name, config.latency_settings.halfwidth))
+        report["latency"]["model"] = name
         report["budget"]["latency"] = latency_budget_report(config, report["latency"], evidence)
         if int8_kept:
             report["int8"]["latency_vs_dense"] = versus_dense(report["latency"])
@@ -192,6 +199,29 @@ def _latency(loaded: LoadedModel, config: PruneConfig, tmp: Path, exporter: str,
         if int8_kept:  # the INT8 model against dense, measured the same way
             report["int8"]["latency_vs_dense"] = versus_dense(against_dense(INT8_ONNX))
     timings["latency_s"] = time.perf_counter() - t0
+
+
+def _fit_measured(config: PruneConfig, evidence: dict, artifact: Path) -> dict | None:
+    """The latency budget's final measurement when the fit already made it: the accepted plan was exported and timed
+    against the dense model in fresh measuring processes, and ``artifact`` has the same graph (operators,
+    attributes, shapes: :func:`prunecli.runtime.export.graph_signature`), so it runs the same kernels on the same
+    shapes. The fit decided it as the median of three processes (two when the first two agree). None when it must be measured (another graph, e.g. INT8 kept as fp32, or a resumed run)."""
+    from prunecli.runtime.export import graph_signature
+    from prunecli.runtime.pair import ratio_report
+    from prunecli.runtime.timing import PROVIDERS, physical_cores
+
+    fit = evidence.get("latency") or {}
+    probe, signature = fit.get("probe"), fit.get("signature")
+    if probe is None or signature is None or len(probe.ratio.others.get("processes") or []) < 2:
+        return None
+    if graph_signature(artifact) != signature:
+        return None
+    settings = config.latency_settings
+    doc = ratio_report(probe.ratio, PROVIDERS[settings.provider], settings.threads or physical_cores(), fit["batch"],
+                       settings.stat, "the latency budget's final measurement: made by the fit on the accepted plan, "
+                       "whose graph is this model's (same operators and shapes), decided on the median of three measuring processes")
+    doc["measured_on"] = "the fit's accepted plan (same graph)"
+    return doc
 
 
 def _int8(tmp: Path, data, quantize, input_shape, measure_latency: bool, timings: dict) -> dict:

@@ -16,6 +16,13 @@ from prunecli.plan.config import PlanConfig
 from prunecli.plan.latency_fit import Probe, fit_latency
 
 
+FIT_MAX_SECONDS = 30.0  # the most one candidate is timed in one measuring process (its interval then says how sure)
+
+
+def plan_key(counts: dict) -> tuple:
+    return tuple(sorted(counts.items()))
+
+
 class LatencyBench:
     """The latency budget's measurements for one model: the dense model exported and measured on the runtime, its
     latency model, and candidate plans exported and timed interleaved with it. Use as a context manager (it holds a
@@ -51,6 +58,10 @@ class LatencyBench:
                                          self.dense_ms, self.batch)
         self.groups = analysis.groups
         self.measured = 0
+        # plans accepted on the median of processes -> their artifact's graph_signature: the final check reuses that
+        # measurement when the bundle's model has the same graph (prunecli.pipeline.prune)
+        self.signatures: dict = {}
+        self.last_signature = None
         if self.model.table.measured:  # layer models were timed in this process: the candidates get a fresh one
             self.measuring.drop(self.dense)
             self.measuring = fresh_runtime_for(self.runtime)
@@ -89,10 +100,12 @@ class LatencyBench:
         target, settings = self.config.latency.value, self.settings
         return target * (1 - settings.window), target * (1 - settings.margin)
 
-    def _ratio(self, fp32: Path, confirm=None):
+    def _ratio(self, fp32: Path, confirm=None, verdict=None):
         """The Ratio of the artifact made from ``fp32`` (itself, or its INT8 model) to the dense fp32 model. When
-        ``confirm(ratio)`` says the measurement would be accepted, it is confirmed in two fresh measuring processes
-        and the median of the three is returned (:func:`prunecli.runtime.timing.median_of_processes`)."""
+        ``confirm(ratio)`` says the measurement would be accepted, it is confirmed in fresh measuring processes and
+        the median of three is returned (:func:`prunecli.runtime.timing.median_of_processes`: when the first fresh
+        one gives the same ``verdict``, the third cannot change the median's, and is not measured)."""
+        from prunecli.runtime.export import graph_signature
         from prunecli.runtime.timing import median_of_processes
 
         path = fp32
@@ -101,16 +114,23 @@ class LatencyBench:
             self.int8(fp32, path)
         candidate = self.measuring.open("candidate", path, self.runtime, tuple(self.loaded.input_shape))
         budget, settings = self.config.latency, self.settings
-        # a fraction target: a candidate whose interval is wholly outside the acceptance window is judged early
-        outside = None
+        # a fraction target: a candidate is measured only until its verdict is clear - its interval wholly outside
+        # the acceptance window (too slow or too fast), wholly inside [window's lower end, target] (the lower end
+        # within one halfwidth: the precision a +-halfwidth interval gives an estimate there), or its value
+        # outside the window with an interval of +-2 halfwidths (a search step needs no more)
+        early = {"max_seconds": FIT_MAX_SECONDS}
         if budget is not None and not budget.absolute and fp32 != self.dir / "dense.onnx":
-            outside = list(self.window())
+            lower, upper = self.window()
+            early.update(outside=[lower, upper], inside=[lower * (1 - settings.halfwidth), budget.value],
+                         coarse=2 * settings.halfwidth)
+        self.last_signature = None
         try:
-            ratio = self.measuring.ratio(candidate, self.dense, settings.stat, halfwidth=settings.halfwidth,
-                                         outside=outside)
+            ratio = self.measuring.ratio(candidate, self.dense, settings.stat, halfwidth=settings.halfwidth, **early)
             if confirm is not None and confirm(ratio):
                 ratio = median_of_processes(ratio, path, self.dir / "dense.onnx", self.runtime,
-                                            tuple(self.loaded.input_shape), settings.stat, 2 * settings.halfwidth)
+                                            tuple(self.loaded.input_shape), settings.stat, settings.halfwidth,
+                                            verdict=verdict, **early)
+                self.last_signature = graph_signature(path)
             return ratio
         finally:
             self.measuring.drop(candidate)
@@ -144,14 +164,19 @@ class LatencyBench:
                 return ratio.model_ms, ratio.model_ms * ratio.high / ratio.ratio
             return ratio.ratio, ratio.high
 
-        def acceptable(ratio) -> bool:
+        def verdict(ratio) -> tuple:  # the fit's acceptance, as threshold comparisons (median_of_processes)
             (value, high), (lower, upper) = in_units(ratio), self.window()
-            return lower <= value <= upper and high <= budget.value
+            return value < lower, value > upper, high > budget.value
+
+        def acceptable(ratio) -> bool:
+            return not any(verdict(ratio))
 
         try:
-            ratio = self._ratio(path, confirm=acceptable if budget is not None else None)
+            ratio = self._ratio(path, confirm=acceptable if budget is not None else None, verdict=verdict)
         finally:
             path.unlink()
+        if self.last_signature is not None:
+            self.signatures[plan_key(counts)] = self.last_signature
         return (*in_units(ratio), ratio)
 
 

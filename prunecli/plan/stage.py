@@ -25,6 +25,7 @@ from prunecli.plan.criteria import CRITERIA, channel_scores
 from prunecli.plan.latency_bench import (
     LatencyBench,
     fit_with_latency,
+    plan_key,
     staircase_round_to,
 )
 
@@ -173,6 +174,9 @@ def plan_model(loaded: LoadedModel, config: PlanConfig, timings: dict, batches=N
                 evidence["latency"]["dense_ms"] = bench.dense_ms
                 evidence["latency"]["int8_factor"] = bench.int8_factor if bench.int8 is not None else None
                 evidence["latency"]["exporter"] = bench.exporter
+                evidence["latency"]["batch"] = bench.batch
+                # the accepted plan's graph, when it was measured in three processes: the final check's measurement
+                evidence["latency"]["signature"] = bench.signatures.get(plan_key(fit.counts))
             elif bench is not None:
                 evidence["latency"] = {"model": bench.model.to_json(), "predicted_ms": bench.model.predict(fit.counts),
                                        "dense_ms": bench.dense_ms, "exporter": bench.exporter}

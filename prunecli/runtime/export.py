@@ -217,3 +217,44 @@ def verify_onnx(model, path: Path, input_shape, batch_sizes=(1, 2), seed: int = 
     return {"max_abs_diff": worst, "max_abs_output": scale, "relative_diff": worst / scale if scale else 0.0,
             "per_batch": per_batch, "atol": ATOL, "rtol": RTOL, "checker": "full",
             "provider": "CPUExecutionProvider"}
+
+
+def graph_signature(path: Path) -> str:
+    """A digest of what an ONNX file's latency depends on and nothing else: every node's operator, domain and
+    attributes (tensor-valued attributes by type and shape), the graph's inputs and outputs, and the initializers'
+    types and shapes, not their values. Two files with the same signature run the same kernels on the same shapes
+    (a pruned plan and the same plan with other kept channels, or fine-tuned weights, or other INT8 scales)."""
+    import hashlib
+
+    import onnx
+
+    proto = onnx.load(str(path), load_external_data=False)
+    digest = hashlib.sha256()
+
+    def tensor(t) -> str:
+        return f"T{t.data_type}{list(t.dims)}"
+
+    def value_info(v) -> str:
+        return str(v.type).replace("\n", " ")
+
+    def graph(g) -> None:
+        for v in list(g.input) + list(g.output):
+            digest.update(f"io {value_info(v)};".encode())
+        for t in g.initializer:
+            digest.update(f"init {tensor(t)};".encode())
+        for node in g.node:
+            digest.update(f"node {node.domain}:{node.op_type} {len(node.input)}>{len(node.output)}".encode())
+            for a in node.attribute:
+                if a.type == onnx.AttributeProto.TENSOR:
+                    digest.update(f" {a.name}={tensor(a.t)}".encode())
+                elif a.type == onnx.AttributeProto.GRAPH:
+                    digest.update(f" {a.name}=graph(".encode())
+                    graph(a.g)
+                    digest.update(b")")
+                else:
+                    digest.update(f" {a.name}={onnx.helper.get_attribute_value(a)!r}".encode())
+            digest.update(b";")
+
+    graph(proto.graph)
+    digest.update(f"opset {[(o.domain, o.version) for o in proto.opset_import]}".encode())
+    return digest.hexdigest()

@@ -11,6 +11,7 @@ import tempfile
 from pathlib import Path
 
 from prunecli.runtime.export import export_onnx
+from prunecli.runtime.ratio import Ratio
 from prunecli.runtime.timing import (
     RuntimeConfig,
     cpu_model,
@@ -22,10 +23,11 @@ from prunecli.runtime.timing import (
 
 
 def latency_ratio(dense_model, pruned_onnx: Path, example_input, input_shape, opset: int, exporter: str,
-                  settings, halfwidth: float | None = None) -> dict:
+                  settings, halfwidth: float | None = None, verdict=None) -> dict:
     """Dense vs pruned on the runtime, interleaved in one process; the dense model goes through the same exporter
     as the pruned one, so the ratio compares like with like. Without a latency budget a short measurement (the
-    report's ``latency``); with one, until the ratio's 95% interval is within +-``halfwidth``."""
+    report's ``latency``); with one, until the ratio's 95% interval is within +-``halfwidth``, decided on the median
+    of three measuring processes (``verdict``: see :func:`prunecli.runtime.timing.median_of_processes`)."""
     runtime = RuntimeConfig(settings.provider, settings.threads, settings.batch, warmup=5)
     with tempfile.TemporaryDirectory(prefix="prunecli-dense-") as tmp:
         dense_onnx = Path(tmp) / "dense.onnx"
@@ -39,19 +41,30 @@ def latency_ratio(dense_model, pruned_onnx: Path, example_input, input_shape, op
             else:  # the budget's final check: the median of this and two fresh measuring processes
                 ratio = measuring.ratio(pruned, dense, settings.stat, halfwidth=halfwidth)
                 ratio = median_of_processes(ratio, Path(pruned_onnx), dense_onnx, runtime, tuple(input_shape),
-                                            settings.stat, 2 * halfwidth)
+                                            settings.stat, 2 * halfwidth, verdict=verdict)
         finally:
             measuring.drop(pruned, dense)
     p, d = statistics(pruned.samples_ms, pruned.batch), statistics(dense.samples_ms, dense.batch)
+    doc = ratio_report(ratio, pruned.provider, settings.threads or physical_cores(), pruned.batch, settings.stat,
+                       "the latency budget's final measurement" if halfwidth is not None
+                       else "short measurement during prune; use `prunecli bench` for a gate")
+    # the deployment's p50 from the samples of the (first) process, and the mean
+    doc.update(runs=len(pruned.samples_ms), dense_p50_ms=d["p50_ms"], pruned_p50_ms=p["p50_ms"],
+               ratio_p50=p["p50_ms"] / d["p50_ms"], ratio_mean=p["mean_ms"] / d["mean_ms"])
+    return doc
+
+
+def ratio_report(ratio: Ratio, provider: str, threads: int, batch: int, stat: str, note: str) -> dict:
+    """report.json ``latency`` from a measured Ratio (its p50 from ``others``)."""
+    p50 = ratio.others.get("p50", {})
+    if ratio.stat == "p50":
+        p50 = {"ratio": ratio.ratio, "model_ms": ratio.model_ms, "baseline_ms": ratio.baseline_ms, **p50}
     return {
-        "provider": pruned.provider, "threads": settings.threads or physical_cores(),
-        "cpu": cpu_model(), "runs": len(pruned.samples_ms), "batch": pruned.batch, "stat": settings.stat,
-        "dense_p50_ms": d["p50_ms"], "pruned_p50_ms": p["p50_ms"],
-        "ratio_p50": p["p50_ms"] / d["p50_ms"], "ratio_mean": p["mean_ms"] / d["mean_ms"],
+        "provider": provider, "threads": threads, "cpu": cpu_model(), "runs": ratio.runs, "batch": batch, "stat": stat,
+        "dense_p50_ms": p50.get("baseline_ms"), "pruned_p50_ms": p50.get("model_ms"), "ratio_p50": p50.get("ratio"),
+        "ratio_mean": None,
         "ratio": ratio.ratio, "ci95": [ratio.low, ratio.high], "dense_ms": ratio.baseline_ms, "pruned_ms": ratio.model_ms,
         "spread": ratio.spread, "disagreement": ratio.disagreement, "noise": ratio.noise,
         "reported": {k: v for k, v in ratio.others.items() if k != "processes"},
-        "processes": ratio.others.get("processes"),
-        "note": ("the latency budget's final measurement" if halfwidth is not None
-                 else "short measurement during prune; use `prunecli bench` for a gate"),
+        "processes": ratio.others.get("processes"), "note": note,
     }

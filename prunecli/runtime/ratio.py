@@ -137,7 +137,8 @@ def ratio_of(model, baseline, stat: str, block: int, seed: int = 0, reported: bo
     if quarter >= 2:
         parts = [_ratio(m[i * quarter:(i + 1) * quarter], b[i * quarter:(i + 1) * quarter], stat) for i in range(4)]
         spread = (max(parts) - min(parts)) / value if value else 0.0
-    others = {s: {"ratio": r, "ci95": [lo, hi]} for s, (r, lo, hi) in intervals.items() if s in REPORTED_STATS}
+    others = {s: {"ratio": r, "ci95": [lo, hi], "model_ms": stat_ms(m, s), "baseline_ms": stat_ms(b, s)}
+              for s, (r, lo, hi) in intervals.items() if s in REPORTED_STATS}
     disagreement = abs(_ratio(m, b, "p50") / _ratio(m, b, "block-min") - 1) if pairs else 0.0
     return Ratio(stat, value, low, high, stat_ms(m, stat), stat_ms(b, stat), pairs * block, spread, others,
                  disagreement)
@@ -145,12 +146,17 @@ def ratio_of(model, baseline, stat: str, block: int, seed: int = 0, reported: bo
 
 def measure_ratio(model, baseline, stat: str = "p50", *, halfwidth: float = 0.02, block: int = 10,
                   min_runs: int = 60, max_runs: int = 4000, max_seconds: float = 60.0,
-                  outside: list | None = None) -> Ratio:
+                  outside: list | None = None, inside: list | None = None, min_inside: int = 100,
+                  coarse: float | None = None) -> Ratio:
     """Time ``model`` and ``baseline`` interleaved until the ratio's 95% interval is within +-``halfwidth`` of it
-    (or ``max_runs`` / ``max_seconds`` runs out; the interval then says how sure it is), or, with ``outside``
-    ``[low, high]``, as soon as the interval lies wholly outside that range (a candidate clearly too slow or too
-    fast needs no narrow interval to be judged). Runs where the models live (in the measuring process: see
-    :class:`Runtime.ratio`); the interval is checked every few blocks."""
+    (or ``max_runs`` / ``max_seconds`` runs out; the interval then says how sure it is), or as soon as a verdict
+    no longer depends on more runs: with ``outside`` ``[low, high]``, the interval lies wholly outside that range (a
+    candidate clearly too slow or too fast), with ``inside`` ``[low, high]``, it lies wholly inside it (a candidate
+    clearly acceptable; judged after ``min_inside`` runs, as a bootstrap over fewer blocks is too sure of itself).
+    With ``coarse`` too, a ratio whose value lies outside ``outside`` needs its interval within +-``coarse`` only:
+    it will not be accepted whatever more runs say, and a search needs only its direction and rough size.
+    Runs where the models live (in the measuring process: see :class:`Runtime.ratio`); the
+    interval is checked every few blocks."""
     deadline = time.perf_counter() + max_seconds
     step = block
     while True:
@@ -159,7 +165,12 @@ def measure_ratio(model, baseline, stat: str = "p50", *, halfwidth: float = 0.02
         runs = min(len(model.samples_ms), len(baseline.samples_ms))
         if runs >= min_runs:
             estimate = ratio_of(model, baseline, stat, block, reported=False)
-            judged = outside is not None and (estimate.low > outside[1] or estimate.high < outside[0])
+            judged = ((outside is not None and (estimate.low > outside[1] or estimate.high < outside[0]))
+                      or (inside is not None and runs >= min_inside and inside[0] <= estimate.low
+                          and estimate.high <= inside[1]))
+            if (outside is not None and coarse is not None and not outside[0] <= estimate.ratio <= outside[1]
+                    and estimate.halfwidth <= coarse):
+                judged = True
             if judged or estimate.halfwidth <= halfwidth or runs >= max_runs or time.perf_counter() > deadline:
                 return ratio_of(model, baseline, stat, block)
             step = min(max(block, runs // 4 // block * block), max_runs - runs)

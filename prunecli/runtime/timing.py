@@ -264,7 +264,8 @@ def runtime_facts(config: RuntimeConfig) -> dict:
 
 
 def median_of_processes(first: Ratio, model_path: Path, baseline_path: Path, config: RuntimeConfig,
-                        input_shape: tuple | None, stat: str, halfwidth: float, processes: int = 3) -> Ratio:
+                        input_shape: tuple | None, stat: str, halfwidth: float, processes: int = 3,
+                        verdict=None, **early) -> Ratio:
     """``first`` (measured in the shared measuring process) and ``processes - 1`` more measurements of the same
     pair, each in a fresh measuring process, combined: the median ratio, the median interval ends, and the range
     of the per-process ratios as ``spread`` when it exceeds the quarters' (``others``: the median run's reported
@@ -272,16 +273,24 @@ def median_of_processes(first: Ratio, model_path: Path, baseline_path: Path, con
 
     Which process a pair is timed in moves its ratio (on the 2-core test machines by 2-4% between fresh processes,
     benchmarks/results/latency_budget.md), as much as the window a budget lands in; a later `prunecli bench` is
-    another process. The median of three processes is what the verdict is decided on."""
+    another process. The median of three processes is what the verdict is decided on. ``early``: the fresh
+    processes' early judging (``outside``, ``inside``, ``max_seconds``: :func:`prunecli.runtime.ratio.measure_ratio`).
+
+    ``verdict(ratio)``: what the caller decides on, as threshold comparisons of the ratio and its interval ends
+    (e.g. ``(value > upper, value < lower, high > target)``). The median of three is on the same side of every
+    threshold as two processes that agree on it, whatever the third measures, so when the first two give the same
+    verdict the third is not measured (the value returned is then the median of the two)."""
     import statistics as st
 
     ratios = [first]
     for _ in range(processes - 1):
+        if verdict is not None and len(ratios) == 2 and verdict(ratios[0]) == verdict(ratios[1]):
+            break
         fresh = Runtime(config.provider, config.threads or physical_cores())
         try:
             model = fresh.open("model", model_path, config, input_shape)
             baseline = fresh.open("baseline", baseline_path, config, input_shape)
-            ratios.append(fresh.ratio(model, baseline, stat, halfwidth=halfwidth))
+            ratios.append(fresh.ratio(model, baseline, stat, halfwidth=halfwidth, **early))
         finally:
             fresh.close()
     values = [r.ratio for r in ratios]

@@ -92,7 +92,9 @@ def _table(rows: list[dict], how: str) -> str:
 WORK = Path(__file__).parent / ".work" / "latency_budget"
 TAG = "issue32-median3"  # set by --method; rows carry it
 TAGS = {"issue32": "verdicts from one measuring process, commits up to cd9aa2f",
-        "issue32-median3": "verdicts on the median of three measuring processes"}
+        "issue32-median3": "verdicts on the median of three measuring processes",
+        "issue32-early": "median of processes, candidates measured until their verdict is clear, the final check "
+                         "reusing the fit's measurement (commit 2eeaa5a)"}
 LOCK = "/tmp/prunecli-bench.lock"  # benchmarks/latency_stat.py's: one latency measurement at a time on the machine
 
 
@@ -143,12 +145,34 @@ def remeasure(cells: list[dict], round_: int, runs: int, floor_cells: list[dict]
                "cpu": cpu_description(), "method": TAG, "started": time.time(), "exit": code}
         if doc is not None:
             row.update({"decision": doc["ratio"][stat], "p50": doc["ratio"]["p50"], "block_min": doc["ratio"]["block-min"],
-                        "noise": doc.get("ratio_decision", {}).get("noise")})
+                        "noise": doc.get("ratio_decision", {}).get("noise"),
+                        "ratios": doc["ratio"]})  # every statistic's ratio: their spread across processes
         else:
             row["error"] = err
         rows.append(row)
         print(json.dumps(row), flush=True)
     return rows
+
+
+def stat_spreads(fresh: list[dict]) -> list[str]:
+    """Which statistic held across the fresh processes: per statistic, the spread of each cell's ratio across its
+    rounds ((max - min) / median), its median and largest over the cells (the same runs for every statistic)."""
+    import statistics as st
+
+    by_cell: dict = {}
+    for r in fresh:
+        by_cell.setdefault((r["model"], r["target"], r["batch"]), []).append(r["ratios"])
+    cells = [v for v in by_cell.values() if len(v) >= 2]
+    if not cells:
+        return []
+    stats = [s for s in ("p50", "mean", "p25", "p10", "block-min", "min", "p90") if all(s in x for v in cells for x in v)]
+    lines = ["", f"Spread of each statistic's ratio across the fresh processes ({len(cells)} cells, "
+                 f"{min(len(v) for v in cells)}-{max(len(v) for v in cells)} processes each; the same runs for every "
+                 "statistic):", "", "| statistic | median spread | largest spread |", "|---|---:|---:|"]
+    for s in stats:
+        spreads = [(max(x[s] for x in v) - min(x[s] for x in v)) / st.median(x[s] for x in v) for v in cells]
+        lines.append(f"| {s} | {st.median(spreads):.1%} | {max(spreads):.1%} |")
+    return lines
 
 
 def grid_table(rows: list[dict], tag: str, cpu: str) -> str:
@@ -190,6 +214,7 @@ def grid_table(rows: list[dict], tag: str, cpu: str) -> str:
                      f"{p['flops_ratio']:.3f} | {p['in_process']:.3f} | {', '.join(f'{v:.3f}' for v in values)} | "
                      f"{med:.3f} | {st.median(r['p50'] for r in mine_fresh):.3f} | {noise:.1%} | "
                      f"{'yes' if ok else 'NO'} |")
+    lines += stat_spreads([r for r in fresh if r["target"] is not None and "ratios" in r])
     floors = [r for r in fresh if r["target"] is None]
     if floors:
         lines += ["", "Noise floor (dense against itself, p50 ratio per round):", ""]

@@ -205,7 +205,8 @@ def _fit_measured(config: PruneConfig, evidence: dict, artifact: Path) -> dict |
     """The latency budget's final measurement when the fit already made it: the accepted plan was exported and timed
     against the dense model in fresh measuring processes, and ``artifact`` has the same graph (operators,
     attributes, shapes: :func:`prunecli.runtime.export.graph_signature`), so it runs the same kernels on the same
-    shapes. The fit decided it as the median of three processes (two when the first two agree). None when it must be measured (another graph, e.g. INT8 kept as fp32, or a resumed run)."""
+    shapes. The fit decided it as the median of three processes (two when the first two agree). None when it must
+    be measured (another graph, e.g. INT8 kept as fp32, or a resumed run)."""
     from prunecli.runtime.export import graph_signature
     from prunecli.runtime.pair import ratio_report
     from prunecli.runtime.timing import PROVIDERS, physical_cores
@@ -219,7 +220,8 @@ def _fit_measured(config: PruneConfig, evidence: dict, artifact: Path) -> dict |
     settings = config.latency_settings
     doc = ratio_report(probe.ratio, PROVIDERS[settings.provider], settings.threads or physical_cores(), fit["batch"],
                        settings.stat, "the latency budget's final measurement: made by the fit on the accepted plan, "
-                       "whose graph is this model's (same operators and shapes), decided on the median of three measuring processes")
+                       "whose graph is this model's (same operators and shapes), decided on the median of three "
+                       "measuring processes")
     doc["measured_on"] = "the fit's accepted plan (same graph)"
     return doc
 

@@ -61,7 +61,6 @@ class LatencyBench:
         # plans accepted on the median of processes -> their artifact's graph_signature: the final check reuses that
         # measurement when the bundle's model has the same graph (prunecli.pipeline.prune)
         self.signatures: dict = {}
-        self.last_signature = None
         if self.model.table.measured:  # layer models were timed in this process: the candidates get a fresh one
             self.measuring.drop(self.dense)
             self.measuring = fresh_runtime_for(self.runtime)
@@ -71,7 +70,7 @@ class LatencyBench:
         if self.int8 is not None:
             t0 = time.perf_counter()
             try:
-                self.int8_factor = self._ratio(self.dir / "dense.onnx").ratio
+                self.int8_factor = self._ratio(self.dir / "dense.onnx")[0].ratio
             except BaseException:
                 self.close()
                 raise
@@ -101,7 +100,8 @@ class LatencyBench:
         return target * (1 - settings.window), target * (1 - settings.margin)
 
     def _ratio(self, fp32: Path, confirm=None, verdict=None):
-        """The Ratio of the artifact made from ``fp32`` (itself, or its INT8 model) to the dense fp32 model. When
+        """(Ratio, graph signature or None) of the artifact made from ``fp32`` (itself, or its INT8 model) to the
+        dense fp32 model; the signature when the ratio is a median of processes. When
         ``confirm(ratio)`` says the measurement would be accepted, it is confirmed in fresh measuring processes and
         the median of three is returned (:func:`prunecli.runtime.timing.median_of_processes`: when the first fresh
         one gives the same ``verdict``, the third cannot change the median's, and is not measured)."""
@@ -123,15 +123,14 @@ class LatencyBench:
             lower, upper = self.window()
             early.update(outside=[lower, upper], inside=[lower * (1 - settings.halfwidth), budget.value],
                          coarse=2 * settings.halfwidth)
-        self.last_signature = None
         try:
             ratio = self.measuring.ratio(candidate, self.dense, settings.stat, halfwidth=settings.halfwidth, **early)
-            if confirm is not None and confirm(ratio):
-                ratio = median_of_processes(ratio, path, self.dir / "dense.onnx", self.runtime,
-                                            tuple(self.loaded.input_shape), settings.stat, settings.halfwidth,
-                                            verdict=verdict, **early)
-                self.last_signature = graph_signature(path)
-            return ratio
+            if confirm is None or not confirm(ratio):
+                return ratio, None
+            ratio = median_of_processes(ratio, path, self.dir / "dense.onnx", self.runtime,
+                                        tuple(self.loaded.input_shape), settings.stat, settings.halfwidth,
+                                        verdict=verdict, **early)
+            return ratio, graph_signature(path)
         finally:
             self.measuring.drop(candidate)
             if path != fp32:
@@ -172,11 +171,11 @@ class LatencyBench:
             return not any(verdict(ratio))
 
         try:
-            ratio = self._ratio(path, confirm=acceptable if budget is not None else None, verdict=verdict)
+            ratio, signature = self._ratio(path, confirm=acceptable if budget is not None else None, verdict=verdict)
         finally:
             path.unlink()
-        if self.last_signature is not None:
-            self.signatures[plan_key(counts)] = self.last_signature
+        if signature is not None:
+            self.signatures[plan_key(counts)] = signature
         return (*in_units(ratio), ratio)
 
 

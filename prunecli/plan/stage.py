@@ -175,7 +175,7 @@ def plan_model(loaded: LoadedModel, config: PlanConfig, timings: dict, batches=N
                 evidence["latency"]["int8_factor"] = bench.int8_factor if bench.int8 is not None else None
                 evidence["latency"]["exporter"] = bench.exporter
                 evidence["latency"]["batch"] = bench.batch
-                # the accepted plan's graph, when it was measured in three processes: the final check's measurement
+                # the accepted plan's graph, when it was decided on the median of processes: the final check reuses it
                 evidence["latency"]["signature"] = bench.signatures.get(plan_key(fit.counts))
             elif bench is not None:
                 evidence["latency"] = {"model": bench.model.to_json(), "predicted_ms": bench.model.predict(fit.counts),

@@ -57,8 +57,6 @@ def latency_ratio(dense_model, pruned_onnx: Path, example_input, input_shape, op
 def ratio_report(ratio: Ratio, provider: str, threads: int, batch: int, stat: str, note: str) -> dict:
     """report.json ``latency`` from a measured Ratio (its p50 from ``others``)."""
     p50 = ratio.others.get("p50", {})
-    if ratio.stat == "p50":
-        p50 = {"ratio": ratio.ratio, "model_ms": ratio.model_ms, "baseline_ms": ratio.baseline_ms, **p50}
     return {
         "provider": provider, "threads": threads, "cpu": cpu_model(), "runs": ratio.runs, "batch": batch, "stat": stat,
         "dense_p50_ms": p50.get("baseline_ms"), "pruned_p50_ms": p50.get("model_ms"), "ratio_p50": p50.get("ratio"),

@@ -165,12 +165,11 @@ def measure_ratio(model, baseline, stat: str = "p50", *, halfwidth: float = 0.02
         runs = min(len(model.samples_ms), len(baseline.samples_ms))
         if runs >= min_runs:
             estimate = ratio_of(model, baseline, stat, block, reported=False)
+            off = outside is not None and not outside[0] <= estimate.ratio <= outside[1]
             judged = ((outside is not None and (estimate.low > outside[1] or estimate.high < outside[0]))
                       or (inside is not None and runs >= min_inside and inside[0] <= estimate.low
-                          and estimate.high <= inside[1]))
-            if (outside is not None and coarse is not None and not outside[0] <= estimate.ratio <= outside[1]
-                    and estimate.halfwidth <= coarse):
-                judged = True
+                          and estimate.high <= inside[1])
+                      or (off and coarse is not None and estimate.halfwidth <= coarse))
             if judged or estimate.halfwidth <= halfwidth or runs >= max_runs or time.perf_counter() > deadline:
                 return ratio_of(model, baseline, stat, block)
             step = min(max(block, runs // 4 // block * block), max_runs - runs)

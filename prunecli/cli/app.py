@@ -13,6 +13,7 @@ from prunecli.cli import _errors
 from prunecli.cli._errors import handle_errors
 from prunecli.cli.commands import (
     bench,
+    compare,
     demo,
     export,
     inspect,
@@ -41,6 +42,6 @@ def _root(debug: bool = typer.Option(False, "--debug", help="Show full traceback
         warnings.filterwarnings("ignore")  # library chatter (Torch-Pruning, torchvision) hides our one-line errors
 
 
-for _module in (inspect, presets, prune, sensitivity, export, bench, quantize, demo):
+for _module in (inspect, presets, prune, sensitivity, compare, export, bench, quantize, demo):
     _name = _module.__name__.rsplit(".", 1)[1]
     app.command(_name)(handle_errors(getattr(_module, _name)))

@@ -100,14 +100,14 @@ def finetune_config(**kwargs):
         return FinetuneConfig(**kwargs)
 
 
-def data_loaders(spec, batch_size, workers, loaded, seed, skip_bad_images=False, placement=None):
+def data_loaders(spec, batch_size, workers, loaded, seed, skip_bad_images=False, placement=None, train_subset=None):
     """--data read for ``loaded``: its input shape and crop, and as many classes as it has logits."""
     from prunecli.train.data import DataConfig, check_classes, load_data
 
     with usage():
         config = DataConfig(spec=spec, batch_size=batch_size, workers=workers, skip_bad_images=skip_bad_images,
                             pin_memory=bool(placement and placement.pin_memory),
-                            crop_pct=loaded.preset.crop_pct if loaded.preset else 0.875)
+                            crop_pct=loaded.preset.crop_pct if loaded.preset else 0.875, train_subset=train_subset)
     outputs = loaded.output_classes()
     loaders = load_data(config, loaded.input_shape, seed=seed, num_classes=outputs or 10)
     check_classes(loaders, outputs, spec, loaded.display_name)

@@ -207,3 +207,29 @@ def noise_warning(subject: str, measured: dict, window: float, cause: str, advic
     return (f"warning: {subject}: measured with {measured['noise']:.1%} noise (the ratio moved {measured['spread']:.1%} "
             f"while measured; p50 and block-min ratios disagree by {measured['disagreement']:.1%}), more "
             f"than the {window:.0%} window: {cause}; {advice}\n")
+
+
+def render_compare(console: Console, doc: dict, out) -> None:
+    """Per budget a table (mean +- standard error over seeds; the verdict chosen on validation), then the
+    recommendation and where the outputs are."""
+    from prunecli.pipeline.compare.summary import _num, _pm
+
+    for budget in dict.fromkeys(r["budget"] for r in doc["table"]):
+        verdict = next((v for v in doc["verdicts"] if v["budget"] == budget), {})
+        table = Table(title=f"{budget}", header_style="bold")
+        for col in ("method", "val top-1", "test top-1", "FLOPs", "latency", "wall s", "seeds", "verdict"):
+            table.add_column(col, justify="left" if col in ("method", "verdict") else "right",
+                             min_width=14 if col == "method" else None)
+        for r in sorted((r for r in doc["table"] if r["budget"] == budget),
+                        key=lambda r: (r["control"], -(r["val_top1"] or 0))):
+            mark = ("control" if r["control"] else
+                    {"best": "[bold green]best[/]", "tie": "tie", "only": ""}.get(verdict.get("kind"), "")
+                    if r["method"] == verdict.get("best") else ("tie" if r["method"] in verdict.get("tied", []) else ""))
+            table.add_row(r["method"], _pm(r["val_top1"], r["val_top1_se"]), _pm(r["test_top1"], r["test_top1_se"]),
+                          _num(r["flops_ratio"]), _num(r["latency_ratio"]), _num(r["wall_s"], 0),
+                          ",".join(map(str, r["seeds"])), mark)
+        console.print(table)
+    for m in doc.get("missed") or []:
+        console.print(f"[yellow]{m['key']}: budget not met[/] ({m['error']})")
+    console.print(doc["recommendation"])
+    console.print(f"[dim]{out}/compare.md, compare.json, pareto.png; points.jsonl (a rerun resumes)[/dim]")

@@ -82,8 +82,8 @@ def prune_markdown(report: dict) -> str:
         lat = report["latency"]
         lines += ["", "## Latency (short measurement)", "",
                   f"onnxruntime {lat['provider']}, {lat['threads']} threads, batch {lat['batch']}, {lat['runs']} interleaved "
-                  f"runs: dense p50 {lat['dense_p50_ms']:.3f} ms, {lat.get('model', 'model.onnx')} p50 "
-                  f"{lat['pruned_p50_ms']:.3f} ms, ratio {lat['ratio_p50']:.3f}."]
+                  f"runs: dense p50 {number_or_dash(lat['dense_p50_ms'], '.3f')} ms, {lat.get('model', 'model.onnx')} p50 "
+                  f"{number_or_dash(lat['pruned_p50_ms'], '.3f')} ms, ratio {number_or_dash(lat['ratio_p50'], '.3f')}."]
     if report.get("int8"):
         lines += ["", "## INT8", ""] + [f"- {line}" for line in int8_lines(report["int8"])]
     lines += ["", "## Timings (s)", ""] + [f"- {k}: {v:.2f}" for k, v in report["timings"].items()

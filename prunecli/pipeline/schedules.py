@@ -31,7 +31,7 @@ from prunecli.graph.shrink import MisPruned, build_graph, shrink_copy, zero_chan
 from prunecli.plan.config import PlanConfig
 from prunecli.plan.criteria import channel_scores
 from prunecli.plan.stage import plan_model
-from prunecli.train.finetune import FinetuneConfig, evaluate, fit, recalibrate_bn
+from prunecli.train.finetune import FinetuneConfig, evaluate, fit, recalibrate_bn, reinitialise_
 
 SCHEDULES: Registry = Registry("schedule", "--schedule")
 
@@ -114,13 +114,20 @@ def _recalibrate_and_measure(ctx: Context, model) -> dict | None:
 
 
 def _fit(ctx: Context, model, epochs: int, label: str, resume=None, after_epoch=None, checkpoints=None):
+    """Fine-tune ``model`` for ``epochs`` (None without data or epochs); its wall time adds to ``finetune_s``."""
+    import time
+
     if ctx.data is None or epochs == 0:
         return None
     teacher = ctx.loaded.model if ctx.finetune.distill else None
     data = ctx.shards or ctx.data
-    return fit(model, data.train, data.val, dataclasses.replace(ctx.finetune, epochs=epochs), checkpoints,
-               teacher=teacher, resume=resume, progress=ctx.progress, label=label, after_epoch=after_epoch,
-               placement=ctx.placement, world=ctx.world)
+    t0 = time.perf_counter()
+    try:
+        return fit(model, data.train, data.val, dataclasses.replace(ctx.finetune, epochs=epochs), checkpoints,
+                   teacher=teacher, resume=resume, progress=ctx.progress, label=label, after_epoch=after_epoch,
+                   placement=ctx.placement, world=ctx.world)
+    finally:
+        ctx.timings["finetune_s"] = ctx.timings.get("finetune_s", 0.0) + time.perf_counter() - t0
 
 
 def _on_cpu(ctx: Context, step):
@@ -186,6 +193,9 @@ def oneshot(ctx: Context) -> Outcome:
         sent = broadcast(ctx.world)
         plans = [Plan.from_json(p) for p in sent["plans"]]
         outcome = Outcome(ctx.rebuild(plans), plans, None, sent["fit_cost"], round_to=sent["round_to"])
+    if ctx.finetune.from_scratch and ctx.resume is None:  # the control: the architecture alone, trained afresh
+        reinitialise_(outcome.model, ctx.finetune.seed)
+        outcome.accuracy_pruned = None
     if ctx.on_pruned is not None:
         ctx.on_pruned(outcome)
     result = _fit(ctx, outcome.model, ctx.finetune.epochs, "fine-tune", resume=ctx.resume and ctx.resume.get("state"),

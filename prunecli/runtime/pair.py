@@ -54,6 +54,24 @@ def latency_ratio(dense_model, pruned_onnx: Path, example_input, input_shape, op
     return doc
 
 
+def ratio_to_baseline(model_onnx: Path, baseline_onnx: Path, settings, input_shape, *, halfwidth: float = 0.02,
+                      max_seconds: float = 20.0) -> dict:
+    """``model_onnx`` against an already exported ``baseline_onnx`` (e.g. `prunecli compare`'s dense.onnx), timed
+    interleaved in the shared measuring process until the ratio's 95% interval is within +-``halfwidth`` or
+    ``max_seconds`` have passed (the interval then says how sure it is): the same settings for every model compared.
+    report.json's ``latency`` layout (:func:`ratio_report`)."""
+    runtime = RuntimeConfig(settings.provider, settings.threads, settings.batch, warmup=5)
+    measuring = runtime_for(runtime)
+    model = measuring.open("model", Path(model_onnx), runtime, tuple(input_shape))
+    baseline = measuring.open("baseline", Path(baseline_onnx), runtime, tuple(input_shape))
+    try:
+        ratio = measuring.ratio(model, baseline, settings.stat, halfwidth=halfwidth, max_seconds=max_seconds)
+    finally:
+        measuring.drop(model, baseline)
+    return ratio_report(ratio, model.provider, settings.threads or physical_cores(), model.batch, settings.stat,
+                        f"interleaved with the baseline until +-{halfwidth:.0%} or {max_seconds:g} s")
+
+
 def ratio_report(ratio: Ratio, provider: str, threads: int, batch: int, stat: str, note: str) -> dict:
     """report.json ``latency`` from a measured Ratio (its p50 from ``others``)."""
     p50 = ratio.others.get("p50", {})

@@ -48,6 +48,8 @@ class FinetuneConfig:
     bn_batches: int = 20  # batches for BatchNorm recalibration after pruning
     progress: bool = True
     sync_bn: bool = False  # under torchrun: BatchNorm statistics over the global batch (SyncBatchNorm, GPUs only)
+    from_scratch: bool = False  # the pruned architecture re-initialised (seeded) before training: the control of
+    # "Rethinking the value of network pruning" (Liu et al. 2019); `prune --from-scratch`, `compare --scratch`
 
     def __post_init__(self) -> None:
         if self.epochs < 0:
@@ -102,6 +104,19 @@ def evaluate(model, loader, max_batches: int | None = None, placement: Placement
     if total == 0:
         return {"top1": float("nan"), "top5": float("nan"), "loss": float("nan"), "samples": 0}
     return {"top1": 100.0 * correct1 / total, "top5": 100.0 * correct5 / total, "loss": loss_sum / total, "samples": total}
+
+
+def reinitialise_(model, seed: int) -> None:
+    """Every layer's parameters drawn afresh (``reset_parameters``, as at construction), seeded: the pruned
+    architecture without what it inherited from the dense model."""
+    import torch
+
+    torch.manual_seed(seed)
+    for module in model.modules():
+        if hasattr(module, "reset_parameters"):
+            module.reset_parameters()
+        if hasattr(module, "reset_running_stats"):
+            module.reset_running_stats()
 
 
 def recalibrate_bn(model, loader, batches: int, placement: Placement = CPU) -> None:

@@ -63,7 +63,30 @@ __all__ = ["IMAGENET_MEAN", "IMAGENET_STD", "SPLIT_SEED", "DataConfig", "DataFau
 
 
 def load_data(config: DataConfig, input_shape, *, num_classes: int = 10, seed: int = 0) -> Loaders:
-    """Loaders for ``config.spec`` at the model's ``input_shape``."""
+    """Loaders for ``config.spec`` at the model's ``input_shape`` (training on ``config.train_subset`` images of the
+    training split when set: :func:`train_subset`)."""
+    loaders = _load(config, input_shape, num_classes, seed)
+    return train_subset(loaders, config, seed) if config.train_subset else loaders
+
+
+def train_subset(loaders: Loaders, config: DataConfig, seed: int) -> Loaders:
+    """``loaders`` training on a fixed subset of ``config.train_subset`` images of their training split: the first
+    of one permutation drawn with the split's seed, so every --seed (and every method compared) trains on the same
+    images; validation and test stay whole. A subset as large as the split is the split."""
+    import dataclasses
+
+    import torch
+
+    train = loaders.train.dataset
+    if config.train_subset >= len(train):
+        return loaders
+    order = torch.randperm(len(train), generator=torch.Generator().manual_seed(SPLIT_SEED))
+    subset = torch.utils.data.Subset(train, order[:config.train_subset].tolist())
+    workers = loaders.train.num_workers
+    return dataclasses.replace(loaders, train=make_loader(subset, config, train=True, seed=seed, workers=workers))
+
+
+def _load(config: DataConfig, input_shape, num_classes: int, seed: int) -> Loaders:
     spec = config.spec
     if spec == "digits":
         return _digits(config, input_shape, seed)

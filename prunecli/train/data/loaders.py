@@ -36,6 +36,7 @@ class DataConfig:
     skip_bad_images: bool = False  # imagefolder: decode every image first and leave out those that fail
     pin_memory: bool = False  # page-locked batches for fast copies to a GPU
     crop_pct: float = 0.875  # imagefolder evaluation: resize to size / crop_pct, then centre-crop (torchvision's)
+    train_subset: int | None = None  # train on a fixed subset of this many training images (same for every --seed)
 
     def __post_init__(self) -> None:
         if self.batch_size < 1:
@@ -46,6 +47,8 @@ class DataConfig:
             raise ValueError(f"val_fraction {self.val_fraction} must be in (0, 0.5)")
         if not 0 < self.crop_pct <= 1:
             raise ValueError(f"crop_pct {self.crop_pct} must be in (0, 1]")
+        if self.train_subset is not None and self.train_subset < 1:
+            raise ValueError(f"--train-subset {self.train_subset} must be >= 1 images")
 
 
 @dataclass

@@ -1,0 +1,240 @@
+"""`prunecli compare`: methods x budgets x seeds through `prune`, accuracy against measured latency."""
+
+from __future__ import annotations
+
+import json
+import sys
+from typing import List, Optional
+
+import typer
+
+from prunecli.cli.configs import data_loaders
+from prunecli.cli.options import (
+    LEVELS,
+    AmpOpt,
+    ArchOpt,
+    DataHelp,
+    DeviceOpt,
+    IgnoreOpt,
+    JsonOpt,
+    MinChannelsOpt,
+    ModelArg,
+    PresetOpt,
+    ShapeOpt,
+    TrustOpt,
+    WeightsOpt,
+    WorkersOpt,
+    console,
+    load,
+    progress_bars,
+    typed_inputs,
+)
+
+DEFAULT_METHODS = "uniform:l1,global:l1,sensitivity:l1,learned"
+
+
+def compare(
+    model: str = ModelArg,
+    data: str = typer.Option(..., "--data", help=DataHelp),
+    out: str = typer.Option(..., "--out", help="Output directory: points.jsonl, compare.md/.json, pareto.png, "
+                            "dense.onnx, points/*/ bundles. A rerun with the same flags resumes."),
+    methods: str = typer.Option(DEFAULT_METHODS, "--methods", help="Comma list of allocation[:criterion] (criterion "
+                                "default l1); `latency` is added when a latency budget is given."),
+    budgets: List[str] = typer.Option(["flops=0.5,0.25"], "--budgets", help="METRIC=F[,F...], METRIC flops, params "
+                                      "or latency (fractions of dense); repeatable, any mix."),
+    seeds: str = typer.Option("0,1,2", "--seeds", help="Seeds, comma list: every method runs every seed."),
+    epochs: int = typer.Option(5, "--epochs", help="Training epochs after pruning, every point (a method's search "
+                               "epochs count in them)."),
+    scratch: bool = typer.Option(False, "--scratch", help="Control: per budget and seed, the first method's pruned "
+                                 "architecture re-initialised and trained for the same epochs."),
+    equal_latency: bool = typer.Option(False, "--equal-latency", help="At each latency budget, also fit every "
+                                       "other method to the same measured latency (compared at equal speed)."),
+    keep: str = typer.Option("best", "--keep", help="Bundles kept: none (reports only), best (each budget's best "
+                             "point on validation) or all."),
+    force: bool = typer.Option(False, "--force", help="Start over in a non-empty --out (a compare run with other "
+                               "settings, or something else)."),
+    no_latency: bool = typer.Option(False, "--no-latency", help="Do not time the points (no latency budgets)."),
+    lr: float = typer.Option(0.01, "--lr", help="Peak learning rate (cosine schedule with warmup)."),
+    optimizer: str = typer.Option("sgd", "--optimizer", help="sgd or adamw."),
+    weight_decay: float = typer.Option(5e-4, "--weight-decay", help="Weight decay."),
+    batch_size: int = typer.Option(64, "--batch-size", help="Batch size for training and evaluation."),
+    train_subset: Optional[int] = typer.Option(None, "--train-subset", help="Train on a fixed subset of N training "
+                                               "images (the same for every method and seed)."),
+    workers: Optional[int] = WorkersOpt,
+    device: str = DeviceOpt,
+    amp: str = AmpOpt,
+    distill: bool = typer.Option(False, "--distill", help="Distil from the dense model while fine-tuning."),
+    distill_weight: float = typer.Option(0.7, "--distill-weight", help="Weight of the KL term."),
+    temperature: float = typer.Option(4.0, "--temperature", help="Distillation temperature."),
+    search_epochs: Optional[int] = typer.Option(None, "--search-epochs", help="learned: search epochs, counted in "
+                                                "--epochs (default 2, at most --epochs - 1)."),
+    round_to: Optional[int] = typer.Option(None, "--round-to", help="Kept channels are multiples of N (default: the "
+                                           "preset's, halved where a budget is out of its reach)."),
+    ignore: List[str] = IgnoreOpt,
+    min_channels: int = MinChannelsOpt,
+    max_group_prune: float = typer.Option(0.9, "--max-group-prune", help="global, latency: most of a group that may go."),
+    sensitivity_levels: str = typer.Option(LEVELS, "--sensitivity-levels", help="sensitivity: scan levels."),
+    sensitivity_metric: str = typer.Option("loss", "--sensitivity-metric", help="sensitivity: loss or top1."),
+    sensitivity_batches: int = typer.Option(10, "--sensitivity-batches", help="sensitivity: validation batches per point."),
+    provider: str = typer.Option("cpu", "--provider", help="Latency: onnxruntime provider, cpu, cuda or tensorrt."),
+    threads: Optional[int] = typer.Option(None, "--threads", help="Latency: intra-op threads (default: physical cores)."),
+    latency_batch: Optional[int] = typer.Option(None, "--latency-batch", help="Latency: batch (default: the input shape's)."),
+    latency_stat: str = typer.Option("p50", "--latency-stat", help="Latency: statistic, p50 or p90."),
+    arch: Optional[str] = ArchOpt,
+    weights: Optional[str] = WeightsOpt,
+    trust_pickle: bool = TrustOpt,
+    input_shape: Optional[str] = ShapeOpt,
+    preset: Optional[str] = PresetOpt,
+    as_json: bool = JsonOpt,
+) -> None:
+    """Compare pruning methods at several budgets on MODEL and --data: every point is `prunecli prune` with the same
+    fine-tuning, evaluated on validation and test and timed against the dense model; the verdicts are chosen on
+    validation. Writes compare.md, compare.json and pareto.png to --out; a rerun resumes.
+
+    Examples:
+
+        prunecli compare model.pt --data imagefolder:./data --budgets flops=0.5,0.25 --out cmp/
+
+        prunecli compare model.pt --data fashion-mnist:/usr/share/datasets/fashion-mnist --methods uniform:l1,sensitivity:l1 --budgets flops=0.25 --budgets latency=0.5 --equal-latency --scratch --out cmp/
+
+        torchrun --nproc_per_node 4 -m prunecli compare model.pt --data imagefolder:/data --device cuda --out cmp/
+    """
+    from pathlib import Path
+
+    from prunecli.cli.configs import finetune_config, latency_settings
+    from prunecli.core import distributed
+    from prunecli.core.errors import UsageError
+    from prunecli.pipeline.compare import Budget, CompareConfig, parse_ints, run_compare
+    from prunecli.pipeline.preflight import placement_for
+
+    budget_list = Budget.parse_all(budgets)
+    seed_list = parse_ints("--seeds", seeds, least=0)
+    has_latency = any(b.metric == "latency" for b in budget_list)
+    if has_latency and no_latency:
+        raise UsageError("--budgets latency=... is measured: drop --no-latency")
+    method_list = _methods(methods, has_latency, epochs, search_epochs, max_group_prune, sensitivity_levels,
+                           sensitivity_metric, sensitivity_batches)
+    settings = latency_settings(provider, threads, latency_batch, latency_stat)
+    finetune = finetune_config(epochs=epochs if epochs > 0 else 1, lr=lr, optimizer=optimizer,
+                               weight_decay=weight_decay, distill=distill, distill_weight=distill_weight,
+                               temperature=temperature, progress=not as_json)
+    from prunecli.cli._errors import usage
+
+    with usage():
+        config = CompareConfig(methods=method_list, budgets=budget_list, seeds=seed_list, epochs=epochs,
+                               scratch=scratch, equal_latency=equal_latency, keep=keep, finetune=finetune,
+                               prune={"round_to": round_to, "ignore": tuple(ignore), "min_channels": min_channels,
+                                      "latency_settings": settings})
+        config.grid()
+    from prunecli.core.outputs import check_not_input
+
+    check_not_input(Path(out), typed_inputs(model, weights, arch, data))
+    placement = placement_for(device, amp, False, "oneshot", data, epochs)
+    if has_latency or not no_latency:
+        from prunecli.runtime.timing import check_provider
+
+        check_provider(settings.runtime())
+    loaded = load(model, arch, weights, trust_pickle, input_shape, preset)
+
+    def make_data(seed: int):
+        return data_loaders(data, batch_size, workers, loaded, seed, placement=placement, train_subset=train_subset)
+
+    make_data(seed_list[0])  # a bad --data or --train-subset: exit 2 before any work
+    flags = {"model": model, "arch": arch, "weights": weights, "input_shape": list(loaded.input_shape),
+             "preset": preset, "data": data, "train_subset": train_subset, "epochs": epochs, "lr": lr,
+             "optimizer": optimizer, "weight_decay": weight_decay, "batch_size": batch_size, "distill": distill,
+             "distill_weight": distill_weight, "temperature": temperature,
+             "search_epochs": next((m.search_epochs for m in method_list if m.search_epochs), None),
+             "round_to": round_to, "ignore": list(ignore), "min_channels": min_channels,
+             "max_group_prune": max_group_prune, "provider": provider, "threads": threads,
+             "latency_batch": latency_batch, "latency_stat": latency_stat, "amp": amp,
+             "sensitivity_levels": sensitivity_levels, "sensitivity_metric": sensitivity_metric,
+             "sensitivity_batches": sensitivity_batches}
+    world = distributed.init(placement.kind)
+    try:
+        with progress_bars(enabled=not as_json and world.main) as progress:
+            reporter = _Reporter(progress, quiet=as_json or not world.main)
+            doc = run_compare(loaded, config, Path(out), make_data=make_data, flags=flags, force=force,
+                              reporter=reporter, placement=placement, world=world, measure_latency=not no_latency)
+    finally:
+        distributed.shutdown()
+    if not world.main:
+        return
+    if as_json:
+        typer.echo(json.dumps(doc, indent=2))
+        return
+    from prunecli.cli.render import render_compare
+
+    render_compare(console(), doc, out)
+
+
+def _methods(text: str, has_latency: bool, epochs: int, search_epochs, max_group_prune, levels, metric, batches):
+    """--methods -> Method configs; `latency` added with a latency budget. An unknown allocation or criterion lists
+    the choices (exit 2)."""
+    from prunecli.cli.configs import allocation as allocation_config
+    from prunecli.core.errors import UsageError
+    from prunecli.pipeline.compare import Method
+    from prunecli.plan.allocators.learned import DEFAULT_SEARCH_EPOCHS
+    from prunecli.plan.criteria import CRITERIA
+
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    if not names:
+        raise UsageError("--methods: give at least one allocation[:criterion], e.g. uniform:l1,global:l1")
+    if has_latency and not any(n.split(":")[0] == "latency" for n in names):
+        names.append("latency")
+    search = search_epochs if search_epochs is not None else max(1, min(DEFAULT_SEARCH_EPOCHS, epochs - 1))
+    out = []
+    for name in names:
+        allocation, _, criterion = name.partition(":")
+        try:
+            config = allocation_config(allocation, latency=False, max_group_prune=max_group_prune,
+                                       search_epochs=search, levels=levels, metric=metric, batches=batches)
+            CRITERIA.get(criterion or "l1")
+        except UsageError as exc:
+            raise UsageError(f"--methods {name}: {exc}") from None
+        if allocation == "learned" and criterion:
+            raise UsageError(f"--methods {name}: learned keeps the channels its search scores highest; write `learned`")
+        label = allocation if allocation == "learned" else f"{allocation}:{criterion or 'l1'}"
+        if any(m.name == label for m in out):
+            continue
+        out.append(Method(label, config, criterion or "l1"))
+    return tuple(out)
+
+
+class _Reporter:
+    """Progress of the grid: a Rich bar for the whole grid (its ETA from the points done) beside the fine-tuning
+    bars on a terminal; plain lines on stderr otherwise."""
+
+    def __init__(self, progress, quiet: bool) -> None:
+        self.progress, self.quiet, self.task = progress, quiet, None
+
+    def start(self, total: int, done: int) -> None:
+        if self.progress is not None:
+            self.task = self.progress.add_task("compare", total=total, completed=done, info=f"{done}/{total} points")
+        elif not self.quiet and done:
+            sys.stderr.write(f"compare: {done} of {total} points already done in --out: resuming\n")
+
+    def point_started(self, index: int, total: int, point, eta_s) -> None:
+        left = f", about {_duration(eta_s)} left" if eta_s is not None else ""
+        if self.task is not None:
+            self.progress.update(self.task, info=f"point {index}/{total}: {point.key}{left}")
+        elif not self.quiet:
+            sys.stderr.write(f"compare: point {index}/{total}: {point.key}{left}\n")
+
+    def point_finished(self, index: int, total: int, record: dict, eta_s) -> None:
+        if record["status"] == "ok":
+            said = (f"val {record['val_top1']:.2f}"
+                    + (f", test {record['test_top1']:.2f}" if record.get("test_top1") is not None else "")
+                    + (f", latency {record['latency_ratio']:.3f}" if record.get("latency_ratio") else "")
+                    + f" in {record['wall_s']:.0f} s")
+        else:
+            said = f"budget not met ({record['error'].split(';')[0]})"
+        if self.task is not None:
+            self.progress.update(self.task, advance=1)
+            self.progress.console.print(f"{record['key']}: {said}")
+        elif not self.quiet:
+            sys.stderr.write(f"compare: {record['key']}: {said}\n")
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"

@@ -39,6 +39,8 @@ def test_table_numbers_are_the_points_reports(done_run):
     for p in points:  # every point's costs are its bundle's report's
         report = json.loads((done_run / p["bundle"] / "report.json").read_text())
         assert p["flops_ratio"] == pytest.approx(report["achieved"]["flops"] / report["dense"]["flops"])
+        assert p["test_top1"] == report["accuracy"]["finetuned"]["top1"] and report["accuracy"]["split"] == "test"
+        assert p["val_top1"] == max(h["val"]["top1"] for h in report["history"])  # the epoch selected on val
         assert p["flops_ratio"] <= 0.5 and report["budget"]["flops"]["met"]
         assert p["finetune_epochs"] == 1 and report["config"]["finetune"]["epochs"] == 1
         assert report["config"]["finetune"]["from_scratch"] is (p["method"] == "scratch")
@@ -98,9 +100,13 @@ def test_a_changed_flag_is_refused_and_force_starts_over(done_run, tmp_path, cli
     assert "--epochs 1 -> 2" in r.stderr and "--force" in r.stderr and len(r.stderr.strip().splitlines()) == 1
     assert (out / "points.jsonl").read_text() == before
     r = cli("compare", *TINY, "--methods", "uniform:l1", "--budgets", "flops=0.5", "--seeds", "0", "--epochs", "2",
-            "--no-latency", "--out", out, "--force")
+            "--no-latency", "--keep", "none", "--out", out, "--force")
     assert r.code == 0, r
     assert [p["key"] for p in _lines(out / "points.jsonl")] == ["flops=0.5|uniform:l1|seed=0"]
+    # --keep none: every point keeps its report only
+    assert [p.name for p in (out / "points").iterdir()] == ["flops0.5-uniform-l1-seed0"]
+    assert sorted(f.name for f in (out / "points" / "flops0.5-uniform-l1-seed0").iterdir()) == ["report.json",
+                                                                                                "report.md"]
 
 
 def test_ctrl_c_keeps_finished_points(tmp_path, cli, monkeypatch):
@@ -125,20 +131,11 @@ def test_ctrl_c_keeps_finished_points(tmp_path, cli, monkeypatch):
     r = cli("compare", *TINY, *GRID, "--out", out)
     assert r.code == 0, r
     assert len(_lines(out / "points.jsonl")) == 4
-
-
-@pytest.mark.parametrize("keep", ["none", "best"])
-def test_keep(tmp_path, cli, keep):
-    out = tmp_path / "cmp"
-    r = cli("compare", *TINY, *GRID, "--keep", keep, "--out", out)
-    assert r.code == 0, r
+    # --keep best (the default): the bundle of each budget's best point on validation, the others' reports
     doc = json.loads((out / "compare.json").read_text())
     with_model = sorted(p.parent.name for p in (out / "points").glob("*/model.onnx"))
-    assert all((p / "report.json").is_file() for p in (out / "points").iterdir())
-    if keep == "none":
-        assert with_model == []
-    else:
-        assert with_model == [doc["verdicts"][0]["bundle"].split("/")[1]]
+    assert with_model == [doc["verdicts"][0]["bundle"].split("/")[1]]
+    assert len([p for p in (out / "points").iterdir() if (p / "report.json").is_file()]) == 4
 
 
 def test_equal_latency_lands_flops_methods_at_the_latency_points_speed(tmp_path, cli, monkeypatch,

@@ -283,3 +283,23 @@ def test_torchrun_placements_are_refused_before_any_work(cli, tmp_path, monkeypa
     assert result.code == 2, result
     assert result.stderr.count("\n") == 1 and message in result.stderr
     assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.slow
+def test_compare_under_torchrun_trains_every_point_on_both_ranks(tmp_path):
+    """`torchrun ... -m prunecli compare`: every point is a two-process prune (world size 2 in its report), rank 0
+    alone writes one line per point, and a rerun resumes on both ranks (nothing left to train)."""
+    cmd = [TORCHRUN, "--standalone", "--nproc_per_node", "2", "-m", "prunecli", "compare", RUN[0], "--input-shape",
+           "1,3,16,16", "--data", "digits", "--methods", "uniform:l1,global:l1", "--budgets", "flops=0.4",
+           "--seeds", "0", "--epochs", "1", "--batch-size", "8", "--no-latency", "--keep", "all", "--out",
+           str(tmp_path / "cmp")]
+    result = subprocess.run(cmd, env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    lines = (tmp_path / "cmp" / "points.jsonl").read_text().splitlines()
+    assert [json.loads(line)["key"] for line in lines] == ["flops=0.4|uniform:l1|seed=0", "flops=0.4|global:l1|seed=0"]
+    for line in lines:
+        report = json.loads((tmp_path / "cmp" / json.loads(line)["bundle"] / "report.json").read_text())
+        assert report["config"]["world_size"] == 2
+    again = subprocess.run(cmd, env=_env(), cwd=tmp_path, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr
+    assert (tmp_path / "cmp" / "points.jsonl").read_text().splitlines() == lines

@@ -228,3 +228,45 @@ def test_sigint_keeps_best_bundle_and_resume_continues(tmp_path):
     final = json.loads(resumed.stdout)
     assert "interrupted" not in final
     assert len(final["history"]) == 20 and final["history"][done]["epoch"] == done + 1
+
+
+@pytest.mark.parametrize("scratch", [False, True])
+def test_from_scratch_trains_the_architecture_without_the_dense_weights(cli, tmp_path, monkeypatch, scratch):
+    """--from-scratch: every filter that reaches training is new (none equals a dense filter); without it every kept
+    filter is one of the dense model's."""
+    import torch
+
+    import prunecli.pipeline.schedules as schedules
+    from prunecli.artifacts.load import load_model
+
+    started = []
+    real_fit = schedules.fit
+    monkeypatch.setattr(schedules, "fit", lambda model, *a, **k: started.append(
+        next(m for m in model.modules() if isinstance(m, torch.nn.Conv2d)).weight.detach().clone())
+        or real_fit(model, *a, **k))
+    net = "tinynets:tiny_resnet:width=16"
+    weights = tmp_path / "dense.pt"
+    torch.save(load_model(net, input_shape="1,3,16,16").model.state_dict(), weights)
+    result = cli("prune", net, "--weights", weights, *SMALL, "--data", "synthetic:64", "--flops", "0.5", "--epochs",
+                 "1", "--no-latency", "--json", "--out", tmp_path / "o", *(["--from-scratch"] if scratch else []))
+    assert result.code == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["config"]["finetune"]["from_scratch"] is scratch
+    assert (report["accuracy"]["pruned"] is None) is scratch
+    dense = next(m for m in load_model(net, weights=weights, input_shape="1,3,16,16").model.modules()
+                 if isinstance(m, torch.nn.Conv2d)).weight.detach()
+    first = started[0]
+    slices = [dense[i, :first.shape[1]] for i in range(dense.shape[0])]
+    matches = [any(torch.equal(f, d) for d in slices) for f in first]
+    assert (not any(matches)) if scratch else all(matches)
+
+
+@pytest.mark.parametrize("extra,message", [
+    ([], "--from-scratch trains the pruned architecture afresh: pass --data SPEC and --epochs N"),
+    (["--data", "synthetic:64", "--epochs", "1", "--schedule", "agp"], "use --schedule oneshot, not agp"),
+])
+def test_from_scratch_refusals(cli, tmp_path, extra, message):
+    result = cli("prune", "tinynets:tiny_resnet", *SMALL, "--flops", "0.5", "--from-scratch", *extra,
+                 "--out", tmp_path / "o")
+    assert result.code == 2 and message in result.stderr, result
+    assert not (tmp_path / "o").exists()

@@ -15,7 +15,7 @@ from prunecli.plan.stage import DATA_NEEDS
 
 
 def check_prune_request(config, *, out: Path, force: bool, resume: bool, data, epochs: int, inputs=(),
-                        check_out: bool = True) -> None:
+                        check_out: bool = True, from_scratch: bool = False) -> None:
     """Everything in a prune request (a PruneConfig and the run's flags) that can be refused before any work."""
     if resume or not check_out:  # under torchrun rank 0 checks --out (the others write nothing)
         check_not_input(Path(out), inputs)
@@ -29,6 +29,11 @@ def check_prune_request(config, *, out: Path, force: bool, resume: bool, data, e
         raise UsageError(f"--criterion {config.criterion} needs training data: pass --data SPEC (e.g. --data digits)")
     if epochs and not data:
         raise UsageError(f"--epochs {epochs} needs --data SPEC to fine-tune on (e.g. --data digits)")
+    if from_scratch and (not data or not epochs):
+        raise UsageError("--from-scratch trains the pruned architecture afresh: pass --data SPEC and --epochs N")
+    if from_scratch and config.schedule_name != "oneshot":
+        raise UsageError(f"--from-scratch trains the final architecture once: use --schedule oneshot, not "
+                         f"{config.schedule_name}")
 
 
 def placement_for(device: str, amp: str, sync_bn: bool, schedule: str, data, epochs: int):

@@ -47,13 +47,15 @@ from prunecli.train.finetune import LAST, FinetuneConfig, evaluate, read_resume_
 
 def run_prune(loaded: LoadedModel, config: PruneConfig, out: Path, *, force: bool = False,
               measure_latency: bool = True, data=None, finetune=None, resume: bool = False, progress=None, criterion_batches: int = 8, placement=None,
-              world=None) -> dict | None:
+              world=None, dense_accuracy: dict | None = None) -> dict | None:
     """Prune ``loaded`` to ``config``'s budget (optionally fine-tuning on ``data``) and write the bundle to ``out``.
 
     Returns report.json's content. With fine-tuning, ``out/checkpoints/`` holds a checkpoint per epoch;
     an interrupt (Ctrl-C) during fine-tuning still writes the bundle, from the best checkpoint, and the
     report says ``interrupted``; ``resume=True`` continues from ``out/checkpoints/last.pt``.
 
+    ``dense_accuracy``: the dense model's accuracy on the evaluation split when the caller has it already (`compare`
+    runs many prunes of one model), instead of evaluating it again.
     ``placement``: where the data stages run (device, AMP). ``world``: under torchrun, every rank calls this;
     rank 0 plans and writes (checkpoints, bundle, report) and returns the report, the others train their share
     and return None.
@@ -90,7 +92,7 @@ def run_prune(loaded: LoadedModel, config: PruneConfig, out: Path, *, force: boo
     if data is not None:
         eval_loader = shards.test if shards.test is not None else shards.val
         accuracy["split"] = "test" if data.test is not None else "val"
-        accuracy["dense"] = evaluate(loaded.model, eval_loader, placement=placement, world=world)
+        accuracy["dense"] = dense_accuracy or evaluate(loaded.model, eval_loader, placement=placement, world=world)
     if training and not resume and world.main:
         if out.exists() and force:
             shutil.rmtree(out)

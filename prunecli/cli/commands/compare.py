@@ -104,7 +104,7 @@ def compare(
     from prunecli.cli.configs import finetune_config, latency_settings
     from prunecli.core import distributed
     from prunecli.core.errors import UsageError
-    from prunecli.pipeline.compare import Budget, CompareConfig, parse_ints, run_compare
+    from prunecli.pipeline.compare import Budget, CompareConfig, check_compare_out, parse_ints, run_compare
     from prunecli.pipeline.preflight import placement_for
 
     budget_list = Budget.parse_all(budgets)
@@ -129,6 +129,17 @@ def compare(
     from prunecli.core.outputs import check_not_input
 
     check_not_input(Path(out), typed_inputs(model, weights, arch, data))
+    flags = {"model": model, "arch": arch, "weights": weights, "input_shape": input_shape,
+             "preset": preset, "data": data, "train_subset": train_subset, "epochs": epochs, "lr": lr,
+             "optimizer": optimizer, "weight_decay": weight_decay, "batch_size": batch_size, "distill": distill,
+             "distill_weight": distill_weight, "temperature": temperature,
+             "search_epochs": next((m.search_epochs for m in method_list if m.search_epochs), None),
+             "round_to": round_to, "ignore": list(ignore), "min_channels": min_channels,
+             "max_group_prune": max_group_prune, "provider": provider, "threads": threads,
+             "latency_batch": latency_batch, "latency_stat": latency_stat, "amp": amp,
+             "sensitivity_levels": sensitivity_levels, "sensitivity_metric": sensitivity_metric,
+             "sensitivity_batches": sensitivity_batches}
+    check_compare_out(Path(out), flags, force)  # a changed flag or a foreign --out: exit 2 before any work
     placement = placement_for(device, amp, False, "oneshot", data, epochs)
     if has_latency or not no_latency:
         from prunecli.runtime.timing import check_provider
@@ -140,16 +151,6 @@ def compare(
         return data_loaders(data, batch_size, workers, loaded, seed, placement=placement, train_subset=train_subset)
 
     make_data(seed_list[0])  # a bad --data or --train-subset: exit 2 before any work
-    flags = {"model": model, "arch": arch, "weights": weights, "input_shape": list(loaded.input_shape),
-             "preset": preset, "data": data, "train_subset": train_subset, "epochs": epochs, "lr": lr,
-             "optimizer": optimizer, "weight_decay": weight_decay, "batch_size": batch_size, "distill": distill,
-             "distill_weight": distill_weight, "temperature": temperature,
-             "search_epochs": next((m.search_epochs for m in method_list if m.search_epochs), None),
-             "round_to": round_to, "ignore": list(ignore), "min_channels": min_channels,
-             "max_group_prune": max_group_prune, "provider": provider, "threads": threads,
-             "latency_batch": latency_batch, "latency_stat": latency_stat, "amp": amp,
-             "sensitivity_levels": sensitivity_levels, "sensitivity_metric": sensitivity_metric,
-             "sensitivity_batches": sensitivity_batches}
     world = distributed.init(placement.kind)
     try:
         with progress_bars(enabled=not as_json and world.main) as progress:

@@ -101,6 +101,9 @@ def prune(
     distill: bool = typer.Option(False, "--distill", help="Distil from the dense model (KL on softened logits + task loss)."),
     distill_weight: float = typer.Option(0.7, "--distill-weight", help="Weight of the KL term."),
     temperature: float = typer.Option(4.0, "--temperature", help="Distillation temperature."),
+    from_scratch: bool = typer.Option(False, "--from-scratch", help="Train the pruned architecture from a fresh "
+                                      "random initialisation, not the dense weights (the control of 'Rethinking the "
+                                      "value of network pruning'; needs --data and --epochs, --schedule oneshot)."),
     criterion_batches: int = CriterionBatchesOpt,
     search_epochs: int = typer.Option(DEFAULT_SEARCH_EPOCHS, "--search-epochs", help="learned: epochs of the allocation search (before --epochs of fine-tuning)."),
     sensitivity_levels: str = typer.Option(LEVELS, "--sensitivity-levels",
@@ -172,8 +175,10 @@ def prune(
                           quantize=quantize_config(quantize, data, calibration, calibration_batches, max_quant_drop,
                                                    require_int8, reduce_range))
     finetune = finetune_config(epochs=epochs, lr=lr, optimizer=optimizer, weight_decay=weight_decay, distill=distill,
-                               distill_weight=distill_weight, temperature=temperature, seed=seed, sync_bn=sync_bn)
+                               distill_weight=distill_weight, temperature=temperature, seed=seed, sync_bn=sync_bn,
+                               from_scratch=from_scratch)
     check_prune_request(config, out=Path(out), force=force, resume=resume, data=data, epochs=epochs,
+                        from_scratch=from_scratch,
                         inputs=typed_inputs(model, weights, arch, data), check_out=not distributed.is_quiet_rank())
     placement = placement_for(device, amp, sync_bn, config.schedule_name, data, epochs)
     if config.latency is not None or config.allocation_name == "latency":

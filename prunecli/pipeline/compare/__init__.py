@@ -4,6 +4,6 @@
 `prune` pipeline, resumable) -> :mod:`.summary` (statistics over seeds, verdicts on validation, the outputs)."""
 
 from prunecli.pipeline.compare.grid import SCRATCH, Budget, Method, Point, parse_ints
-from prunecli.pipeline.compare.run import CompareConfig, Reporter, run_compare
+from prunecli.pipeline.compare.run import CompareConfig, Reporter, check_compare_out, run_compare
 
-__all__ = ["SCRATCH", "Budget", "CompareConfig", "Method", "Point", "Reporter", "parse_ints", "run_compare"]
+__all__ = ["SCRATCH", "Budget", "CompareConfig", "Method", "Point", "Reporter", "check_compare_out", "parse_ints", "run_compare"]

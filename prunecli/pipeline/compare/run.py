@@ -84,15 +84,17 @@ def run_compare(loaded: LoadedModel, config: CompareConfig, out: Path, *, make_d
     ``make_data(seed)``: fresh loaders for a seed (every point at a seed sees the same data order). ``flags``: the
     command's flags (:data:`prunecli.pipeline.compare.grid.POINT_FLAGS` are checked on resume). Ctrl-C keeps every
     finished point: the summaries are written after each one, and the interrupt propagates (exit 130)."""
-    from prunecli.core.distributed import SINGLE
+    from prunecli.core.distributed import SINGLE, broadcast
 
     world = world or SINGLE
     reporter = reporter or Reporter()
     recorded_flags = flags_json(flags)
     done = _prepare_out(out, recorded_flags, force) if world.main else {}
+    done_keys = set(broadcast(world, sorted(done)))  # under torchrun every rank runs the same points
     grid = config.grid()
     round_to = _round_to_per_budget(loaded, config)  # unreachable FLOPs/params budgets: exit 2 before any work
-    dense = _dense(loaded, config, out, make_data, placement, world, measure_latency)
+    # rank 0 evaluates the dense model once; every rank's prunes take its accuracy (none evaluates it again)
+    dense = broadcast(world, _dense(loaded, config, out, make_data, placement, measure_latency) if world.main else None)
     header = {"schema_version": SCHEMA_VERSION, "model": flags.get("model"), "data": flags.get("data"),
               "flags": recorded_flags, "grid": {"methods": [describe_method(m) for m in config.methods],
                                                "budgets": [b.key for b in config.budgets], "seeds": list(config.seeds),
@@ -100,7 +102,7 @@ def run_compare(loaded: LoadedModel, config: CompareConfig, out: Path, *, make_d
                                                "equal_latency": config.equal_latency, "keep": config.keep},
               "dense": dense}
     records = [r for r in done.values() if r["key"] in {p.key for p in grid}]
-    todo = [p for p in grid if p.key not in done]
+    todo = [p for p in grid if p.key not in done_keys]
     reporter.start(len(grid), len(grid) - len(todo))
     walls: list[float] = []
     missed: dict = {}  # key -> the record of a point whose budget was not met (it runs again on resume)
@@ -109,7 +111,7 @@ def run_compare(loaded: LoadedModel, config: CompareConfig, out: Path, *, make_d
         eta = _eta(walls, len(grid) - i + 1)
         reporter.point_started(i, len(grid), point, eta)
         record = _run_point(loaded, config, point, out, make_data, round_to, placement, world, reporter,
-                            measure_latency)
+                            measure_latency, dense.get("test") or dense.get("val"))
         if not world.main:
             continue
         walls.append(record["wall_s"])
@@ -134,29 +136,37 @@ def _eta(walls: list, remaining: int) -> float | None:
     return sum(walls) / len(walls) * remaining if walls else None
 
 
-def _prepare_out(out: Path, flags: dict, force: bool) -> dict:
-    """The points already recorded in ``out`` ({key: record}, the last record of each key that succeeded), after the
-    resume check: the recorded point flags equal these, or --force starts over. A non-empty ``out`` that no compare
-    made needs --force (and is replaced)."""
+def check_compare_out(out: Path, flags: dict, force: bool) -> bool:
+    """Whether a run into ``out`` resumes (True) or starts afresh (False), refusing (exit 2, before any work) a
+    compare run there with other point flags, or a non-empty ``out`` no compare made, unless ``force``. Reads only:
+    every rank under torchrun can ask it before the group starts."""
     state = out / STATE
-    if state.is_file():
-        try:
-            recorded = json.loads(state.read_text())["flags"]
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise UsageError(f"--out {out}: {state} is damaged ({exc}); pass --force to start over") from exc
-        changed = changed_flags(recorded, flags)
-        if changed and not force:
-            raise UsageError(f"--out {out} holds a compare run with other settings ({'; '.join(changed)}): its points "
-                             "would not be comparable; rerun with the same flags to resume, another --out, or --force "
-                             "to start over")
-        if not changed:
-            return _recorded(out / POINTS)
-        shutil.rmtree(out)
-    else:
+    if not state.is_file():
         check_out_dir(out, force)
-        if out.exists():
-            shutil.rmtree(out)
+        return False
+    try:
+        recorded = json.loads(state.read_text())["flags"]
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        if force:
+            return False
+        raise UsageError(f"--out {out}: {state} is damaged ({exc}); pass --force to start over") from exc
+    changed = changed_flags(recorded, flags_json(flags))
+    if changed and not force:
+        raise UsageError(f"--out {out} holds a compare run with other settings ({'; '.join(changed)}): its points "
+                         "would not be comparable; rerun with the same flags to resume, another --out, or --force "
+                         "to start over")
+    return not changed
+
+
+def _prepare_out(out: Path, flags: dict, force: bool) -> dict:
+    """The points already recorded in ``out`` ({key: record}, the last record of each key that succeeded) when the
+    run resumes (:func:`check_compare_out`); otherwise ``out`` emptied (with --force) and its state written."""
+    if check_compare_out(out, flags, force):
+        return _recorded(out / POINTS)
+    if out.exists():
+        shutil.rmtree(out)
     out.mkdir(parents=True, exist_ok=True)
+    state = out / STATE
     tmp = state.with_name("." + state.name + ".tmp")
     tmp.write_text(json.dumps({"schema_version": SCHEMA_VERSION, "flags": flags}, indent=1) + "\n")
     os.replace(tmp, state)
@@ -225,8 +235,7 @@ def _round_to_per_budget(loaded: LoadedModel, config: CompareConfig) -> dict:
     return out
 
 
-def _dense(loaded: LoadedModel, config: CompareConfig, out: Path, make_data, placement, world,
-           measure_latency: bool) -> dict:
+def _dense(loaded: LoadedModel, config: CompareConfig, out: Path, make_data, placement, measure_latency: bool) -> dict:
     """The dense model's row: val and test top-1/top-5, FLOPs, params; ``dense.onnx`` in ``out`` (every point's
     latency baseline, and a `prunecli bench --baseline` for the user)."""
     from prunecli.graph.cost import count_flops, count_params
@@ -234,10 +243,10 @@ def _dense(loaded: LoadedModel, config: CompareConfig, out: Path, make_data, pla
     from prunecli.train.finetune import evaluate
 
     data = make_data(config.seeds[0])
-    row = {"val": evaluate(loaded.model, data.val, placement=placement, world=world),
-           "test": evaluate(loaded.model, data.test, placement=placement, world=world) if data.test is not None else None,
+    row = {"val": evaluate(loaded.model, data.val, placement=placement),
+           "test": evaluate(loaded.model, data.test, placement=placement) if data.test is not None else None,
            "flops": count_flops(loaded.model, loaded.example_input), "params": count_params(loaded.model)}
-    if world.main and measure_latency and not (out / "dense.onnx").is_file():
+    if measure_latency and not (out / "dense.onnx").is_file():
         tmp = out / ".dense.onnx.tmp"
         export_onnx(loaded.model, loaded.example_input, tmp, config.prune.get("opset", 18))
         os.replace(tmp, out / "dense.onnx")
@@ -259,7 +268,7 @@ def _prune_config(config: CompareConfig, point: Point, round_to: dict):
 
 
 def _run_point(loaded, config: CompareConfig, point: Point, out: Path, make_data, round_to: dict, placement, world,
-               reporter, measure_latency: bool) -> dict:
+               reporter, measure_latency: bool, dense_accuracy: dict | None = None) -> dict:
     """One point through run_prune; its record (status ok, or missed with the reason when its budget was not met)."""
     from prunecli.pipeline.prune import run_prune
 
@@ -276,7 +285,8 @@ def _run_point(loaded, config: CompareConfig, point: Point, out: Path, make_data
     t0 = time.perf_counter()
     try:
         report = run_prune(loaded, prune_config, bundle, force=True, measure_latency=False, data=data,
-                           finetune=finetune, progress=reporter.progress, placement=placement, world=world)
+                           finetune=finetune, progress=reporter.progress, placement=placement, world=world,
+                           dense_accuracy=dense_accuracy)
     except BudgetNotMet as missed:  # a latency fit that found no plan in its window: the grid goes on
         return {**base, "status": "missed", "error": str(missed), "wall_s": time.perf_counter() - t0}
     wall = time.perf_counter() - t0
@@ -290,15 +300,15 @@ def _run_point(loaded, config: CompareConfig, point: Point, out: Path, make_data
 
 def _measure_point(loaded, config: CompareConfig, report: dict, bundle: Path, data, out: Path, placement,
                    measure_latency: bool) -> dict:
-    """The bundle reloaded (as a user would: pickle-free) and evaluated on val and test; its latency against
-    dense.onnx; costs, file size and wall times from its report."""
-    from prunecli.artifacts.load import load_model
+    """A point's numbers from its report (validation top-1 of the epoch fine-tuning selected, test top-1 of the
+    bundle's model), its latency against dense.onnx, costs, file size and wall times."""
     from prunecli.runtime.pair import ratio_to_baseline
-    from prunecli.train.finetune import evaluate
 
-    model = load_model(str(bundle), arch=loaded.arch).model  # the architecture MODEL named: nothing read runs
-    val = evaluate(model, data.val, placement=placement)
-    test = evaluate(model, data.test, placement=placement) if data.test is not None else None
+    accuracy = report.get("accuracy", {})
+    best = accuracy.get("best_epoch")
+    history = report.get("history") or []
+    val = next((h["val"] for h in history if h["epoch"] == best), history[-1]["val"] if history else {})
+    test = accuracy.get("finetuned") if accuracy.get("split") == "test" else None
     timings = report["timings"]
     finetune_s = timings.get("finetune_s", 0.0)
     scan = timings.get("sensitivity", {}) if isinstance(timings.get("sensitivity"), dict) else {}
@@ -309,7 +319,7 @@ def _measure_point(loaded, config: CompareConfig, report: dict, bundle: Path, da
                                     max_seconds=config.latency_seconds)
     budget_latency = report["budget"].get("latency")
     return {
-        "val_top1": val["top1"], "val_top5": val.get("top5"),
+        "val_top1": val.get("top1"), "val_top5": val.get("top5"),
         "test_top1": test["top1"] if test else None, "test_top5": test.get("top5") if test else None,
         "before_finetune_top1": (report.get("accuracy", {}).get("pruned") or {}).get("top1"),
         "best_epoch": report.get("accuracy", {}).get("best_epoch"),

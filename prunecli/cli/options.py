@@ -6,7 +6,7 @@ import sys
 
 import typer
 
-__all__ = ["AmpOpt", "ArchOpt", "CalibrationBatchesOpt", "CalibrationOpt", "CriterionBatchesOpt", "DataHelp",
+__all__ = [*["ProviderOpt", "ThreadsOpt", "LatencyBatchOpt", "LatencyStatOpt", "LrOpt", "OptimizerOpt", "WeightDecayOpt", "TrainBatchOpt", "DistillOpt", "DistillWeightOpt", "TemperatureOpt", "MaxGroupPruneOpt", "SensitivityLevelsOpt", "SensitivityMetricOpt", "SensitivityBatchesOpt"], "AmpOpt", "ArchOpt", "CalibrationBatchesOpt", "CalibrationOpt", "CriterionBatchesOpt", "DataHelp",
            "DeviceOpt", "IgnoreOpt", "JsonOpt", "LEVELS", "MaxQuantDropOpt", "MinChannelsOpt", "ModelArg", "PresetOpt",
            "PruneHeadsOpt", "ReduceRangeOpt", "RequireInt8Opt", "ShapeOpt", "SkipBadOpt", "TrustOpt", "WeightsOpt",
            "WorkersOpt", "choices", "console", "load", "progress_bars", "typed_inputs"]
@@ -46,6 +46,25 @@ SkipBadOpt = typer.Option(False, "--skip-bad-images", help="imagefolder: decode 
                           "those that fail (listed in report.json); without it a bad image stops the run (exit 2).")
 CriterionBatchesOpt = typer.Option(8, "--criterion-batches", help="Training batches for taylor/activation criteria.")
 LEVELS = "0.1,0.2,0.3,0.4,0.5,0.6,0.7,0.8,0.9"  # prunecli.plan.allocators.sensitivity.DEFAULT_LEVELS (kept here: --help imports no torch)
+# the runtime a latency budget is measured on (prune, compare)
+ProviderOpt = typer.Option("cpu", "--provider", help="Latency: onnxruntime provider, cpu, cuda or tensorrt.")
+ThreadsOpt = typer.Option(None, "--threads", help="Latency: intra-op threads (default: physical cores).")
+LatencyBatchOpt = typer.Option(None, "--latency-batch", help="Latency: batch (default: the input shape's).")
+LatencyStatOpt = typer.Option("p50", "--latency-stat", help="Latency: statistic the budget holds for, p50 or p90.")
+# fine-tuning (prune, compare)
+LrOpt = typer.Option(0.01, "--lr", help="Peak learning rate (cosine schedule with warmup).")
+OptimizerOpt = typer.Option("sgd", "--optimizer", help="sgd or adamw.")
+WeightDecayOpt = typer.Option(5e-4, "--weight-decay", help="Weight decay.")
+TrainBatchOpt = typer.Option(64, "--batch-size", help="Batch size for training and evaluation.")
+DistillOpt = typer.Option(False, "--distill", help="Distil from the dense model (KL on softened logits + task loss).")
+DistillWeightOpt = typer.Option(0.7, "--distill-weight", help="Weight of the KL term.")
+TemperatureOpt = typer.Option(4.0, "--temperature", help="Distillation temperature.")
+# the allocations' settings (prune, compare)
+MaxGroupPruneOpt = typer.Option(0.9, "--max-group-prune", help="global, latency: most of a group that may go.")
+SensitivityLevelsOpt = typer.Option(LEVELS, "--sensitivity-levels",
+                                    help="sensitivity: scan levels (as `prunecli sensitivity --levels`).")
+SensitivityMetricOpt = typer.Option("loss", "--sensitivity-metric", help="sensitivity: loss or top1.")
+SensitivityBatchesOpt = typer.Option(10, "--sensitivity-batches", help="sensitivity: validation batches per point.")
 
 
 

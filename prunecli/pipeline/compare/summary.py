@@ -121,7 +121,8 @@ def markdown(doc: dict) -> str:
         f"{', '.join(str(s) for s in grid['seeds'])}; the best epoch and the best method are chosen on the validation "
         "split, test is only reported. Mean +- standard error over seeds. FLOPs are FlopCounterMode FLOPs (2 per "
         "multiply-add), not MACs. Latency: each model against the dense one, interleaved, "
-        f"{machine.get('latency', 'not measured')}.", "",
+        f"{machine.get('latency', 'not measured')}. Wall times: {machine.get('cpu')}, "
+        f"{machine.get('torch_threads')} torch threads.", "",
         f"Dense: val top-1 {_num((dense.get('val') or {}).get('top1'), 2)}, test top-1 "
         f"{_num((dense.get('test') or {}).get('top1'), 2)}.", "",
     ]
@@ -221,7 +222,9 @@ def write_summaries(out: Path, header: dict, records: list[dict], missed=()) -> 
         v["bundle"] = best["bundle"]
     measured = next((r for r in ok if r.get("latency_stat")), None)
     settings = header["flags"]
-    machine = {"cpu": cpu_model(), "cores": physical_cores(),
+    import torch
+
+    machine = {"cpu": cpu_model(), "cores": physical_cores(), "torch_threads": torch.get_num_threads(),
                "latency": (f"{measured['latency_stat']} ratio, onnxruntime {settings.get('provider')} with "
                            f"{settings.get('threads') or physical_cores()} threads on {cpu_model()}, until "
                            "its 95% interval is within +-2% or 20 s") if measured else "not measured"}

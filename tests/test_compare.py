@@ -156,6 +156,22 @@ def test_equal_latency_lands_flops_methods_at_the_latency_points_speed(tmp_path,
     assert len({round(p["flops_ratio"], 3) for p in points.values()}) >= 2
 
 
+def test_the_grid_runs_latency_budgets_first_and_equal_latency_leaves_learned_out():
+    from prunecli.pipeline.compare import SCRATCH, Budget, Method
+    from prunecli.pipeline.compare.grid import points
+    from prunecli.plan.allocators import Latency, Learned, Uniform
+
+    methods = (Method("uniform:l1", Uniform()), Method("learned", Learned(epochs=1)), Method("latency:l1", Latency()))
+    budgets = Budget.parse_all(["flops=0.5", "latency=0.5"])
+    plain = points(methods, budgets, (0,), scratch=True, equal_latency=False)
+    assert [p.key for p in plain] == ["latency=0.5|latency:l1|seed=0", "latency=0.5|scratch|seed=0",
+                                      "flops=0.5|uniform:l1|seed=0", "flops=0.5|learned|seed=0",
+                                      "flops=0.5|latency:l1|seed=0", "flops=0.5|scratch|seed=0"]
+    assert plain[1].method == SCRATCH and plain[1].arch_of.name == "latency:l1"
+    equal = points(methods, budgets, (0,), scratch=False, equal_latency=True)
+    assert [p.method_name for p in equal if p.budget.metric == "latency"] == ["uniform:l1", "latency:l1"]
+
+
 @pytest.mark.parametrize("args,message", [
     (["--methods", "unifrom:l1"], "did you mean 'uniform'"),
     (["--methods", "uniform:l7"], "--methods uniform:l7: --criterion 'l7' is not a known criterion"),

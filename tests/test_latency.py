@@ -57,6 +57,8 @@ def test_bad_latency_budgets_are_refused(text, message):
     (["--latency", "0.6", "--threads", "0"], "--threads 0 must be >= 1"),
     (["--latency", "0.6", "--latency-batch", "0"], "--latency-batch 0 must be >= 1"),
     (["--latency", "0.6", "--allocation", "latncy"], "did you mean 'latency'"),
+    (["--latency", "0.6", "--allocation", "learned", "--data", "synthetic:64"],
+     "--allocation learned searches its ratios for a FLOPs or params budget"),
 ])
 def test_latency_flags_usage_errors(cli, tmp_path, args, message):
     r = cli("prune", RESNET, "--input-shape", SHAPE, *args, "--out", tmp_path / "o")

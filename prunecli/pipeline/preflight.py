@@ -25,6 +25,10 @@ def check_prune_request(config, *, out: Path, force: bool, resume: bool, data, e
     if getattr(ALLOCATORS.for_config(config.allocation), "needs", None) in DATA_NEEDS and not data:
         raise UsageError(f"--allocation {config.allocation_name} evaluates the model while it allocates: pass "
                          "--data SPEC (e.g. --data digits)")
+    if config.allocation_name == "learned" and config.flops is None and config.params is None:
+        raise UsageError("--allocation learned searches its ratios for a FLOPs or params budget: give --flops or "
+                         "--params as well (with --latency too, the latency fit then runs over the learned order), "
+                         "or use --allocation latency, uniform, global or sensitivity for a latency budget alone")
     if config.criterion in DATA_CRITERIA and not data:
         raise UsageError(f"--criterion {config.criterion} needs training data: pass --data SPEC (e.g. --data digits)")
     if epochs and not data:

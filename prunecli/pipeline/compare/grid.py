@@ -33,6 +33,11 @@ class Method:
         return self.allocation_name == "latency"
 
     @property
+    def takes_latency(self) -> bool:
+        """It can be fitted to a latency budget alone (learned searches for a FLOPs or params budget)."""
+        return self.allocation_name != "learned"
+
+    @property
     def search_epochs(self) -> int:
         """Epochs of training the allocation itself spends (the learned allocator's search): counted in --epochs."""
         return getattr(self.allocation, "epochs", 0) if self.allocation_name == "learned" else 0
@@ -119,13 +124,15 @@ class Point:
 def points(methods: tuple, budgets: tuple, seeds: tuple, *, scratch: bool, equal_latency: bool) -> list[Point]:
     """The grid in the order it runs: latency budgets first (an unreachable latency target is then refused before
     any point trains), budgets in the order given, seeds, then methods. At a latency budget only latency-aware
-    methods run, unless ``equal_latency``: then every method is fitted to the same measured latency (compared at
-    equal speed, not equal FLOPs). ``scratch``: per budget and seed, the architecture of the budget's first method
+    methods run, unless ``equal_latency``: then every method that can take a latency budget alone (not learned, whose
+    search needs a FLOPs or params budget) is fitted to the same measured latency (compared at equal speed, not equal
+    FLOPs). ``scratch``: per budget and seed, the architecture of the budget's first method
     that runs there (uniform:l1 by default; latency at a latency budget) re-initialised and trained."""
     ordered = [b for b in budgets if b.metric == "latency"] + [b for b in budgets if b.metric != "latency"]
     grid: list[Point] = []
     for budget in ordered:
-        here = [m for m in methods if budget.metric != "latency" or m.latency_aware or equal_latency]
+        here = [m for m in methods
+                if budget.metric != "latency" or m.latency_aware or (equal_latency and m.takes_latency)]
         if not here:
             raise UsageError(f"--budgets {budget.key}: no method in --methods prunes to a latency budget; add "
                              "`latency` to --methods, or pass --equal-latency to fit every method to it")

@@ -213,3 +213,14 @@ def test_compare_on_the_digits_demo_model(tmp_path, cli):
     assert len(doc["points"]) == 12 and {v["budget"] for v in doc["verdicts"]} == {"flops=0.5", "flops=0.25"}
     assert all(p["latency_ratio"] is not None and p["latency_ratio"] < 1 for p in doc["points"])
     assert all(p["test_top1"] > 50 for p in doc["points"])  # fine-tuned pruned digits models
+
+
+def test_the_eta_counts_each_remaining_point_at_its_methods_pace():
+    from prunecli.pipeline.compare import Budget, Point
+    from prunecli.pipeline.compare.run import _eta
+
+    b = Budget("flops", 0.5)
+    todo = [Point(b, "uniform:l1", 1), Point(b, "learned", 1), Point(b, "global:l1", 1)]
+    assert _eta([], todo) is None
+    # learned took 5x uniform; global, not timed yet, at the mean of all
+    assert _eta([("uniform:l1", 10.0), ("learned", 50.0)], todo) == pytest.approx(10 + 50 + 30)

@@ -89,10 +89,10 @@ def run_compare(loaded: LoadedModel, config: CompareConfig, out: Path, *, make_d
     world = world or SINGLE
     reporter = reporter or Reporter()
     recorded_flags = flags_json(flags)
+    grid = config.grid()
+    round_to = _round_to_per_budget(loaded, config)  # unreachable FLOPs/params budgets: exit 2, nothing written
     done = _prepare_out(out, recorded_flags, force) if world.main else {}
     done_keys = set(broadcast(world, sorted(done)))  # under torchrun every rank runs the same points
-    grid = config.grid()
-    round_to = _round_to_per_budget(loaded, config)  # unreachable FLOPs/params budgets: exit 2 before any work
     # rank 0 evaluates the dense model once; every rank's prunes take its accuracy (none evaluates it again)
     dense = broadcast(world, _dense(loaded, config, out, make_data, placement, measure_latency) if world.main else None)
     header = {"schema_version": SCHEMA_VERSION, "model": flags.get("model"), "data": flags.get("data"),
@@ -104,17 +104,16 @@ def run_compare(loaded: LoadedModel, config: CompareConfig, out: Path, *, make_d
     records = [r for r in done.values() if r["key"] in {p.key for p in grid}]
     todo = [p for p in grid if p.key not in done_keys]
     reporter.start(len(grid), len(grid) - len(todo))
-    walls: list[float] = []
+    walls = [(r["method"], r["wall_s"]) for r in records]  # what each method's points took, for the ETA
     missed: dict = {}  # key -> the record of a point whose budget was not met (it runs again on resume)
     doc = write_summaries(out, header, records) if world.main else {}
     for i, point in enumerate(todo, start=len(grid) - len(todo) + 1):
-        eta = _eta(walls, len(grid) - i + 1)
-        reporter.point_started(i, len(grid), point, eta)
+        reporter.point_started(i, len(grid), point, _eta(walls, todo[i - 1 - (len(grid) - len(todo)):]))
         record = _run_point(loaded, config, point, out, make_data, round_to, placement, world, reporter,
                             measure_latency, dense.get("test") or dense.get("val"))
         if not world.main:
             continue
-        walls.append(record["wall_s"])
+        walls.append((record["method"], record["wall_s"]))
         _append(out / POINTS, record)
         if record["status"] == "ok":
             records = [r for r in records if r["key"] != record["key"]] + [record]
@@ -123,7 +122,7 @@ def run_compare(loaded: LoadedModel, config: CompareConfig, out: Path, *, make_d
         if config.keep == "none":
             _strip_bundle(out / "points" / point.dirname)
         doc = write_summaries(out, header, records, missed.values())
-        reporter.point_finished(i, len(grid), record, _eta(walls, len(grid) - i))
+        reporter.point_finished(i, len(grid), record, _eta(walls, todo[i - (len(grid) - len(todo)):]))
     if world.main and config.keep == "best":
         best = {v["bundle"] for v in doc.get("verdicts", []) if v.get("bundle")}
         for record in records:
@@ -132,8 +131,16 @@ def run_compare(loaded: LoadedModel, config: CompareConfig, out: Path, *, make_d
     return doc
 
 
-def _eta(walls: list, remaining: int) -> float | None:
-    return sum(walls) / len(walls) * remaining if walls else None
+def _eta(walls: list, remaining: list) -> float | None:
+    """Seconds the ``remaining`` points should take: each at its method's mean so far (a learned point costs several
+    of the others), a method not timed yet at the mean of all; None before any point finished."""
+    if not walls:
+        return None
+    overall = sum(w for _, w in walls) / len(walls)
+    by: dict = {}
+    for method, wall in walls:
+        by.setdefault(method, []).append(wall)
+    return sum(sum(by[p.method_name]) / len(by[p.method_name]) if p.method_name in by else overall for p in remaining)
 
 
 def check_compare_out(out: Path, flags: dict, force: bool) -> bool:

@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-TINY = ["tinynets:tiny_resnet:width=16", "--input-shape", "1,3,8,8", "--data", "digits"]
+TINY = ["tinynets:tiny_resnet:width=16", "--input-shape", "1,3,8,8", "--data", "digits", "--train-subset", "256"]
 GRID = ["--methods", "uniform:l1,global:l1", "--budgets", "flops=0.5", "--seeds", "0,1", "--epochs", "1",
         "--no-latency"]
 

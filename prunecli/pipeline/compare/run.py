@@ -106,23 +106,25 @@ def run_compare(loaded: LoadedModel, config: CompareConfig, out: Path, *, make_d
     reporter.start(len(grid), len(grid) - len(todo))
     walls = [(r["method"], r["wall_s"]) for r in records]  # what each method's points took, for the ETA
     missed: dict = {}  # key -> the record of a point whose budget was not met (it runs again on resume)
-    doc = write_summaries(out, header, records) if world.main else {}
-    for i, point in enumerate(todo, start=len(grid) - len(todo) + 1):
-        reporter.point_started(i, len(grid), point, _eta(walls, todo[i - 1 - (len(grid) - len(todo)):]))
-        record = _run_point(loaded, config, point, out, make_data, round_to, placement, world, reporter,
-                            measure_latency, dense.get("test") or dense.get("val"))
-        if not world.main:
-            continue
-        walls.append((record["method"], record["wall_s"]))
-        _append(out / POINTS, record)
-        if record["status"] == "ok":
-            records = [r for r in records if r["key"] != record["key"]] + [record]
-        else:
-            missed[record["key"]] = record
-        if config.keep == "none":
-            _strip_bundle(out / "points" / point.dirname)
-        doc = write_summaries(out, header, records, missed.values())
-        reporter.point_finished(i, len(grid), record, _eta(walls, todo[i - (len(grid) - len(todo)):]))
+    try:
+        for i, point in enumerate(todo, start=len(grid) - len(todo) + 1):
+            reporter.point_started(i, len(grid), point, _eta(walls, todo[i - 1 - (len(grid) - len(todo)):]))
+            record = _run_point(loaded, config, point, out, make_data, round_to, placement, world, reporter,
+                                measure_latency, dense.get("test") or dense.get("val"))
+            if not world.main:
+                continue
+            walls.append((record["method"], record["wall_s"]))
+            _append(out / POINTS, record)
+            if record["status"] == "ok":
+                records = [r for r in records if r["key"] != record["key"]] + [record]
+            else:
+                missed[record["key"]] = record
+            if config.keep == "none":
+                _strip_bundle(out / "points" / point.dirname)
+            write_summaries(out, header, records, missed.values(), plot=False)  # the picture once, at the end
+            reporter.point_finished(i, len(grid), record, _eta(walls, todo[i - (len(grid) - len(todo)):]))
+    finally:  # finished, failed or interrupted: the tables and the picture of every finished point
+        doc = write_summaries(out, header, records, missed.values()) if world.main else {}
     if world.main and config.keep == "best":
         best = {v["bundle"] for v in doc.get("verdicts", []) if v.get("bundle")}
         for record in records:

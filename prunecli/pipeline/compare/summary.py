@@ -208,9 +208,9 @@ def plot_pareto(lines: list[dict], dense: dict, path: Path, title: str) -> None:
     save_figure(fig, path)
 
 
-def write_summaries(out: Path, header: dict, records: list[dict], missed=()) -> dict:
-    """compare.json, compare.md and pareto.png from the finished points (each written whole, then renamed);
-    returns compare.json's content."""
+def write_summaries(out: Path, header: dict, records: list[dict], missed=(), plot: bool = True) -> dict:
+    """compare.json, compare.md and (with ``plot``) pareto.png from the finished points (each written whole, then
+    renamed); returns compare.json's content."""
     from prunecli.runtime.timing import cpu_model, physical_cores
 
     ok = [r for r in records if r.get("status") == "ok"]
@@ -233,7 +233,7 @@ def write_summaries(out: Path, header: dict, records: list[dict], missed=()) -> 
                                                                                    "series": series(table)}}
     _write(out / "compare.json", json.dumps(doc, indent=1) + "\n")
     _write(out / "compare.md", markdown(doc))
-    if ok:
+    if ok and plot:
         plot_pareto(doc["plot"]["series"], header["dense"], out / "pareto.png",
                     f"{header.get('model')} on {header.get('data')}")
     return doc

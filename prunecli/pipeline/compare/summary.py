@@ -85,8 +85,8 @@ def recommendation(table: list[dict], found: list[dict], dense: dict) -> str:
         if v["kind"] == "best":
             runner = by[(v["budget"], v["runner_up"])]
             gap = (best[split + "_top1"] or 0) - (runner[split + "_top1"] or 0)
-            said += (f"; {v['runner_up']}, the runner-up on validation, is {gap:.2f} lower on {split}, and "
-                     f"{v['lead']:.2f} lower on validation, beyond the standard error ({v['margin']:.2f})")
+            said += (f"; {v['runner_up']}, the runner-up, is {v['lead']:.2f} lower on validation, beyond the "
+                     f"standard error ({v['margin']:.2f}), and {_versus(gap)} on {split}")
         elif v["kind"] == "tie":
             margin = "one seed: no standard error" if v["margin"] is None else f"within {v['margin']:.2f}"
             said += f", level with {', '.join(v['tied'])} on validation ({margin}): a tie"
@@ -99,6 +99,13 @@ def recommendation(table: list[dict], found: list[dict], dense: dict) -> str:
         return "No point has finished yet."
     return (f"Chosen on validation, reported on {split}: " + "; ".join(parts) + ". A best method is named only where "
             "its validation lead over the runner-up exceeds the larger standard error over seeds.")
+
+
+def _versus(gap: float) -> str:
+    """The best method's lead on test over the runner-up, in words (test may disagree with validation)."""
+    if abs(gap) < 0.005:
+        return "level"
+    return f"{abs(gap):.2f} {'lower' if gap > 0 else 'higher'}"
 
 
 def _pm(mean, se) -> str:

@@ -129,7 +129,8 @@ def markdown(doc: dict) -> str:
         "split, test is only reported. Mean +- standard error over seeds. FLOPs are FlopCounterMode FLOPs (2 per "
         "multiply-add), not MACs. Latency: each model against the dense one, interleaved, "
         f"{machine.get('latency', 'not measured')}. Wall times: {machine.get('cpu')}, "
-        f"{machine.get('torch_threads')} torch threads.", "",
+        f"{machine.get('torch_threads')} torch threads; a sensitivity scan reused from the cache is counted at its "
+        "original cost.", "",
         f"Dense: val top-1 {_num((dense.get('val') or {}).get('top1'), 2)}, test top-1 "
         f"{_num((dense.get('test') or {}).get('top1'), 2)}.", "",
     ]

@@ -112,3 +112,35 @@ def data_loaders(spec, batch_size, workers, loaded, seed, skip_bad_images=False,
     loaders = load_data(config, loaded.input_shape, seed=seed, num_classes=outputs or 10)
     check_classes(loaders, outputs, spec, loaded.display_name)
     return loaders
+
+
+def compare_methods(text: str, has_latency: bool, epochs: int, search_epochs, max_group_prune, levels, metric, batches):
+    """--methods -> Method configs; `latency` added with a latency budget. An unknown allocation or criterion lists
+    the choices (exit 2)."""
+    from prunecli.core.errors import UsageError
+    from prunecli.pipeline.compare import Method
+    from prunecli.plan.allocators.learned import DEFAULT_SEARCH_EPOCHS
+    from prunecli.plan.criteria import CRITERIA
+
+    names = [m.strip() for m in text.split(",") if m.strip()]
+    if not names:
+        raise UsageError("--methods: give at least one allocation[:criterion], e.g. uniform:l1,global:l1")
+    if has_latency and not any(n.split(":")[0] == "latency" for n in names):
+        names.append("latency")
+    search = search_epochs if search_epochs is not None else max(1, min(DEFAULT_SEARCH_EPOCHS, epochs - 1))
+    out = []
+    for name in names:
+        name_of_allocation, _, criterion = name.partition(":")
+        try:
+            config = allocation(name_of_allocation, latency=False, max_group_prune=max_group_prune,
+                                search_epochs=search, levels=levels, metric=metric, batches=batches)
+            CRITERIA.get(criterion or "l1")
+        except UsageError as exc:
+            raise UsageError(f"--methods {name}: {exc}") from None
+        if name_of_allocation == "learned" and criterion:
+            raise UsageError(f"--methods {name}: learned keeps the channels its search scores highest; write `learned`")
+        label = name_of_allocation if name_of_allocation == "learned" else f"{name_of_allocation}:{criterion or 'l1'}"
+        if any(m.name == label for m in out):
+            continue
+        out.append(Method(label, config, criterion or "l1"))
+    return tuple(out)

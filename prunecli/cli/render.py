@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import sys
+
 from rich.console import Console
 from rich.table import Table
 
@@ -233,3 +235,42 @@ def render_compare(console: Console, doc: dict, out) -> None:
         console.print(f"[yellow]{m['key']}: budget not met[/] ({m['error']})")
     console.print(doc["recommendation"])
     console.print(f"[dim]{out}/compare.md, compare.json, pareto.png; points.jsonl (a rerun resumes)[/dim]")
+
+
+class CompareProgress:
+    """Progress of the grid: a Rich bar for the whole grid (its ETA from the points done) beside the fine-tuning
+    bars on a terminal; plain lines on stderr otherwise."""
+
+    def __init__(self, progress, quiet: bool) -> None:
+        self.progress, self.quiet, self.task = progress, quiet, None
+
+    def start(self, total: int, done: int) -> None:
+        if self.progress is not None:
+            self.task = self.progress.add_task("compare", total=total, completed=done, info=f"{done}/{total} points")
+        elif not self.quiet and done:
+            sys.stderr.write(f"compare: {done} of {total} points already done in --out: resuming\n")
+
+    def point_started(self, index: int, total: int, point, eta_s) -> None:
+        left = f", about {_duration(eta_s)} left" if eta_s is not None else ""
+        if self.task is not None:
+            self.progress.update(self.task, info=f"point {index}/{total}: {point.key}{left}")
+        elif not self.quiet:
+            sys.stderr.write(f"compare: point {index}/{total}: {point.key}{left}\n")
+
+    def point_finished(self, index: int, total: int, record: dict, eta_s) -> None:
+        if record["status"] == "ok":
+            said = (f"val {record['val_top1']:.2f}"
+                    + (f", test {record['test_top1']:.2f}" if record.get("test_top1") is not None else "")
+                    + (f", latency {record['latency_ratio']:.3f}" if record.get("latency_ratio") else "")
+                    + f" in {record['wall_s']:.0f} s")
+        else:
+            said = f"budget not met ({record['error'].split(';')[0]})"
+        if self.task is not None:
+            self.progress.update(self.task, advance=1)
+            self.progress.console.print(f"{record['key']}: {said}")
+        elif not self.quiet:
+            sys.stderr.write(f"compare: {record['key']}: {said}\n")
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import sys
 from typing import List, Optional
 
 import typer
@@ -115,7 +114,8 @@ def compare(
     """
     from pathlib import Path
 
-    from prunecli.cli.configs import finetune_config, latency_settings
+    from prunecli.cli.configs import compare_methods, finetune_config, latency_settings
+    from prunecli.cli.render import CompareProgress
     from prunecli.core import distributed
     from prunecli.core.errors import UsageError
     from prunecli.pipeline.compare import Budget, CompareConfig, check_compare_out, parse_ints, run_compare
@@ -126,7 +126,7 @@ def compare(
     has_latency = any(b.metric == "latency" for b in budget_list)
     if has_latency and no_latency:
         raise UsageError("--budgets latency=... is measured: drop --no-latency")
-    method_list = _methods(methods, has_latency, epochs, search_epochs, max_group_prune, sensitivity_levels,
+    method_list = compare_methods(methods, has_latency, epochs, search_epochs, max_group_prune, sensitivity_levels,
                            sensitivity_metric, sensitivity_batches)
     settings = latency_settings(provider, threads, latency_batch, latency_stat)
     finetune = finetune_config(epochs=epochs if epochs > 0 else 1, lr=lr, optimizer=optimizer,
@@ -168,7 +168,7 @@ def compare(
     world = distributed.init(placement.kind)
     try:
         with progress_bars(enabled=not as_json and world.main) as progress:
-            reporter = _Reporter(progress, quiet=as_json or not world.main)
+            reporter = CompareProgress(progress, quiet=as_json or not world.main)
             doc = run_compare(loaded, config, Path(out), make_data=make_data, flags=flags, force=force,
                               reporter=reporter, placement=placement, world=world, measure_latency=not no_latency)
     finally:
@@ -181,75 +181,3 @@ def compare(
     from prunecli.cli.render import render_compare
 
     render_compare(console(), doc, out)
-
-
-def _methods(text: str, has_latency: bool, epochs: int, search_epochs, max_group_prune, levels, metric, batches):
-    """--methods -> Method configs; `latency` added with a latency budget. An unknown allocation or criterion lists
-    the choices (exit 2)."""
-    from prunecli.cli.configs import allocation as allocation_config
-    from prunecli.core.errors import UsageError
-    from prunecli.pipeline.compare import Method
-    from prunecli.plan.allocators.learned import DEFAULT_SEARCH_EPOCHS
-    from prunecli.plan.criteria import CRITERIA
-
-    names = [m.strip() for m in text.split(",") if m.strip()]
-    if not names:
-        raise UsageError("--methods: give at least one allocation[:criterion], e.g. uniform:l1,global:l1")
-    if has_latency and not any(n.split(":")[0] == "latency" for n in names):
-        names.append("latency")
-    search = search_epochs if search_epochs is not None else max(1, min(DEFAULT_SEARCH_EPOCHS, epochs - 1))
-    out = []
-    for name in names:
-        allocation, _, criterion = name.partition(":")
-        try:
-            config = allocation_config(allocation, latency=False, max_group_prune=max_group_prune,
-                                       search_epochs=search, levels=levels, metric=metric, batches=batches)
-            CRITERIA.get(criterion or "l1")
-        except UsageError as exc:
-            raise UsageError(f"--methods {name}: {exc}") from None
-        if allocation == "learned" and criterion:
-            raise UsageError(f"--methods {name}: learned keeps the channels its search scores highest; write `learned`")
-        label = allocation if allocation == "learned" else f"{allocation}:{criterion or 'l1'}"
-        if any(m.name == label for m in out):
-            continue
-        out.append(Method(label, config, criterion or "l1"))
-    return tuple(out)
-
-
-class _Reporter:
-    """Progress of the grid: a Rich bar for the whole grid (its ETA from the points done) beside the fine-tuning
-    bars on a terminal; plain lines on stderr otherwise."""
-
-    def __init__(self, progress, quiet: bool) -> None:
-        self.progress, self.quiet, self.task = progress, quiet, None
-
-    def start(self, total: int, done: int) -> None:
-        if self.progress is not None:
-            self.task = self.progress.add_task("compare", total=total, completed=done, info=f"{done}/{total} points")
-        elif not self.quiet and done:
-            sys.stderr.write(f"compare: {done} of {total} points already done in --out: resuming\n")
-
-    def point_started(self, index: int, total: int, point, eta_s) -> None:
-        left = f", about {_duration(eta_s)} left" if eta_s is not None else ""
-        if self.task is not None:
-            self.progress.update(self.task, info=f"point {index}/{total}: {point.key}{left}")
-        elif not self.quiet:
-            sys.stderr.write(f"compare: point {index}/{total}: {point.key}{left}\n")
-
-    def point_finished(self, index: int, total: int, record: dict, eta_s) -> None:
-        if record["status"] == "ok":
-            said = (f"val {record['val_top1']:.2f}"
-                    + (f", test {record['test_top1']:.2f}" if record.get("test_top1") is not None else "")
-                    + (f", latency {record['latency_ratio']:.3f}" if record.get("latency_ratio") else "")
-                    + f" in {record['wall_s']:.0f} s")
-        else:
-            said = f"budget not met ({record['error'].split(';')[0]})"
-        if self.task is not None:
-            self.progress.update(self.task, advance=1)
-            self.progress.console.print(f"{record['key']}: {said}")
-        elif not self.quiet:
-            sys.stderr.write(f"compare: {record['key']}: {said}\n")
-
-
-def _duration(seconds: float) -> str:
-    return f"{seconds / 60:.0f} min" if seconds >= 90 else f"{seconds:.0f} s"

@@ -214,7 +214,7 @@ def noise_warning(subject: str, measured: dict, window: float, cause: str, advic
 def render_compare(console: Console, doc: dict, out) -> None:
     """Per budget a table (mean +- standard error over seeds; the verdict chosen on validation), then the
     recommendation and where the outputs are."""
-    from prunecli.pipeline.compare.summary import _num, _pm
+    from prunecli.pipeline.compare.summary import plus_minus
 
     for budget in dict.fromkeys(r["budget"] for r in doc["table"]):
         verdict = next((v for v in doc["verdicts"] if v["budget"] == budget), {})
@@ -227,8 +227,9 @@ def render_compare(console: Console, doc: dict, out) -> None:
             mark = ("control" if r["control"] else
                     {"best": "[bold green]best[/]", "tie": "tie", "only": ""}.get(verdict.get("kind"), "")
                     if r["method"] == verdict.get("best") else ("tie" if r["method"] in verdict.get("tied", []) else ""))
-            table.add_row(r["method"], _pm(r["val_top1"], r["val_top1_se"]), _pm(r["test_top1"], r["test_top1_se"]),
-                          _num(r["flops_ratio"]), _num(r["latency_ratio"]), _num(r["wall_s"], 0),
+            table.add_row(r["method"], plus_minus(r["val_top1"], r["val_top1_se"]),
+                          plus_minus(r["test_top1"], r["test_top1_se"]), number_or_dash(r["flops_ratio"], ".3f"),
+                          number_or_dash(r["latency_ratio"], ".3f"), number_or_dash(r["wall_s"], ".0f"),
                           ",".join(map(str, r["seeds"])), mark)
         console.print(table)
     for m in doc.get("missed") or []:

@@ -303,13 +303,13 @@ def _run_point(loaded, config: CompareConfig, point: Point, out: Path, make_data
         return base
     if report.get("interrupted"):
         raise KeyboardInterrupt  # the point did not finish: it is not recorded, and runs again on resume
-    measured = _measure_point(loaded, config, report, bundle, data, out, placement, measure_latency)
+    measured = _measure_point(loaded, config, report, bundle, out, measure_latency)
     # a sensitivity scan reused from the cache (the same model at another seed or budget) is counted at what it
     # cost when it ran: every point's wall time is what the method costs on its own
     return {**base, "status": "ok", **measured, "wall_s": wall + measured["scan_reused_s"], "measured_wall_s": wall}
 
 
-def _measure_point(loaded, config: CompareConfig, report: dict, bundle: Path, data, out: Path, placement,
+def _measure_point(loaded, config: CompareConfig, report: dict, bundle: Path, out: Path,
                    measure_latency: bool) -> dict:
     """A point's numbers from its report (validation top-1 of the epoch fine-tuning selected, test top-1 of the
     bundle's model), its latency against dense.onnx, costs, file size and wall times."""
@@ -323,6 +323,7 @@ def _measure_point(loaded, config: CompareConfig, report: dict, bundle: Path, da
     timings = report["timings"]
     finetune_s = timings.get("finetune_s", 0.0)
     scan = timings.get("sensitivity", {}) if isinstance(timings.get("sensitivity"), dict) else {}
+    reused = scan.get("scan_s", 0.0) if scan.get("cached") else 0.0
     latency = None
     if measure_latency and (out / "dense.onnx").is_file():
         latency = ratio_to_baseline(bundle / ONNX, out / "dense.onnx", config.prune["latency_settings"],
@@ -332,8 +333,8 @@ def _measure_point(loaded, config: CompareConfig, report: dict, bundle: Path, da
     return {
         "val_top1": val.get("top1"), "val_top5": val.get("top5"),
         "test_top1": test["top1"] if test else None, "test_top5": test.get("top5") if test else None,
-        "before_finetune_top1": (report.get("accuracy", {}).get("pruned") or {}).get("top1"),
-        "best_epoch": report.get("accuracy", {}).get("best_epoch"),
+        "before_finetune_top1": (accuracy.get("pruned") or {}).get("top1"),
+        "best_epoch": best,
         "flops_ratio": report["achieved"]["flops"] / report["dense"]["flops"],
         "params_ratio": report["achieved"]["params"] / report["dense"]["params"],
         "latency_ratio": latency["ratio"] if latency else None,
@@ -345,9 +346,8 @@ def _measure_point(loaded, config: CompareConfig, report: dict, bundle: Path, da
         "onnx_bytes": (bundle / ONNX).stat().st_size,
         "round_to": report["config"]["round_to"],
         "widths": [g["after"] for g in report["groups"]],
-        "scan_reused_s": scan.get("scan_s", 0.0) if scan.get("cached") else 0.0,
-        "search_s": timings.get("schedule_s", 0.0) - finetune_s
-                    + (scan.get("scan_s", 0.0) if scan.get("cached") else 0.0),
+        "scan_reused_s": reused,
+        "search_s": timings.get("schedule_s", 0.0) - finetune_s + reused,
         "finetune_s": finetune_s,
         "export_s": sum(timings.get(k, 0.0) for k in ("export_verify_s", "int8_s", "latency_s")),
     }

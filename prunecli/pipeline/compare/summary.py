@@ -14,6 +14,7 @@ import statistics
 from pathlib import Path
 
 from prunecli.pipeline.compare.grid import SCRATCH
+from prunecli.pipeline.markdown import number_or_dash
 
 FIELDS = ("val_top1", "test_top1", "test_top5", "flops_ratio", "params_ratio", "latency_ratio", "onnx_bytes",
           "wall_s", "search_s", "finetune_s", "export_s")
@@ -79,7 +80,8 @@ def recommendation(table: list[dict], found: list[dict], dense: dict) -> str:
     parts = []
     for v in found:
         best = by[(v["budget"], v["best"])]
-        said = f"at {v['budget']}, {v['best']} keeps {_pm(best[split + '_top1'], best[split + '_top1_se'])} {split} top-1"
+        kept = plus_minus(best[split + "_top1"], best[split + "_top1_se"])
+        said = f"at {v['budget']}, {v['best']} keeps {kept} {split} top-1"
         if dense_top1 is not None:
             said += f" (dense {dense_top1:.2f})"
         if v["kind"] == "best":
@@ -93,7 +95,7 @@ def recommendation(table: list[dict], found: list[dict], dense: dict) -> str:
         scratch = by.get((v["budget"], SCRATCH))
         if scratch is not None and scratch[split + "_top1"] is not None:
             said += ("; the first method's architecture trained from scratch reaches "
-                     f"{_pm(scratch[split + '_top1'], scratch[split + '_top1_se'])}")
+                     f"{plus_minus(scratch[split + '_top1'], scratch[split + '_top1_se'])}")
         parts.append(said)
     if not parts:
         return "No point has finished yet."
@@ -108,14 +110,10 @@ def _versus(gap: float) -> str:
     return f"{abs(gap):.2f} {'lower' if gap > 0 else 'higher'}"
 
 
-def _pm(mean, se) -> str:
+def plus_minus(mean, se) -> str:
     if mean is None:
         return "-"
     return f"{mean:.2f} +- {se:.2f}" if se is not None else f"{mean:.2f}"
-
-
-def _num(value, digits: int = 3) -> str:
-    return "-" if value is None else f"{value:.{digits}f}"
 
 
 def markdown(doc: dict) -> str:
@@ -131,8 +129,8 @@ def markdown(doc: dict) -> str:
         f"{machine.get('latency', 'not measured')}. Wall times: {machine.get('cpu')}, "
         f"{machine.get('torch_threads')} torch threads; a sensitivity scan reused from the cache is counted at its "
         "original cost.", "",
-        f"Dense: val top-1 {_num((dense.get('val') or {}).get('top1'), 2)}, test top-1 "
-        f"{_num((dense.get('test') or {}).get('top1'), 2)}.", "",
+        f"Dense: val top-1 {number_or_dash((dense.get('val') or {}).get('top1'), '.2f')}, test top-1 "
+        f"{number_or_dash((dense.get('test') or {}).get('top1'), '.2f')}.", "",
     ]
     for budget in dict.fromkeys(r["budget"] for r in doc["table"]):
         verdict = next((v for v in doc["verdicts"] if v["budget"] == budget), None)
@@ -150,12 +148,15 @@ def markdown(doc: dict) -> str:
             elif r["control"]:
                 mark = "control"
             name = f"{r['method']} (architecture of the first method)" if r["control"] else r["method"]
+            n = number_or_dash
             lines.append(
-                f"| {name} | {_pm(r['val_top1'], r['val_top1_se'])} | {_pm(r['test_top1'], r['test_top1_se'])} | "
-                f"{_pm(r['test_top5'], r['test_top5_se'])} | {_num(r['flops_ratio'])} | {_num(r['params_ratio'])} | "
-                f"{_pm(r['latency_ratio'], r['latency_ratio_se']) if r['latency_ratio'] is not None else '-'} | "
-                f"{_num((r['onnx_bytes'] or 0) / 1e6, 2)} | {_num(r['wall_s'], 0)} ({_num(r['search_s'], 0)} + "
-                f"{_num(r['finetune_s'], 0)} + {_num(r['export_s'], 0)}) | {','.join(map(str, r['seeds']))} | {mark} |")
+                f"| {name} | {plus_minus(r['val_top1'], r['val_top1_se'])} | "
+                f"{plus_minus(r['test_top1'], r['test_top1_se'])} | {plus_minus(r['test_top5'], r['test_top5_se'])} | "
+                f"{n(r['flops_ratio'], '.3f')} | {n(r['params_ratio'], '.3f')} | "
+                f"{plus_minus(r['latency_ratio'], r['latency_ratio_se']) if r['latency_ratio'] is not None else '-'} | "
+                f"{n((r['onnx_bytes'] or 0) / 1e6, '.2f')} | {n(r['wall_s'], '.0f')} ({n(r['search_s'], '.0f')} + "
+                f"{n(r['finetune_s'], '.0f')} + {n(r['export_s'], '.0f')}) | {','.join(map(str, r['seeds']))} | "
+                f"{mark} |")
         lines.append("")
     missed = doc.get("missed") or []
     if missed:
